@@ -1,0 +1,5 @@
+"""`python -m egressgate` → the CLI."""
+
+from egressgate.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,482 @@
+"""YAML → `config.model.Config`, with every error located at file:line:column.
+
+Walks the composed YAML node tree (not the constructed objects) so that each value keeps its
+position. Unknown keys, wrong types, duplicate keys and unparsable entries are refused, and all of
+them are reported in one go (ConfigError carries the list). Referenced files (hosts_file, auth
+users_file, TLS material) are checked to exist and, where we understand them, to parse, because a
+config that would fail at the first request is not valid. No sockets, no asyncio, no logging.
+
+Relative paths in the file are resolved against the directory of the config file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable
+from dataclasses import fields, replace
+from typing import Any, TypeVar
+
+import yaml
+
+from egressgate.config.model import (
+    DEFAULT_POLICY_NAME,
+    AuthConfig,
+    ClientRule,
+    Config,
+    Limits,
+    ListenAddress,
+    Mode,
+    NoSniAction,
+    PolicyConfig,
+    PortRange,
+    TlsListenConfig,
+)
+from egressgate.errors import ConfigError, ConfigIssue
+from egressgate.names.hosts import parse_hosts
+from egressgate.names.patterns import DomainPattern, parse_cidr
+
+T = TypeVar("T")
+
+POLICY_KEYS = (
+    "allow",
+    "connect_ports",
+    "http_ports",
+    "allow_private",
+    "mode",
+    "sni_check",
+    "tunnels_without_sni",
+)
+TOP_LEVEL_KEYS = (
+    "listen",
+    "admin_listen",
+    "tls_listen",
+    *POLICY_KEYS,
+    "policies",
+    "default_policy",
+    "clients",
+    "auth",
+    "hosts_file",
+    "nameservers",
+    "access_log",
+    "workers",
+    "forwarded_for",
+    "limits",
+)
+
+
+class _Invalid(Exception):
+    """Internal: one value is wrong; the walker records it and carries on."""
+
+    def __init__(self, node: yaml.Node | None, message: str) -> None:
+        self.node = node
+        self.message = message
+
+
+class _Walker:
+    """Collects issues while converting nodes; each converter raises _Invalid for its own node."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.issues: list[ConfigIssue] = []
+        self._constructor = yaml.constructor.SafeConstructor()
+
+    def issue(self, node: yaml.Node | None, message: str) -> None:
+        if node is None:
+            self.issues.append(ConfigIssue(self.source, None, None, message))
+            return
+        mark = node.start_mark
+        self.issues.append(ConfigIssue(self.source, mark.line + 1, mark.column + 1, message))
+
+    def attempt(self, node: yaml.Node, convert: Callable[[yaml.Node], T]) -> T | None:
+        try:
+            return convert(node)
+        except _Invalid as exc:
+            self.issue(exc.node or node, exc.message)
+            return None
+
+    def scalar(self, node: yaml.Node) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            raise _Invalid(node, "expected a single value, not a list or mapping")
+        return self._constructor.construct_object(node, deep=True)
+
+    def mapping(self, node: yaml.Node, allowed: tuple[str, ...], what: str) -> dict[str, yaml.Node]:
+        """Keys → value nodes; unknown and duplicate keys are issues (the rest is kept)."""
+        if not isinstance(node, yaml.MappingNode):
+            raise _Invalid(node, f"{what} must be a mapping of key: value")
+        result: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = self.scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str):
+                self.issue(key_node, f"{what}: keys must be strings")
+            elif key in result:
+                self.issue(key_node, f"duplicate key {key!r} in {what}")
+            elif allowed and key not in allowed:
+                self.issue(key_node, f"unknown key {key!r} in {what}; expected one of: "
+                           + ", ".join(allowed))
+            else:
+                result[key] = value_node
+        return result
+
+    def items(self, node: yaml.Node, what: str) -> list[yaml.Node]:
+        """A YAML list's item nodes; a single scalar is accepted as a list of one."""
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        if isinstance(node, yaml.ScalarNode) and self.scalar(node) is not None:
+            return [node]
+        if isinstance(node, yaml.ScalarNode):
+            return []
+        raise _Invalid(node, f"{what} must be a list")
+
+    def each(self, node: yaml.Node, what: str, convert: Callable[[yaml.Node], T]) -> tuple[T, ...]:
+        out: list[T] = []
+        for item in self.items(node, what):
+            value = self.attempt(item, convert)
+            if value is not None:
+                out.append(value)
+        return tuple(out)
+
+    # ---- typed scalars
+    def string(self, node: yaml.Node) -> str:
+        value = self.scalar(node)
+        if not isinstance(value, str) or not value.strip():
+            raise _Invalid(node, f"expected a non-empty string, got {_describe(value)}")
+        return value
+
+    def optional_string(self, node: yaml.Node) -> str | None:
+        value = self.scalar(node)
+        return None if value is None else self.string(node)
+
+    def boolean(self, node: yaml.Node) -> bool:
+        value = self.scalar(node)
+        if not isinstance(value, bool):
+            raise _Invalid(node, f"expected true or false, got {_describe(value)}")
+        return value
+
+    def integer(self, node: yaml.Node, low: int, high: int) -> int:
+        value = self.scalar(node)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _Invalid(node, f"expected a whole number from {low} to {high}, "
+                           f"got {_describe(value)}")
+        return value
+
+    def positive_number(self, node: yaml.Node) -> float:
+        value = self.scalar(node)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise _Invalid(node, f"expected a positive number, got {_describe(value)}")
+        return float(value)
+
+    def parsed(self, node: yaml.Node, parse: Callable[[str], T]) -> T:
+        """A string value run through a model parser whose ValueError becomes an issue."""
+        value = self.scalar(node)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise _Invalid(node, f"expected a string, got {_describe(value)}")
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise _Invalid(node, str(exc)) from exc
+
+    def port(self, node: yaml.Node) -> PortRange:
+        return self.parsed(node, PortRange.parse)
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "nothing (null)"
+    return f"{type(value).__name__} {value!r}"
+
+
+def load_config_file(path: str) -> Config:
+    """Read, parse and validate a config file. Raises ConfigError listing every issue."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(path, None, None, f"cannot read: {exc.strerror}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigIssue(path, None, None, "not UTF-8 text")]) from exc
+    return load_config_text(text, path, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def load_config_text(text: str, source: str = "<config>", base_dir: str | None = None) -> Config:
+    """Parse and validate config text. `base_dir` anchors relative paths (default: cwd)."""
+    walker = _Walker(source)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        line = mark.line + 1 if mark is not None else None
+        column = mark.column + 1 if mark is not None else None
+        raise ConfigError([ConfigIssue(source, line, column, f"YAML syntax: {problem}")]) from exc
+    builder = _ConfigBuilder(walker, base_dir or os.getcwd())
+    config = builder.build(root)
+    if walker.issues:
+        raise ConfigError(sorted(walker.issues, key=lambda i: (i.line or 0, i.column or 0)))
+    return config
+
+
+class _ConfigBuilder:
+    """Builds the model from the root node; every sub-builder records issues and continues."""
+
+    def __init__(self, walker: _Walker, base_dir: str) -> None:
+        self.w = walker
+        self.base_dir = base_dir
+
+    def build(self, root: yaml.Node | None) -> Config:
+        config = Config(source=self.w.source)
+        if root is None:
+            return config  # an empty file: the built-in defaults
+        top = self.w.attempt(root, lambda n: self.w.mapping(n, TOP_LEVEL_KEYS, "the config"))
+        if top is None:
+            return config
+        changes: dict[str, Any] = {}
+        self._listeners(top, changes)
+        self._files_and_logging(top, changes)
+        policies = self._policies(top)
+        changes["policies"] = policies
+        names = {p.name for p in policies}
+        if "default_policy" in top:
+            name = self.w.attempt(top["default_policy"], self.w.string)
+            if name is not None and name not in names:
+                self.w.issue(top["default_policy"], f"default_policy {name!r} is not a defined "
+                             f"policy; defined: {', '.join(sorted(names))}")
+            elif name is not None:
+                changes["default_policy"] = name
+        if "auth" in top:
+            changes["auth"] = self.w.attempt(top["auth"], self._auth)
+        if "clients" in top:
+            changes["clients"] = self._clients(top["clients"], names)
+        config = replace(config, **{
+            k: (None if v is _NULL else v) for k, v in changes.items() if v is not None
+        })
+        self._cross_checks(config, top)
+        return config
+
+    # ---- listeners
+    def _listeners(self, top: dict[str, yaml.Node], changes: dict[str, Any]) -> None:
+        if "listen" in top:
+            changes["listen"] = self.w.attempt(
+                top["listen"], lambda n: self.w.parsed(n, ListenAddress.parse)
+            )
+        if "admin_listen" in top:
+            node = top["admin_listen"]
+            if isinstance(node, yaml.ScalarNode) and self.w.attempt(node, self.w.scalar) is None:
+                changes["admin_listen"] = _NULL  # explicitly turned off
+            else:
+                changes["admin_listen"] = self.w.attempt(
+                    node, lambda n: self.w.parsed(n, ListenAddress.parse)
+                )
+        if "tls_listen" in top:
+            changes["tls_listen"] = self.w.attempt(top["tls_listen"], self._tls_listen)
+
+    def _tls_listen(self, node: yaml.Node) -> TlsListenConfig | None:
+        keys = ("listen", "cert_file", "key_file", "client_ca_file", "require_client_cert")
+        m = self.w.mapping(node, keys, "tls_listen")
+        for required in ("listen", "cert_file", "key_file"):
+            if required not in m:
+                raise _Invalid(node, f"tls_listen needs {required!r}")
+        listen = self.w.attempt(m["listen"], lambda n: self.w.parsed(n, ListenAddress.parse))
+        cert = self.w.attempt(m["cert_file"], self._existing_file)
+        key = self.w.attempt(m["key_file"], self._existing_file)
+        ca = self.w.attempt(m["client_ca_file"], self._existing_file) if "client_ca_file" in m \
+            else None
+        require = self.w.attempt(m["require_client_cert"], self.w.boolean) \
+            if "require_client_cert" in m else False
+        if require and ca is None:
+            self.w.issue(node, "require_client_cert needs client_ca_file")
+        if listen is None or cert is None or key is None:
+            return None
+        return TlsListenConfig(listen, cert, key, ca, bool(require))
+
+    # ---- files, resolver, logging, limits
+    def _files_and_logging(self, top: dict[str, yaml.Node], changes: dict[str, Any]) -> None:
+        if "hosts_file" in top:
+            changes["hosts_file"] = self.w.attempt(top["hosts_file"], self._hosts_file)
+        if "nameservers" in top:
+            changes["nameservers"] = self.w.attempt(
+                top["nameservers"],
+                lambda n: self.w.each(n, "nameservers", lambda i: self.w.parsed(i, _nameserver)),
+            )
+        if "access_log" in top:
+            changes["access_log"] = self.w.attempt(top["access_log"], self._log_target)
+        if "workers" in top:
+            changes["workers"] = self.w.attempt(top["workers"], lambda n: self.w.integer(n, 1, 256))
+        if "forwarded_for" in top:
+            changes["forwarded_for"] = self.w.attempt(top["forwarded_for"], self.w.boolean)
+        if "limits" in top:
+            changes["limits"] = self.w.attempt(top["limits"], self._limits)
+
+    def _path(self, value: str) -> str:
+        return value if os.path.isabs(value) else os.path.join(self.base_dir, value)
+
+    def _existing_file(self, node: yaml.Node) -> str:
+        path = self._path(self.w.string(node))
+        if not os.path.isfile(path):
+            raise _Invalid(node, f"file not found: {path}")
+        return path
+
+    def _hosts_file(self, node: yaml.Node) -> str:
+        path = self._existing_file(node)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                _, errors = parse_hosts(handle.read())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _Invalid(node, f"cannot read hosts_file {path}: {exc}") from exc
+        for error in errors:
+            self.w.issue(node, f"hosts_file {path} line {error.line}: {error.message}")
+        return path
+
+    def _log_target(self, node: yaml.Node) -> str:
+        value = self.w.string(node)
+        if value == "-":
+            return value
+        path = self._path(value)
+        if not os.path.isdir(os.path.dirname(path) or "."):
+            raise _Invalid(node, f"directory of access_log does not exist: {path}")
+        return path
+
+    def _limits(self, node: yaml.Node) -> Limits:
+        names = tuple(f.name for f in fields(Limits))
+        m = self.w.mapping(node, names, "limits")
+        values: dict[str, Any] = {}
+        for key, value_node in m.items():
+            if key.endswith("_s"):
+                values[key] = self.w.attempt(value_node, self.w.positive_number)
+            else:
+                values[key] = self.w.attempt(value_node, lambda n: self.w.integer(n, 1, 10**9))
+        return replace(Limits(), **{k: v for k, v in values.items() if v is not None})
+
+    # ---- policies
+    def _policies(self, top: dict[str, yaml.Node]) -> tuple[PolicyConfig, ...]:
+        top_level = {k: v for k, v in top.items() if k in POLICY_KEYS}
+        default = self._policy(DEFAULT_POLICY_NAME, top_level)
+        policies = {DEFAULT_POLICY_NAME: default}
+        if "policies" in top:
+            named = self.w.attempt(top["policies"], lambda n: self.w.mapping(n, (), "policies"))
+            for name, node in (named or {}).items():
+                if name == DEFAULT_POLICY_NAME and top_level:
+                    self.w.issue(node, "policy 'default' is defined twice: by the top-level "
+                                 f"keys ({', '.join(top_level)}) and under policies")
+                    continue
+                body = self.w.attempt(node, lambda n, name=name: self.w.mapping(
+                    n, POLICY_KEYS, f"policy {name!r}"))
+                if body is not None:
+                    policies[name] = self._policy(name, body)
+        return tuple(policies.values())
+
+    def _policy(self, name: str, m: dict[str, yaml.Node]) -> PolicyConfig:
+        w = self.w
+        values: dict[str, Any] = {"name": name}
+        if "allow" in m:
+            values["allow"] = w.attempt(m["allow"], lambda n: w.each(n, "allow", self._pattern))
+        if "connect_ports" in m:
+            values["connect_ports"] = w.attempt(
+                m["connect_ports"], lambda n: w.each(n, "connect_ports", w.port))
+        if "http_ports" in m:
+            values["http_ports"] = w.attempt(
+                m["http_ports"], lambda n: w.each(n, "http_ports", w.port))
+        if "allow_private" in m:
+            values["allow_private"] = w.attempt(
+                m["allow_private"], lambda n: w.each(n, "allow_private", self._cidr))
+        if "mode" in m:
+            values["mode"] = w.attempt(m["mode"], lambda n: w.parsed(n, _enum(Mode, "mode")))
+        if "sni_check" in m:
+            values["sni_check"] = w.attempt(m["sni_check"], w.boolean)
+        if "tunnels_without_sni" in m:
+            values["tunnels_without_sni"] = w.attempt(
+                m["tunnels_without_sni"],
+                lambda n: w.parsed(n, _enum(NoSniAction, "tunnels_without_sni")))
+        return PolicyConfig(**{k: v for k, v in values.items() if v is not None})
+
+    def _pattern(self, node: yaml.Node) -> str:
+        text = self.w.parsed(node, lambda s: s)
+        try:
+            DomainPattern.parse(text)
+        except ValueError as exc:
+            raise _Invalid(node, f"allow: {exc}") from exc
+        return text
+
+    def _cidr(self, node: yaml.Node) -> str:
+        text = self.w.string(node)
+        try:
+            parse_cidr(text)
+        except ValueError as exc:
+            raise _Invalid(node, str(exc)) from exc
+        return text
+
+    # ---- clients and auth
+    def _clients(self, node: yaml.Node, policy_names: set[str]) -> tuple[ClientRule, ...]:
+        def rule(item: yaml.Node) -> ClientRule:
+            keys = ("policy", "source", "user", "tls_name")
+            m = self.w.mapping(item, keys, "a clients rule")
+            if "policy" not in m:
+                raise _Invalid(item, "a clients rule needs 'policy'")
+            policy = self.w.string(m["policy"])
+            if policy not in policy_names:
+                raise _Invalid(m["policy"], f"unknown policy {policy!r}; defined: "
+                               + ", ".join(sorted(policy_names)))
+            sources = self.w.each(m["source"], "source", self._cidr) if "source" in m else ()
+            users = self.w.each(m["user"], "user", self.w.string) if "user" in m else ()
+            names = self.w.each(m["tls_name"], "tls_name", self.w.string) \
+                if "tls_name" in m else ()
+            if not any(key in m for key in ("source", "user", "tls_name")):
+                raise _Invalid(item, "a clients rule needs at least one of source, user, "
+                               "tls_name (a rule for everyone is `default_policy`)")
+            return ClientRule(policy, sources, users, tuple(n.lower() for n in names),
+                              line=item.start_mark.line + 1)
+
+        return self.w.each(node, "clients", rule)
+
+    def _auth(self, node: yaml.Node) -> AuthConfig:
+        m = self.w.mapping(node, ("users_file", "users_env", "realm"), "auth")
+        users_file = self.w.attempt(m["users_file"], self._existing_file) \
+            if "users_file" in m else None
+        users_env = self.w.attempt(m["users_env"], self.w.string) if "users_env" in m else None
+        if users_file is None and users_env is None:
+            raise _Invalid(node, "auth needs users_file or users_env (lines of user:password)")
+        realm = self.w.attempt(m["realm"], self.w.string) if "realm" in m else None
+        return AuthConfig(users_file, users_env, realm or "egressgate")
+
+    def _cross_checks(self, config: Config, top: dict[str, yaml.Node]) -> None:
+        if any(r.users for r in config.clients) and config.auth is None:
+            self.w.issue(top.get("clients"), "clients rules name users, but no `auth` section "
+                         "says where their passwords are")
+        if any(r.tls_names for r in config.clients) and (
+            config.tls_listen is None or config.tls_listen.client_ca_file is None
+        ):
+            self.w.issue(top.get("clients"), "clients rules name tls_name, which needs "
+                         "tls_listen with client_ca_file")
+
+
+_NULL = object()
+
+
+def _nameserver(text: str) -> str:
+    """Validate `ip`, `ip:port`, `v6` or `[v6]:port`; returns the canonical `host:port` form."""
+    text = text.strip()
+    if text.startswith("[") or text.count(":") == 1:
+        address = ListenAddress.parse(text)
+    else:
+        address = ListenAddress(text, 53)
+    try:
+        ipaddress.ip_address(address.host)
+    except ValueError:
+        raise ValueError(f"{text!r}: a nameserver is an IP address, optionally with :port") \
+            from None
+    if address.port == 0:
+        raise ValueError(f"{text!r}: nameserver port must not be 0")
+    return str(address)
+
+
+def _enum(kind: type[Mode] | type[NoSniAction], what: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"{what} must be one of: " + ", ".join(m.value for m in kind)) \
+                from None
+
+    return parse

@@ -1,0 +1,184 @@
+"""The validated configuration: frozen values, with every default defined here and only here.
+
+No sockets, no asyncio, no logging. `config/load.py` builds these from YAML; `policy/engine.py`
+compiles them into the runtime form. Value parsers (`ListenAddress.parse`, `PortRange.parse`)
+raise ValueError with a message meant for the operator.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+DEFAULT_LISTEN = "0.0.0.0:3128"
+# Probes come from the kubelet on the pod address, so the admin listener binds every interface by
+# default. It serves only read-only health and metrics; set `admin_listen: null` to turn it off.
+DEFAULT_ADMIN_LISTEN = "0.0.0.0:9090"
+DEFAULT_POLICY_NAME = "default"
+
+
+class Mode(StrEnum):
+    """enforce: refuse what the policy refuses. report: allow it, but log and count the refusal."""
+
+    ENFORCE = "enforce"
+    REPORT = "report"
+
+
+class NoSniAction(StrEnum):
+    """What a CONNECT tunnel whose first bytes carry no TLS server name is allowed to do."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """Where a listener binds: host (IPv4, IPv6 without brackets, or a name) and port (0 = any)."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> ListenAddress:
+        """Parse `host:port`, `[v6]:port` or `:port` (all interfaces)."""
+        text = text.strip()
+        if text.startswith("["):
+            host, sep, port_text = text[1:].partition("]:")
+            if not sep:
+                raise ValueError(f"{text!r}: IPv6 listen addresses look like [::]:3128")
+            ipaddress.IPv6Address(host)
+        else:
+            host, sep, port_text = text.rpartition(":")
+            if not sep:
+                raise ValueError(f"{text!r}: expected host:port, like 0.0.0.0:3128")
+            if ":" in host:
+                raise ValueError(f"{text!r}: write IPv6 addresses in brackets, like [::]:3128")
+            host = host or "0.0.0.0"
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ValueError(f"{text!r}: port must be a number from 0 to 65535")
+        return cls(host, int(port_text))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    """An inclusive range of TCP ports; a single port is a range of one."""
+
+    low: int
+    high: int
+
+    @classmethod
+    def parse(cls, value: int | str) -> PortRange:
+        """Parse 443, "443" or "1024-65535"."""
+        text = str(value).strip()
+        low_text, dash, high_text = text.partition("-")
+        if not low_text.isdigit() or (dash and not high_text.isdigit()):
+            raise ValueError(f"{value!r}: a port is a number (443) or a range (1024-65535)")
+        low = int(low_text)
+        high = int(high_text) if dash else low
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(f"{value!r}: ports run from 1 to 65535, low end first")
+        return cls(low, high)
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.low <= port <= self.high
+
+    def __str__(self) -> str:
+        return str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
+
+
+DEFAULT_CONNECT_PORTS = (PortRange(443, 443),)
+DEFAULT_HTTP_PORTS = (PortRange(80, 80),)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """One named policy: which destinations a client may reach, and how strictly."""
+
+    name: str
+    allow: tuple[str, ...] = ()
+    connect_ports: tuple[PortRange, ...] = DEFAULT_CONNECT_PORTS
+    http_ports: tuple[PortRange, ...] = DEFAULT_HTTP_PORTS
+    allow_private: tuple[str, ...] = ()
+    mode: Mode = Mode.ENFORCE
+    sni_check: bool = True
+    tunnels_without_sni: NoSniAction = NoSniAction.ALLOW
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRule:
+    """Picks `policy` for clients matching every given criterion (first matching rule wins)."""
+
+    policy: str
+    sources: tuple[str, ...] = ()  # CIDRs of the client address
+    users: tuple[str, ...] = ()  # proxy usernames (Proxy-Authorization: Basic)
+    tls_names: tuple[str, ...] = ()  # TLS client certificate subject CN or a SAN
+    line: int | None = None  # where the rule was written, for log lines and errors
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Where proxy credentials come from: `user:password` lines in a file or an env variable."""
+
+    users_file: str | None = None
+    users_env: str | None = None
+    realm: str = "egressgate"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsListenConfig:
+    """An HTTPS proxy listener: clients speak TLS to the proxy, then HTTP/CONNECT inside it."""
+
+    listen: ListenAddress
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Protections against slow, large and numerous clients, and patience with upstreams."""
+
+    max_connections: int = 10_000
+    max_request_line_bytes: int = 8 * 1024
+    max_header_bytes: int = 32 * 1024
+    header_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 60.0
+    connect_timeout_s: float = 10.0
+    dns_timeout_s: float = 5.0
+    response_timeout_s: float = 60.0
+    idle_timeout_s: float = 300.0
+    upstream_idle_s: float = 30.0
+    drain_timeout_s: float = 25.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration of one egressgate process."""
+
+    source: str = "<built-in default>"
+    listen: ListenAddress = field(default_factory=lambda: ListenAddress.parse(DEFAULT_LISTEN))
+    admin_listen: ListenAddress | None = field(
+        default_factory=lambda: ListenAddress.parse(DEFAULT_ADMIN_LISTEN)
+    )
+    tls_listen: TlsListenConfig | None = None
+    policies: tuple[PolicyConfig, ...] = (PolicyConfig(DEFAULT_POLICY_NAME),)
+    default_policy: str = DEFAULT_POLICY_NAME
+    clients: tuple[ClientRule, ...] = ()
+    auth: AuthConfig | None = None
+    hosts_file: str | None = None
+    nameservers: tuple[str, ...] = ()
+    access_log: str = "-"
+    workers: int = 1
+    forwarded_for: bool = False
+    limits: Limits = field(default_factory=Limits)
+
+    def policy(self, name: str) -> PolicyConfig:
+        for policy in self.policies:
+            if policy.name == name:
+                return policy
+        raise KeyError(name)

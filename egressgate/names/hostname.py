@@ -1,0 +1,130 @@
+"""normalize_host(): one canonical form for every destination the proxy is asked for.
+
+Pure. A destination is either a hostname (lowercase, ASCII/punycode, no trailing dot) or an IP
+address. IP literals are recognised in every spelling a client library or `inet_aton` accepts —
+dotted, decimal (2130706433), hex (0x7f000001), octal (0177.0.0.1), short (127.1), bracketed
+IPv6, IPv4-mapped IPv6 — so that no spelling can smuggle an address past a hostname rule.
+Following the WHATWG URL standard, a name whose last label is numeric *is* an IPv4 attempt: if it
+does not parse as one, it is invalid rather than a hostname.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+import idna
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+MAX_NAME_LENGTH = 253
+MAX_LABEL_LENGTH = 63
+# Letters, digits, hyphen; underscore too, because real service names (_dmarc, SRV-style) use it.
+_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+_NUMERIC_LABEL = re.compile(r"^(?:0x[0-9a-f]*|[0-9]+)$")
+
+
+class InvalidHost(ValueError):
+    """The text is neither a valid hostname nor an IP literal."""
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """A normalized destination: exactly one of `name` and `address` is set."""
+
+    name: str | None
+    address: IPAddress | None
+
+    @property
+    def text(self) -> str:
+        """The canonical spelling, for logs and matching."""
+        if self.address is not None:
+            return str(self.address)
+        assert self.name is not None
+        return self.name
+
+
+def normalize_host(raw: str) -> Host:
+    """Normalize a destination host as it appears in a URL authority or CONNECT target."""
+    text = raw.strip()
+    if text.startswith("[") and text.endswith("]"):
+        return Host(None, _parse_ipv6(text[1:-1]))
+    if ":" in text:
+        return Host(None, _parse_ipv6(text))
+    text = text.lower()
+    if text.endswith("."):
+        text = text[:-1]
+    if not text:
+        raise InvalidHost("empty host")
+    if _ends_in_number(text):
+        return Host(None, parse_ipv4_any(text))
+    return Host(_to_ascii(text), None)
+
+
+def normalize_name(raw: str) -> str:
+    """Normalize a hostname (not an IP literal): lowercase, punycode, no trailing dot."""
+    host = normalize_host(raw)
+    if host.name is None:
+        raise InvalidHost(f"{raw!r} is an IP address, not a hostname")
+    return host.name
+
+
+def _parse_ipv6(text: str) -> IPAddress:
+    if "%" in text:
+        raise InvalidHost(f"{text!r}: IPv6 zone identifiers are not accepted")
+    try:
+        address = ipaddress.IPv6Address(text)
+    except ValueError as exc:
+        raise InvalidHost(f"{text!r} is not a valid IPv6 address") from exc
+    # An IPv4-mapped address reaches the IPv4 host: judge it as that host.
+    return address.ipv4_mapped or address
+
+
+def _ends_in_number(text: str) -> bool:
+    return bool(_NUMERIC_LABEL.match(text.rsplit(".", 1)[-1]))
+
+
+def parse_ipv4_any(text: str) -> ipaddress.IPv4Address:
+    """Parse an IPv4 address the way inet_aton(3) and the WHATWG URL parser do.
+
+    1 to 4 parts separated by dots; each part decimal, hex (0x) or octal (leading 0); the last
+    part fills all remaining bytes (so 127.1 is 127.0.0.1 and 2130706433 is 127.0.0.1).
+    """
+    parts = text.split(".")
+    if len(parts) > 4 or any(p == "" for p in parts):
+        raise InvalidHost(f"{text!r} looks like an IPv4 address but is not one")
+    numbers = [_ipv4_part(p, text) for p in parts]
+    *leading, last = numbers
+    if any(n > 255 for n in leading) or last >= 256 ** (5 - len(numbers)):
+        raise InvalidHost(f"{text!r}: IPv4 address part out of range")
+    value = 0
+    for n in leading:
+        value = value * 256 + n
+    value = value * 256 ** (5 - len(numbers)) + last
+    return ipaddress.IPv4Address(value)
+
+
+def _ipv4_part(part: str, text: str) -> int:
+    try:
+        if part.startswith("0x"):
+            return int(part[2:] or "0", 16)
+        if len(part) > 1 and part.startswith("0"):
+            return int(part, 8)
+        return int(part, 10)
+    except ValueError as exc:
+        raise InvalidHost(f"{text!r} looks like an IPv4 address but is not one") from exc
+
+
+def _to_ascii(text: str) -> str:
+    if not text.isascii():
+        try:
+            text = idna.encode(text, uts46=True).decode("ascii")
+        except idna.IDNAError as exc:
+            raise InvalidHost(f"{text!r} is not a valid internationalised name: {exc}") from exc
+    if len(text) > MAX_NAME_LENGTH:
+        raise InvalidHost(f"host name longer than {MAX_NAME_LENGTH} characters")
+    for label in text.split("."):
+        if not _LABEL.match(label):
+            raise InvalidHost(f"{text!r}: invalid label {label!r}")
+    return text
