@@ -166,6 +166,12 @@ class _Walker:
             raise _Invalid(node, f"expected a positive number, got {_describe(value)}")
         return float(value)
 
+    def non_negative_number(self, node: yaml.Node) -> float:
+        value = self.scalar(node)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise _Invalid(node, f"expected a number ≥ 0, got {_describe(value)}")
+        return float(value)
+
     def parsed(self, node: yaml.Node, parse: Callable[[str], T]) -> T:
         """A string value run through a model parser whose ValueError becomes an issue."""
         value = self.scalar(node)
@@ -343,7 +349,9 @@ class _ConfigBuilder:
         m = self.w.mapping(node, names, "limits")
         values: dict[str, Any] = {}
         for key, value_node in m.items():
-            if key.endswith("_s"):
+            if key == "shutdown_delay_s":
+                values[key] = self.w.attempt(value_node, self.w.non_negative_number)
+            elif key.endswith("_s"):
                 values[key] = self.w.attempt(value_node, self.w.positive_number)
             else:
                 values[key] = self.w.attempt(value_node, lambda n: self.w.integer(n, 1, 10**9))

@@ -154,6 +154,7 @@ class Limits:
     idle_timeout_s: float = 300.0
     upstream_idle_s: float = 30.0
     drain_timeout_s: float = 25.0
+    shutdown_delay_s: float = 0.0  # keep accepting this long after SIGTERM (endpoint removal)
 
 
 @dataclass(frozen=True, slots=True)

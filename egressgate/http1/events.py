@@ -1,0 +1,52 @@
+"""The events the sans-IO HTTP/1.x parsers produce. Frozen, slotted values.
+
+Body data is delivered as plain `bytes` objects and the end of a message as the END singleton,
+to keep the per-chunk path free of wrapper allocations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# (lowercased name, name as sent, value as sent)
+Header = tuple[bytes, bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    method: bytes
+    target: bytes
+    version: str  # "1.0" | "1.1"
+    headers: list[Header]
+    keep_alive: bool
+    head_bytes: int  # size of the request line + header block, for logs and limits
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    status: int
+    reason: bytes
+    version: str
+    headers: list[Header]
+    keep_alive: bool
+    chunked: bool
+    content_length: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelStart:
+    """CONNECT or Upgrade: the HTTP part is over; `rest` are the bytes that followed the head."""
+
+    rest: bytes
+
+
+class _End:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "END"
+
+
+END = _End()
+
+Event = RequestHead | ResponseHead | TunnelStart | bytes | _End

@@ -1,0 +1,143 @@
+"""Sans-IO HTTP/1.x parsers over httptools (llhttp): feed(bytes) → list of events.
+
+No sockets, no asyncio, no policy, no logging. Enforces the size limits of the request line and
+header block (414 / 431) and turns llhttp errors into ProtocolError(BAD_REQUEST). The smuggling
+rules are NOT delegated to llhttp's defaults: `http1/semantics.py` checks every head again.
+
+A CONNECT request, or a request/response that upgrades the protocol, ends HTTP parsing: the bytes
+after the head come out as TunnelStart(rest).
+"""
+
+from __future__ import annotations
+
+import httptools
+
+from egressgate.errors import ProtocolError, Reason
+from egressgate.http1.events import END, Event, Header, RequestHead, ResponseHead, TunnelStart
+
+
+class RequestParser:
+    """Parses the client side: requests, possibly pipelined, possibly with bodies."""
+
+    __slots__ = ("_events", "_head_seen", "_headers", "_in_head", "_max_head",
+                 "_max_line", "_parser", "_url", "_url_len")
+
+    def __init__(self, max_request_line_bytes: int, max_header_bytes: int) -> None:
+        self._parser = httptools.HttpRequestParser(self)
+        self._max_line = max_request_line_bytes
+        self._max_head = max_header_bytes
+        self._events: list[Event] = []
+        self._headers: list[Header] = []
+        self._url = b""
+        self._url_len = 0
+        self._in_head = True  # between messages or inside a head
+        self._head_seen = 0  # bytes of the current head received so far
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Parse `data`; returns the events completed by it. Raises ProtocolError."""
+        events = self._events = []
+        if self._in_head:
+            self._head_seen += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            events.append(TunnelStart(bytes(data[offset:])))
+        except httptools.HttpParserError as exc:
+            if self._in_head and self._head_seen > self._max_head:
+                raise ProtocolError(Reason.HEADERS_TOO_LARGE, "header block too large") from None
+            raise ProtocolError(Reason.BAD_REQUEST, str(exc)) from None
+        if self._in_head and self._head_seen > self._max_head:
+            raise ProtocolError(Reason.HEADERS_TOO_LARGE,
+                                f"header block exceeds {self._max_head} bytes")
+        return events
+
+    # ---- httptools callbacks
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._headers = []
+        self._url = b""
+        self._url_len = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url_len += len(url)
+        if self._url_len > self._max_line:
+            raise ProtocolError(Reason.URI_TOO_LONG,
+                                f"request target exceeds {self._max_line} bytes")
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        self._events.append(RequestHead(
+            parser.get_method(), self._url, parser.get_http_version(), self._headers,
+            parser.should_keep_alive(), self._head_seen))
+        self._in_head = False
+        self._head_seen = 0
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(body)
+
+    def on_message_complete(self) -> None:
+        self._events.append(END)
+        self._in_head = True
+        self._head_seen = 0
+
+
+class ResponseParser:
+    """Parses the upstream side: one response at a time on a connection."""
+
+    __slots__ = ("_events", "_headers", "_parser", "_reason")
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._events: list[Event] = []
+        self._headers: list[Header] = []
+        self._reason = b""
+
+    def feed(self, data: bytes) -> list[Event]:
+        events = self._events = []
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            events.append(TunnelStart(bytes(data[offset:])))
+        except httptools.HttpParserError as exc:
+            raise ProtocolError(Reason.UPSTREAM_BAD_RESPONSE, str(exc)) from None
+        return events
+
+    def set_head_request(self) -> None:
+        """The next response answers a HEAD: it has no body whatever its headers say."""
+        # llhttp learns this through on_headers_complete's return value, which httptools does
+        # not expose; the caller ends the message itself after the head (see forward.py).
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        chunked = False
+        length: int | None = None
+        for lname, _, value in self._headers:
+            if lname == b"content-length":
+                length = int(value)
+            elif lname == b"transfer-encoding":
+                chunked = value.strip().lower().endswith(b"chunked")
+        self._events.append(ResponseHead(
+            parser.get_status_code(), self._reason, parser.get_http_version(), self._headers,
+            parser.should_keep_alive(), chunked, None if chunked else length))
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(body)
+
+    def on_message_complete(self) -> None:
+        self._events.append(END)

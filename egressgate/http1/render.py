@@ -1,0 +1,70 @@
+"""Bytes out: upstream request heads and client response heads. Pure.
+
+Fixed strings (status lines, Via) are built once at import.
+"""
+
+from __future__ import annotations
+
+from egressgate.http1.events import Header, ResponseHead
+
+VIA_VALUE = b"1.1 egressgate"
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def request_head(method: bytes, path: bytes, authority: bytes, headers: list[Header],
+                 *, upgrade: bytes | None, chunked: bool,
+                 forwarded_for: bytes | None) -> bytes:
+    """An HTTP/1.1 request head for the origin: origin-form target, Host from the URI."""
+    parts = [method, b" ", path, b" HTTP/1.1\r\nHost: ", authority, b"\r\n"]
+    via_seen = False
+    for lname, name, value in headers:
+        if lname == b"host":
+            continue
+        if lname == b"via":
+            value = value + b", " + VIA_VALUE
+            via_seen = True
+        parts += (name, b": ", value, b"\r\n")
+    if not via_seen:
+        parts.append(b"Via: " + VIA_VALUE + b"\r\n")
+    if forwarded_for is not None:
+        parts += (b"X-Forwarded-For: ", forwarded_for, b"\r\n")
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if upgrade is not None:
+        parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n\r\n")
+    else:
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def response_head(head: ResponseHead, headers: list[Header], *, keep_alive: bool,
+                  chunked: bool, upgrade: bytes | None = None) -> bytes:
+    """The response head for the client, with our own framing and connection headers."""
+    parts = [b"HTTP/1.1 ", str(head.status).encode(), b" ", head.reason, b"\r\n"]
+    via_seen = False
+    for lname, name, value in headers:
+        if lname == b"via":
+            value = value + b", " + VIA_VALUE
+            via_seen = True
+        parts += (name, b": ", value, b"\r\n")
+    if not via_seen:
+        parts.append(b"Via: " + VIA_VALUE + b"\r\n")
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if upgrade is not None:
+        parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n\r\n")
+    elif not keep_alive:
+        parts.append(b"Connection: close\r\n\r\n")
+    else:
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of chunked transfer coding (RFC 9112 §7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -1,0 +1,168 @@
+"""HTTP/1.x meaning of a parsed head: request-target forms, framing (smuggling) rules, and which
+headers are hop-by-hop. Pure: no sockets, no policy, no logging.
+
+Every framing rule lives here — even where llhttp already refuses the same thing by default —
+because parser defaults are not our security rules, and each rule has its own test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from egressgate.errors import ProtocolError, Reason
+from egressgate.http1.events import Header, RequestHead
+
+# RFC 9110 §7.6.1: Connection and the headers it names are hop-by-hop; so are these, which
+# predate it (RFC 2616 §13.5.1) or are proxy-specific.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization",
+    b"proxy-authenticate", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTarget:
+    """Where a request goes: host text as sent (not yet normalized), port, path for upstream."""
+
+    host: str
+    port: int
+    path: bytes  # origin-form for the upstream request line ("/" at least); b"" for CONNECT
+    authority: bytes  # host[:port] as it goes into the upstream Host header
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """How the request body is delimited."""
+
+    chunked: bool
+    content_length: int | None  # None with chunked, 0 when there is no body
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+def parse_connect_target(target: bytes) -> RequestTarget:
+    """RFC 9110 §9.3.6: CONNECT uses authority-form, host:port; the port is required."""
+    text = _ascii(target)
+    host, port = _split_authority(text, default_port=None)
+    return RequestTarget(host, port, b"", target)
+
+
+def parse_proxy_target(target: bytes) -> RequestTarget:
+    """RFC 9112 §3.2.2: a request to a proxy uses absolute-form, http://authority/path."""
+    text = _ascii(target)
+    if text.startswith("/") or text == "*":
+        raise ProtocolError(Reason.NOT_A_PROXY_REQUEST,
+                            "origin-form request sent to a forward proxy")
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        raise ProtocolError(Reason.BAD_REQUEST, "request target is not an absolute URL")
+    if scheme.lower() != "http":
+        raise ProtocolError(Reason.UNSUPPORTED_SCHEME, f"scheme {scheme!r} cannot be forwarded")
+    end = len(rest)
+    for delimiter in "/?#":
+        index = rest.find(delimiter)
+        if index != -1:
+            end = min(end, index)
+    authority, path = rest[:end], rest[end:]
+    if "@" in authority:
+        # RFC 9110 §4.2.4: userinfo is deprecated and a classic way to disguise the real host.
+        raise ProtocolError(Reason.BAD_REQUEST, "credentials in the URL are not accepted")
+    host, port = _split_authority(authority, default_port=80)
+    path = path.split("#", 1)[0]
+    if not path.startswith("/"):
+        path = "/" + path
+    return RequestTarget(host, port, path.encode("ascii"), authority.encode("ascii"))
+
+
+def _ascii(target: bytes) -> str:
+    try:
+        return target.decode("ascii")
+    except UnicodeDecodeError:
+        raise ProtocolError(Reason.BAD_REQUEST, "non-ASCII request target") from None
+
+
+def _split_authority(authority: str, default_port: int | None) -> tuple[str, int]:
+    if authority.startswith("["):
+        host, sep, after = authority[1:].partition("]")
+        if not sep or (after and not after.startswith(":")):
+            raise ProtocolError(Reason.BAD_REQUEST, f"malformed IPv6 authority {authority!r}")
+        host = f"[{host}]"
+        port_text = after[1:] if after else ""
+    else:
+        host, sep, port_text = authority.rpartition(":")
+        if not sep:
+            host, port_text = authority, ""
+    if not host:
+        raise ProtocolError(Reason.BAD_REQUEST, "empty host in request target")
+    if not port_text:
+        if default_port is None:
+            raise ProtocolError(Reason.BAD_REQUEST, "CONNECT target needs host:port")
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        raise ProtocolError(Reason.BAD_REQUEST, f"invalid port {port_text!r}")
+    return host, int(port_text)
+
+
+def request_framing(head: RequestHead) -> Framing:
+    """RFC 9112 §6: decide how the body is framed, refusing every ambiguous combination."""
+    transfer_encodings: list[bytes] = []
+    lengths: list[bytes] = []
+    for lname, _, value in head.headers:
+        if lname == b"transfer-encoding":
+            transfer_encodings.append(value)
+        elif lname == b"content-length":
+            lengths.append(value)
+        if b"\r" in value or b"\n" in value:
+            # obs-fold (RFC 9112 §5.2) or a bare CR/LF that slipped through: refuse.
+            raise ProtocolError(Reason.SMUGGLING, "line folding in a header value")
+    if transfer_encodings and lengths:
+        # RFC 9112 §6.1: "A sender MUST NOT send a Content-Length header field in any message
+        # that contains a Transfer-Encoding header field" — a proxy must not guess which wins.
+        raise ProtocolError(Reason.SMUGGLING, "both Transfer-Encoding and Content-Length")
+    if transfer_encodings:
+        codings = [c.strip().lower() for v in transfer_encodings for c in v.split(b",")]
+        if codings != [b"chunked"]:
+            # RFC 9112 §6.3: chunked must be final; anything else cannot be framed safely here.
+            raise ProtocolError(Reason.SMUGGLING,
+                                "Transfer-Encoding other than exactly 'chunked'")
+        return Framing(chunked=True, content_length=None)
+    if lengths:
+        values = {v.strip() for v in lengths}
+        if len(values) != 1:
+            raise ProtocolError(Reason.SMUGGLING, "conflicting Content-Length values")
+        value = values.pop()
+        if not value.isdigit() or len(value) > 18:
+            raise ProtocolError(Reason.SMUGGLING, "invalid Content-Length")
+        return Framing(chunked=False, content_length=int(value))
+    return Framing(chunked=False, content_length=0)
+
+
+def connection_tokens(headers: list[Header]) -> set[bytes]:
+    """Lowercased tokens of every Connection (and Proxy-Connection) header."""
+    tokens: set[bytes] = set()
+    for lname, _, value in headers:
+        if lname == b"connection" or lname == b"proxy-connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return tokens
+
+
+def end_to_end(headers: list[Header], extra_hop: set[bytes]) -> list[Header]:
+    """The headers without hop-by-hop ones (fixed list + those named in Connection)."""
+    return [h for h in headers if h[0] not in HOP_BY_HOP and h[0] not in extra_hop]
+
+
+def wants_upgrade(head: RequestHead, tokens: set[bytes]) -> bytes | None:
+    """The Upgrade header value if the client asks to switch protocols (e.g. websocket)."""
+    if b"upgrade" not in tokens:
+        return None
+    for lname, _, value in head.headers:
+        if lname == b"upgrade":
+            return value
+    return None
+
+
+def expects_continue(head: RequestHead) -> bool:
+    return any(lname == b"expect" and value.strip().lower() == b"100-continue"
+               for lname, _, value in head.headers)

@@ -1,0 +1,37 @@
+"""Bind listening sockets: host:port, [v6]:port, port 0 → the real port read back."""
+
+from __future__ import annotations
+
+import socket
+
+from egressgate.config.model import ListenAddress
+
+BACKLOG = 4096
+
+
+def bind(address: ListenAddress, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """A bound (and by default listening) non-blocking TCP socket."""
+    infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV)
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6 and address.host in ("::", ""):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # dual-stack [::]
+        sock.bind(sockaddr)
+        if listen:
+            sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bound_address(sock: socket.socket) -> str:
+    """host:port (or [v6]:port) the socket is bound to."""
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,297 @@
+"""Bidirectional byte relay between two raw non-blocking sockets, zero-copy with splice(2).
+
+Byte-exact, half-close each way (EOF on one side becomes shutdown(SHUT_WR) on the other, never a
+full close), back-pressure (a direction stops reading while its bytes cannot be written), and an
+idle timeout. Knows nothing of policy or HTTP.
+
+Why splice: relaying through Python buffers costs a copy in and a copy out plus interpreter work
+per chunk; measured on the bench rig, asyncio streams reach ~0.4x Squid on bulk tunnels and
+Protocol pumping ~1.6x, while splice(2) moves pages socket → pipe → socket inside the kernel.
+Pipes come from a small shared pool and are held only while bytes sit in them (one pipe per
+tunnel would exhaust the per-user pipe quota and cost memory for every idle tunnel). If no pipe
+can be had, that direction falls back to recv/send for the chunk.
+
+Everything is callback-driven on the event loop (add_reader/add_writer): no coroutine and no
+task per tunnel, which keeps an idle tunnel to a few hundred bytes of Python objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+PIPE_SIZE = 1 << 20  # 1 MiB: fewer syscalls per byte on bulk transfers (F_SETPIPE_SZ)
+CHUNK = PIPE_SIZE
+MAX_POOLED_PIPES = 16
+# Per readiness event, how many splice rounds before yielding to other connections (fairness).
+ROUNDS_PER_EVENT = 8
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK)
+
+
+class PipePool:
+    """A few kernel pipes shared by all tunnels of one process."""
+
+    def __init__(self) -> None:
+        self._free: list[tuple[int, int]] = []
+        self.size = PIPE_SIZE
+
+    def get(self) -> tuple[int, int] | None:
+        if self._free:
+            return self._free.pop()
+        try:
+            read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            fcntl.fcntl(write_fd, _F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # over the pipe-size quota: the default 64 KiB pipe still works
+        return read_fd, write_fd
+
+    def put(self, pipe: tuple[int, int]) -> None:
+        if len(self._free) < MAX_POOLED_PIPES:
+            self._free.append(pipe)
+        else:
+            os.close(pipe[0])
+            os.close(pipe[1])
+
+    def discard(self, pipe: tuple[int, int]) -> None:
+        """A pipe whose content is unknown after an error: never reuse it."""
+        os.close(pipe[0])
+        os.close(pipe[1])
+
+
+_POOL = PipePool()
+
+
+@dataclass(frozen=True, slots=True)
+class RelayStats:
+    """What one relay moved, and how it ended."""
+
+    bytes_up: int  # client → upstream
+    bytes_down: int  # upstream → client
+    end: str  # "eof" | "idle-timeout" | "reset" | "closed"
+
+
+class _Direction:
+    """One direction src → dst: read with splice into a pooled pipe, write out of it."""
+
+    __slots__ = ("dst", "dst_fd", "eof", "done", "in_pipe", "moved", "owner", "paused",
+                 "pending", "pipe", "src", "src_fd")
+
+    def __init__(self, owner: Relay, src: socket.socket, dst: socket.socket,
+                 pending: bytes) -> None:
+        self.owner = owner
+        self.src = src
+        self.dst = dst
+        self.src_fd = src.fileno()
+        self.dst_fd = dst.fileno()
+        self.pipe: tuple[int, int] | None = None
+        self.in_pipe = 0
+        self.pending = pending  # bytes to write before any spliced data (e.g. a ClientHello)
+        self.moved = 0
+        self.eof = False
+        self.done = False
+        self.paused = False
+
+    def start(self) -> None:
+        if self.pending and not self._write_pending():
+            self._pause()
+            return
+        self.owner.loop.add_reader(self.src_fd, self.on_readable)
+
+    def on_readable(self) -> None:
+        self.owner.touch()
+        try:
+            for _ in range(ROUNDS_PER_EVENT):
+                if not self._read_once() or not self._flush():
+                    return
+        except OSError as exc:
+            self.owner.fail(exc)
+
+    def _read_once(self) -> bool:
+        """Move bytes src → pipe. False when there is nothing more to do right now."""
+        if self.pipe is None:
+            self.pipe = _POOL.get()
+            if self.pipe is None:
+                return self._copy_once()
+        try:
+            n = os.splice(self.src_fd, self.pipe[1], CHUNK, flags=SPLICE_FLAGS)
+        except BlockingIOError:
+            self._release_pipe_if_empty()
+            return False
+        if n == 0:
+            self._release_pipe_if_empty()
+            self._on_eof()
+            return False
+        self.in_pipe += n
+        return True
+
+    def _copy_once(self) -> bool:
+        """Fallback without a pipe: one recv/send round through Python."""
+        try:
+            data = self.src.recv(256 * 1024)
+        except BlockingIOError:
+            return False
+        if not data:
+            self._on_eof()
+            return False
+        self.pending = data
+        if not self._write_pending():
+            self._pause()
+            return False
+        return True
+
+    def _flush(self) -> bool:
+        """Move bytes pipe → dst. False (and paused) when dst cannot take them yet."""
+        if self.pending and not self._write_pending():
+            self._pause()
+            return False
+        while self.in_pipe:
+            assert self.pipe is not None
+            try:
+                n = os.splice(self.pipe[0], self.dst_fd, self.in_pipe, flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                self._pause()
+                return False
+            self.in_pipe -= n
+            self.moved += n
+        self._release_pipe_if_empty()
+        return True
+
+    def _write_pending(self) -> bool:
+        while self.pending:
+            try:
+                sent = self.dst.send(self.pending)
+            except BlockingIOError:
+                return False
+            self.pending = self.pending[sent:]
+            self.moved += sent
+        return True
+
+    def _release_pipe_if_empty(self) -> None:
+        if self.pipe is not None and self.in_pipe == 0:
+            _POOL.put(self.pipe)
+            self.pipe = None
+
+    def _pause(self) -> None:
+        """Back-pressure: stop reading src until dst drains."""
+        if not self.paused:
+            self.paused = True
+            self.owner.loop.remove_reader(self.src_fd)
+            self.owner.loop.add_writer(self.dst_fd, self.on_writable)
+
+    def on_writable(self) -> None:
+        self.owner.touch()
+        try:
+            if not self._flush():
+                return
+        except OSError as exc:
+            self.owner.fail(exc)
+            return
+        self.paused = False
+        self.owner.loop.remove_writer(self.dst_fd)
+        if self.eof:
+            self._finish()
+        else:
+            self.owner.loop.add_reader(self.src_fd, self.on_readable)
+
+    def _on_eof(self) -> None:
+        self.eof = True
+        self.owner.loop.remove_reader(self.src_fd)
+        if not self.paused:
+            self._finish()
+
+    def _finish(self) -> None:
+        """All bytes delivered after EOF: pass the half-close on."""
+        try:
+            self.dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self.done = True
+        self.owner.direction_done()
+
+    def stop(self) -> None:
+        loop = self.owner.loop
+        loop.remove_reader(self.src_fd)
+        loop.remove_writer(self.dst_fd)
+        if self.pipe is not None:
+            if self.in_pipe:
+                _POOL.discard(self.pipe)
+            else:
+                _POOL.put(self.pipe)
+            self.pipe = None
+
+
+class Relay:
+    """Relays between `client` and `upstream` until both directions end; then closes both."""
+
+    __slots__ = ("_down", "_idle_timer", "_on_done", "_up", "client", "end", "idle_timeout_s",
+                 "last_activity", "loop", "upstream")
+
+    def __init__(
+        self,
+        client: socket.socket,
+        upstream: socket.socket,
+        on_done: Callable[[RelayStats], None],
+        idle_timeout_s: float,
+        initial_up: bytes = b"",
+        initial_down: bytes = b"",
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.client = client
+        self.upstream = upstream
+        self._on_done: Callable[[RelayStats], None] | None = on_done
+        self.idle_timeout_s = idle_timeout_s
+        self.last_activity = time.monotonic()
+        self.end = "eof"
+        self._up = _Direction(self, client, upstream, initial_up)
+        self._down = _Direction(self, upstream, client, initial_down)
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._up.start()
+        self._down.start()
+        self._idle_timer = self.loop.call_later(self.idle_timeout_s, self._check_idle)
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+    def _check_idle(self) -> None:
+        idle = time.monotonic() - self.last_activity
+        if idle >= self.idle_timeout_s:
+            self.end = "idle-timeout"
+            self.close()
+        else:
+            self._idle_timer = self.loop.call_later(self.idle_timeout_s - idle, self._check_idle)
+
+    def direction_done(self) -> None:
+        if self._up.done and self._down.done:
+            self.close()
+
+    def fail(self, exc: OSError) -> None:
+        self.end = "reset" if exc.errno not in _WOULD_BLOCK else "closed"
+        self.close()
+
+    def close(self) -> None:
+        """End the relay now (also used by shutdown after the drain deadline)."""
+        if self._on_done is None:
+            return
+        if self.end == "eof" and not (self._up.done and self._down.done):
+            self.end = "closed"
+        self._up.stop()
+        self._down.stop()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self.client.close()
+        self.upstream.close()
+        on_done, self._on_done = self._on_done, None
+        on_done(RelayStats(self._up.moved, self._down.moved, self.end))

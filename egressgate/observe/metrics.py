@@ -1,0 +1,178 @@
+"""Prometheus metrics: every metric name is defined here.
+
+The data path only bumps plain integers in dicts (no locks, no label lookups per request); a
+custom collector turns them into Prometheus metric families at scrape time through the standard
+`prometheus_client` exposition. State is a JSON-able snapshot so that the metrics of several
+worker processes can be summed (see runtime/workers.py).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+PREFIX = "egressgate"
+DNS_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+REQUESTS = f"{PREFIX}_requests"
+BYTES = f"{PREFIX}_bytes"
+ACTIVE_CONNECTIONS = f"{PREFIX}_active_connections"
+ACTIVE_TUNNELS = f"{PREFIX}_active_tunnels"
+UPSTREAM_ERRORS = f"{PREFIX}_upstream_errors"
+DNS_LOOKUP = f"{PREFIX}_dns_lookup_seconds"
+RELOADS = f"{PREFIX}_reloads"
+CONFIG_GENERATION = f"{PREFIX}_config_generation"
+CONFIG_INFO = f"{PREFIX}_config_info"
+ACCESS_LOG_ERRORS = f"{PREFIX}_access_log_errors"
+CONNECTIONS_REJECTED = f"{PREFIX}_connections_rejected"
+WORKERS = f"{PREFIX}_workers"
+
+
+class Metrics:
+    """Counters of one process. Cheap to bump; exported by MetricsCollector."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str, str], int] = {}
+        self.bytes_up: dict[str, int] = {}
+        self.bytes_down: dict[str, int] = {}
+        self.upstream_errors: dict[str, int] = {}
+        self.reloads: dict[str, int] = {"success": 0, "failure": 0}
+        self.dns_counts: dict[str, list[int]] = {}
+        self.dns_sums: dict[str, float] = {}
+        self.access_log_errors = 0
+        self.connections_rejected = 0
+        self.active_connections = 0
+        self.active_tunnels = 0
+        self.config_generation = 0
+        self.config_hash = ""
+        self.config_source = ""
+
+    def count_request(self, kind: str, decision: str, reason: str, policy: str,
+                      bytes_up: int, bytes_down: int) -> None:
+        key = (kind, decision, reason, policy)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        if bytes_up:
+            self.bytes_up[kind] = self.bytes_up.get(kind, 0) + bytes_up
+        if bytes_down:
+            self.bytes_down[kind] = self.bytes_down.get(kind, 0) + bytes_down
+
+    def count_upstream_error(self, reason: str) -> None:
+        self.upstream_errors[reason] = self.upstream_errors.get(reason, 0) + 1
+
+    def observe_dns(self, seconds: float, result: str) -> None:
+        counts = self.dns_counts.get(result)
+        if counts is None:
+            counts = self.dns_counts[result] = [0] * (len(DNS_BUCKETS_S) + 1)
+            self.dns_sums[result] = 0.0
+        counts[bisect.bisect_left(DNS_BUCKETS_S, seconds)] += 1
+        self.dns_sums[result] += seconds
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-able copy of every value (for aggregation across worker processes)."""
+        return {
+            "requests": [[*k, v] for k, v in self.requests.items()],
+            "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
+            "upstream_errors": self.upstream_errors, "reloads": self.reloads,
+            "dns_counts": self.dns_counts, "dns_sums": self.dns_sums,
+            "access_log_errors": self.access_log_errors,
+            "connections_rejected": self.connections_rejected,
+            "active_connections": self.active_connections,
+            "active_tunnels": self.active_tunnels,
+            "config_generation": self.config_generation,
+            "config_hash": self.config_hash, "config_source": self.config_source,
+        }
+
+
+def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Sum counters and gauges of several snapshots; config info from the newest generation."""
+    total: dict[str, Any] = Metrics().snapshot()
+    requests: dict[tuple[str, ...], int] = {}
+    for snap in snapshots:
+        for *key, value in snap["requests"]:
+            requests[tuple(key)] = requests.get(tuple(key), 0) + value
+        for name in ("bytes_up", "bytes_down", "upstream_errors", "reloads", "dns_sums"):
+            for key, value in snap[name].items():
+                total[name][key] = total[name].get(key, 0) + value
+        for result, counts in snap["dns_counts"].items():
+            mine = total["dns_counts"].setdefault(result, [0] * len(counts))
+            total["dns_counts"][result] = [a + b for a, b in zip(mine, counts, strict=True)]
+        for name in ("access_log_errors", "connections_rejected", "active_connections",
+                     "active_tunnels"):
+            total[name] += snap[name]
+        if snap["config_generation"] >= total["config_generation"]:
+            for name in ("config_generation", "config_hash", "config_source"):
+                total[name] = snap[name]
+    total["requests"] = [[*k, v] for k, v in requests.items()]
+    return total
+
+
+class MetricsCollector(Collector):
+    """Exposes a snapshot source (one process, or the merged workers) to prometheus_client."""
+
+    def __init__(self, source: Any) -> None:
+        self._source = source  # callable returning a snapshot dict
+
+    def collect(self) -> Iterator[Metric]:
+        snap: dict[str, Any] = self._source()
+        yield from _families(snap)
+
+
+def _families(snap: dict[str, Any]) -> Iterator[Metric]:
+    requests = CounterMetricFamily(
+        REQUESTS, "Requests and tunnels by kind, decision, reason and deciding policy",
+        labels=["kind", "decision", "reason", "policy"])
+    for kind, decision, reason, policy, value in snap["requests"]:
+        requests.add_metric([kind, decision, reason, policy], value)
+    yield requests
+    relayed = CounterMetricFamily(BYTES, "Bytes relayed; up = client to destination",
+                                  labels=["direction", "kind"])
+    for direction in ("up", "down"):
+        for kind, value in snap[f"bytes_{direction}"].items():
+            relayed.add_metric([direction, kind], value)
+    yield relayed
+    yield GaugeMetricFamily(ACTIVE_CONNECTIONS, "Open client connections",
+                            value=snap["active_connections"])
+    yield GaugeMetricFamily(ACTIVE_TUNNELS, "Open CONNECT tunnels", value=snap["active_tunnels"])
+    errors = CounterMetricFamily(UPSTREAM_ERRORS, "Failures reaching destinations, by kind",
+                                 labels=["reason"])
+    for reason, value in snap["upstream_errors"].items():
+        errors.add_metric([reason], value)
+    yield errors
+    yield _dns_histogram(snap)
+    reloads = CounterMetricFamily(RELOADS, "Config reloads by result", labels=["result"])
+    for result, value in snap["reloads"].items():
+        reloads.add_metric([result], value)
+    yield reloads
+    yield GaugeMetricFamily(CONFIG_GENERATION, "Generation of the policy in force (1 = start)",
+                            value=snap["config_generation"])
+    info = GaugeMetricFamily(CONFIG_INFO, "The config in force (value always 1)",
+                             labels=["sha256", "source"])
+    info.add_metric([snap["config_hash"], snap["config_source"]], 1)
+    yield info
+    yield CounterMetricFamily(ACCESS_LOG_ERRORS, "Access-log batches that could not be written",
+                              value=snap["access_log_errors"])
+    yield CounterMetricFamily(CONNECTIONS_REJECTED, "Connections refused at max_connections",
+                              value=snap["connections_rejected"])
+    if "workers" in snap:
+        yield GaugeMetricFamily(WORKERS, "Worker processes reporting", value=snap["workers"])
+
+
+def _dns_histogram(snap: dict[str, Any]) -> Metric:
+    histogram = HistogramMetricFamily(DNS_LOOKUP, "DNS lookup latency (cache misses only)",
+                                      labels=["result"])
+    for result, counts in snap["dns_counts"].items():
+        cumulative, buckets = 0, []
+        for bound, count in zip((*DNS_BUCKETS_S, float("inf")), counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+        histogram.add_metric([result], buckets, sum_value=snap["dns_sums"][result])
+    return histogram

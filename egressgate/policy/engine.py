@@ -1,0 +1,181 @@
+"""PolicySet: the compiled, immutable policy of one config generation.
+
+Pure and synchronous; everything is compiled at load, nothing is re-parsed per request. The data
+path consults it twice, both times from proxy/gate.py:
+
+1. `decide(client, target)` before DNS, on the name (and port) the client asked for;
+2. `vet(decision, addresses)` after DNS, on every address the name resolved to.
+
+Precedence inside `decide`, first hit wins:
+  1. the client's policy (clients rules → named policy; default otherwise);
+  2. the destination host: an IP literal must be listed as an address or CIDR; a name must match
+     an allow entry (exact, .domain, *.sub, *);
+  3. the port: connect_ports for CONNECT, http_ports for plain HTTP;
+  4. report mode turns a refusal from 2-3 into Verdict.REPORT (allowed, reason kept).
+
+`vet` refuses the whole destination if ANY of its addresses is internal (loopback, RFC 1918,
+CGNAT, link-local/metadata, ULA, multicast, unspecified, reserved) and not covered by
+allow_private: a name that points inside as well as outside is either a mistake or a DNS
+rebinding attempt. This protection stays on in report mode (report mode is for discovering the
+allowlist, not for switching off SSRF protection); allow_private is the only way through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from egressgate.config.model import Config, Mode, NoSniAction, PolicyConfig, PortRange
+from egressgate.errors import Reason
+from egressgate.names.addresses import AddressClass, classify_address
+from egressgate.names.hostname import Host, InvalidHost, IPAddress, normalize_host
+from egressgate.names.patterns import DomainPattern, HostMatcher, IPNetwork, parse_cidr
+from egressgate.policy.clients import ClientSelector
+from egressgate.policy.decision import ClientIdentity, Decision, Target, Verdict
+
+
+def _port_set(ranges: tuple[PortRange, ...]) -> frozenset[int] | tuple[PortRange, ...]:
+    """Small port lists become a frozenset for O(1) lookup; wide ranges stay ranges."""
+    if sum(r.high - r.low + 1 for r in ranges) <= 1024:
+        return frozenset(p for r in ranges for p in range(r.low, r.high + 1))
+    return ranges
+
+
+def _port_allowed(ports: frozenset[int] | tuple[PortRange, ...], port: int) -> bool:
+    if isinstance(ports, frozenset):
+        return port in ports
+    return any(port in r for r in ports)
+
+
+class CompiledPolicy:
+    """One named policy in its fast form."""
+
+    __slots__ = (
+        "allow_private",
+        "config",
+        "connect_ports",
+        "http_ports",
+        "matcher",
+        "name",
+        "report",
+        "sni_check",
+        "tunnels_without_sni",
+    )
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.matcher = HostMatcher([DomainPattern.parse(p) for p in config.allow])
+        self.connect_ports = _port_set(config.connect_ports)
+        self.http_ports = _port_set(config.http_ports)
+        self.allow_private: tuple[IPNetwork, ...] = tuple(
+            parse_cidr(c) for c in config.allow_private
+        )
+        self.report = config.mode is Mode.REPORT
+        self.sni_check = config.sni_check
+        self.tunnels_without_sni = config.tunnels_without_sni
+
+    def decide(self, target: Target) -> Decision:
+        host = target.host
+        if host.address is not None:
+            rule = self.matcher.match_address(host.address)
+            refusal = Reason.IP_LITERAL_NOT_ALLOWED
+        else:
+            assert host.name is not None
+            rule = self.matcher.match_name(host.name)
+            refusal = Reason.HOST_NOT_ALLOWED
+        if rule is None:
+            return self._refuse(refusal, f"{host.text} is not on the allowlist of policy "
+                                f"{self.name!r}")
+        ports = self.connect_ports if target.connect else self.http_ports
+        if not _port_allowed(ports, target.port):
+            key = "connect_ports" if target.connect else "http_ports"
+            listed = ", ".join(str(r) for r in (
+                self.config.connect_ports if target.connect else self.config.http_ports))
+            return self._refuse(Reason.PORT_NOT_ALLOWED, f"port {target.port} is not in "
+                                f"{key} [{listed}] of policy {self.name!r}", rule)
+        return Decision(Verdict.ALLOW, Reason.ALLOWED, self.name, rule)
+
+    def decide_sni(self, connect: Host, sni: str) -> Decision | None:
+        """Check a tunnel's TLS server name against its CONNECT host; None means it passes.
+
+        Domain fronting sends CONNECT for an allowed name and a different name inside TLS: the
+        SNI must name the CONNECT host itself (when that is a name) and be allowed here.
+        """
+        try:
+            host = normalize_host(sni)
+        except InvalidHost:
+            return self._refuse(Reason.SNI_NOT_ALLOWED, f"invalid TLS server name {sni!r}")
+        if host.name is None or self.matcher.match_name(host.name) is None:
+            return self._refuse(Reason.SNI_NOT_ALLOWED, f"TLS server name {host.text} is not "
+                                f"allowed (CONNECT was for {connect.text})")
+        if connect.name is not None and host.name != connect.name:
+            return self._refuse(Reason.SNI_MISMATCH, f"TLS server name {host.text} differs "
+                                f"from the CONNECT host {connect.text}")
+        return None
+
+    def no_sni(self, why: str) -> Decision | None:
+        if self.tunnels_without_sni is NoSniAction.DENY:
+            return self._refuse(Reason.SNI_MISSING, why)
+        return None
+
+    def _refuse(self, reason: Reason, detail: str, rule: str | None = None) -> Decision:
+        verdict = Verdict.REPORT if self.report else Verdict.DENY
+        return Decision(verdict, reason, self.name, rule, detail)
+
+    def vet(self, addresses: list[IPAddress]) -> tuple[AddressClass, IPAddress] | None:
+        """The first internal address not covered by allow_private, or None if all may go."""
+        for address in addresses:
+            cls = classify_address(address)
+            if cls is AddressClass.PUBLIC:
+                continue
+            if any(address.version == n.version and address in n for n in self.allow_private):
+                continue
+            return cls, address
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class VetResult:
+    """After DNS: refusal (if any) and the addresses the proxy may connect to, in order."""
+
+    refusal: Decision | None
+    addresses: tuple[IPAddress, ...]
+
+
+class PolicySet:
+    """Every policy of one config generation, plus the client → policy selector."""
+
+    __slots__ = ("default", "policies", "selector")
+
+    def __init__(self, policies: dict[str, CompiledPolicy], selector: ClientSelector,
+                 default: str) -> None:
+        self.policies = policies
+        self.selector = selector
+        self.default = policies[default]
+
+    @classmethod
+    def compile(cls, config: Config) -> PolicySet:
+        policies = {p.name: CompiledPolicy(p) for p in config.policies}
+        return cls(policies, ClientSelector(config.clients, config.default_policy),
+                   config.default_policy)
+
+    def policy_for(self, client: ClientIdentity) -> CompiledPolicy:
+        """Raises policy.clients.NeedsAuthentication when the client must log in first."""
+        if self.selector.trivial:
+            return self.default
+        return self.policies[self.selector.select(client)]
+
+    def decide(self, client: ClientIdentity, target: Target) -> Decision:
+        """Name-level decision (before DNS). Raises NeedsAuthentication (→ 407)."""
+        return self.policy_for(client).decide(target)
+
+    def vet(self, decision: Decision, addresses: list[IPAddress]) -> VetResult:
+        """Address-level check (after DNS) under the policy that made `decision`."""
+        policy = self.policies[decision.policy]
+        bad = policy.vet(addresses)
+        if bad is None:
+            return VetResult(None, tuple(addresses))
+        cls, address = bad
+        refusal = Decision(Verdict.DENY, Reason.PRIVATE_ADDRESS, policy.name, decision.rule,
+                           f"resolves to {address} ({cls.value}), which is not in allow_private")
+        return VetResult(refusal, ())

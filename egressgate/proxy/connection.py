@@ -1,0 +1,324 @@
+"""ClientConnection: one asyncio.Protocol per client connection.
+
+Owns the request parser, the header timeout (slowloris), keep-alive, and the order of pipelined
+requests: one exchange at a time; events of later requests wait in a queue (reading pauses while
+they do, so the queue stays bounded). Hands each request to forward.HttpExchange or
+tunnel.start_tunnel. Every refusal is written by `refuse()`, through proxy/refusal.py.
+
+States (named, not implied by flags):
+  HEAD      waiting for a request head (header timer running)
+  BUSY      an exchange is in progress
+  TUNNEL    the socket was handed to a tunnel or upgrade relay; this protocol is done with it
+  CLOSED
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections import deque
+from enum import Enum
+from typing import cast, TYPE_CHECKING, Any
+
+from egressgate.errors import ProtocolError, ProxyFailure, Reason, Refused
+from egressgate.http1.events import END, Event, RequestHead, TunnelStart
+from egressgate.http1.parser import RequestParser
+from egressgate.names.hostname import IPAddress
+from egressgate.observe.record import AccessRecord
+from egressgate.policy.decision import ClientIdentity
+from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.refusal import refusal_response
+
+if TYPE_CHECKING:
+    from egressgate.proxy.forward import HttpExchange
+
+# Pause reading from a client whose pipelined requests queue up beyond this many events.
+MAX_QUEUED_EVENTS = 64
+
+
+class ConnState(Enum):
+    HEAD = "head"
+    BUSY = "busy"
+    TUNNEL = "tunnel"
+    CLOSED = "closed"
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = ("_queue", "_reading_paused", "_timer", "address", "client_text", "ctx",
+                 "exchange", "identity", "parser", "peer_port", "request_open", "state",
+                 "tls_names", "transport", "upgraded", "write_paused")
+
+    def __init__(self, ctx: ProxyContext, tls_names: tuple[str, ...] = ()) -> None:
+        self.ctx = ctx
+        limits = ctx.limits
+        self.parser = RequestParser(limits.max_request_line_bytes, limits.max_header_bytes)
+        self.state = ConnState.HEAD
+        self.transport: asyncio.Transport | None = None
+        self.exchange: HttpExchange | None = None
+        self.request_open = False  # the current exchange still receives request body events
+        self._queue: deque[Event] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading_paused = False
+        self.write_paused = False
+        self.tls_names = tls_names
+        self.client_text = "-"
+        self.peer_port = 0
+        self.identity: ClientIdentity | None = None
+        self.address: IPAddress | None = None
+        self.upgraded = False  # the parser is done: later bytes belong to a tunnel
+
+    # ---- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses; same interface.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        self.address = ipaddress.ip_address(host.split("%", 1)[0])
+        if self.address.version == 6 and self.address.ipv4_mapped is not None:
+            self.address = self.address.ipv4_mapped
+        self.client_text = str(self.address)
+        self.peer_port = peer[1] if isinstance(peer, tuple) else 0
+        self.identity = ClientIdentity(self.address, None, self.tls_names)
+        ctx = self.ctx
+        if len(ctx.live) >= ctx.limits.max_connections or ctx.state.draining:
+            reason = Reason.SHUTTING_DOWN if ctx.state.draining else Reason.TOO_MANY_CONNECTIONS
+            ctx.metrics.connections_rejected += reason is Reason.TOO_MANY_CONNECTIONS
+            transport.write(refusal_response(reason, None))
+            transport.close()
+            self.state = ConnState.CLOSED
+            return
+        ctx.live.add(self)
+        ctx.metrics.active_connections += 1
+        self._arm_timer(ctx.limits.header_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state is ConnState.TUNNEL:
+            return  # the socket lives on in a relay
+        self._closed()
+        if self.exchange is not None:
+            self.exchange.client_lost()
+            self.exchange = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is ConnState.CLOSED or self.state is ConnState.TUNNEL:
+            return
+        if self.upgraded:
+            if self.exchange is not None:
+                self.exchange.tunnel_start(data)  # raw bytes of the tunnel or new protocol
+            return
+        try:
+            events = self.parser.feed(data)
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        if self._queue or (self.exchange is not None and not self.request_open):
+            self._queue.extend(events)
+            self._limit_queue()
+            return
+        self._dispatch(events)
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes after its request still gets its response.
+        if self.exchange is None and not self._queue:
+            self.close()
+            return None
+        if self.exchange is not None and self.request_open:
+            self.exchange.client_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.exchange is not None:
+            self.exchange.client_write_paused()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.exchange is not None:
+            self.exchange.client_write_resumed()
+
+    # ---- event dispatch (pipelining order)
+    def _dispatch(self, events: list[Event] | deque[Event]) -> None:
+        for index, event in enumerate(events):
+            if self.state is ConnState.CLOSED or self.state is ConnState.TUNNEL:
+                return
+            if self.exchange is not None and not self.request_open \
+                    and not isinstance(event, TunnelStart):
+                # The current exchange has its whole request; later events wait their turn.
+                rest = list(events)[index:]
+                self._queue.extend(rest)
+                self._limit_queue()
+                return
+            self._handle(event)
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, RequestHead):
+            self._start_request(event)
+        elif isinstance(event, bytes):
+            if self.exchange is not None:
+                self.exchange.request_body(event)
+        elif event is END:
+            if self.exchange is not None:
+                self.request_open = False
+                self.exchange.request_end()
+        elif isinstance(event, TunnelStart) and self.exchange is not None:
+            self.request_open = False
+            self.upgraded = True
+            self.exchange.tunnel_start(event.rest)
+
+    def _start_request(self, head: RequestHead) -> None:
+        self._cancel_timer()
+        self.state = ConnState.BUSY
+        self.request_open = True
+        if head.method == b"CONNECT":
+            from egressgate.proxy.tunnel import TunnelExchange
+
+            self.exchange = TunnelExchange(self, head)  # type: ignore[assignment]
+        else:
+            from egressgate.proxy.forward import HttpExchange
+
+            self.exchange = HttpExchange(self, head)
+        self.exchange.start()
+
+    def exchange_done(self, keep_alive: bool) -> None:
+        """The current exchange has sent its whole response."""
+        self.exchange = None
+        self.request_open = False
+        if self.state is not ConnState.BUSY:
+            return
+        if not keep_alive or self.ctx.state.draining:
+            self.close()
+            return
+        self.state = ConnState.HEAD
+        self._arm_timer(self.ctx.limits.keepalive_timeout_s)
+        if self._queue:
+            queued, self._queue = self._queue, deque()
+            self._dispatch(queued)
+        if self._reading_paused and not self._queue and self.exchange is None:
+            self._reading_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+
+    def _limit_queue(self) -> None:
+        if len(self._queue) > MAX_QUEUED_EVENTS and not self._reading_paused:
+            self._reading_paused = True
+            if self.transport is not None:
+                self.transport.pause_reading()
+
+    # ---- flow control helpers for exchanges
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self._queue:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # ---- timers
+    def _arm_timer(self, delay_s: float) -> None:
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(delay_s, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.state is not ConnState.HEAD:
+            return
+        if self.parser_mid_head():
+            record = self.new_record("-", "http")
+            self.refuse(ProtocolError(Reason.HEADER_TIMEOUT, "request head not complete in "
+                                      f"{self.ctx.limits.header_timeout_s:g}s"), record, None)
+        else:
+            self.close()  # idle keep-alive connection
+
+    def parser_mid_head(self) -> bool:
+        return self.parser._head_seen > 0  # noqa: SLF001 - the parser's own progress counter
+
+    # ---- ending
+    def new_record(self, method: str, kind: str) -> AccessRecord:
+        return AccessRecord(time.time(), self.client_text, method, kind)
+
+    def refuse(self, failure: ProxyFailure, record: AccessRecord, host: str | None,
+               policy: str | None = None) -> None:
+        """Answer with the refusal for `failure`, log it, close the connection."""
+        reason = failure.reason
+        realm = None
+        if reason is Reason.AUTH_REQUIRED:
+            auth = self.ctx.state.current.config.auth
+            realm = auth.realm if auth is not None else None
+        record.reason = reason.value
+        record.status = reason.status
+        if isinstance(failure, Refused):
+            record.decision = "deny"
+        else:
+            record.decision = "error"
+        record.detail = failure.detail or None
+        if record.host is None and host is not None:
+            record.host = host
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(refusal_response(reason, host, failure.detail,
+                                                 policy or record.policy, realm))
+        self.finish_record(record)
+        self.exchange = None
+        self.close()
+
+    def finish_record(self, record: AccessRecord) -> None:
+        record.duration_ms = (time.time() - record.start) * 1000.0
+        self.ctx.finish(record)
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        if self.exchange is not None and self.request_open:
+            self.exchange.client_lost()  # its request body is corrupt: abandon it
+            self.exchange = None
+        record = self.new_record("-", "http")
+        self.refuse(exc, record, None)
+
+    def detach_for_tunnel(self) -> None:
+        """The socket now belongs to a relay: stop tracking it as an HTTP connection."""
+        self._cancel_timer()
+        self.state = ConnState.TUNNEL
+        self._unregister()
+
+    def close(self) -> None:
+        if self.state is ConnState.CLOSED:
+            return
+        self._closed()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _closed(self) -> None:
+        if self.state is ConnState.CLOSED:
+            return
+        self._cancel_timer()
+        self.state = ConnState.CLOSED
+        self._unregister()
+
+    def _unregister(self) -> None:
+        if self in self.ctx.live:
+            self.ctx.live.discard(self)
+            self.ctx.metrics.active_connections -= 1
+
+    # ---- draining (Closable)
+    def shutdown_idle(self) -> None:
+        if self.state is ConnState.HEAD and not self.parser_mid_head():
+            self.close()
+
+    def force_close(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client_lost()
+            self.exchange = None
+        if self.transport is not None:
+            self.transport.abort()
+        self._closed()
+
+    def __repr__(self) -> str:
+        return f"<ClientConnection {self.client_text}:{self.peer_port} {self.state.value}>"
+
+    def extra(self, name: str) -> Any:
+        return self.transport.get_extra_info(name) if self.transport is not None else None

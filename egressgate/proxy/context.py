@@ -1,0 +1,47 @@
+"""ProxyContext: the long-lived collaborators every connection needs, in one place.
+
+Owned by proxy/server.py; connections hold a reference and read `state.current` once per
+request. Also the live-connection registry used for draining and the connection cap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from egressgate.config.model import Limits
+from egressgate.net.resolver import Resolver
+from egressgate.observe.accesslog import AccessLog
+from egressgate.observe.metrics import Metrics
+from egressgate.observe.record import AccessRecord
+from egressgate.runtime.state import State
+
+if TYPE_CHECKING:
+    from egressgate.proxy.upstream_pool import UpstreamPool
+
+
+class Closable(Protocol):
+    def shutdown_idle(self) -> None: ...
+
+    def force_close(self) -> None: ...
+
+
+class ProxyContext:
+    __slots__ = ("access_log", "limits", "live", "metrics", "pool", "resolver", "state",
+                 "tunnels")
+
+    def __init__(self, state: State, resolver: Resolver, access_log: AccessLog,
+                 metrics: Metrics, pool: UpstreamPool) -> None:
+        self.state = state
+        self.resolver = resolver
+        self.access_log = access_log
+        self.metrics = metrics
+        self.pool = pool
+        self.limits: Limits = state.current.config.limits
+        self.live: set[Closable] = set()
+        self.tunnels: set[Closable] = set()
+
+    def finish(self, record: AccessRecord) -> None:
+        """Log and count one finished request or tunnel."""
+        self.metrics.count_request(record.kind, record.decision, record.reason,
+                                   record.policy or "-", record.bytes_up, record.bytes_down)
+        self.access_log.write(record)

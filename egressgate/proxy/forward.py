@@ -1,0 +1,460 @@
+"""Plain-HTTP forwarding: one HttpExchange per absolute-form request, over a pooled
+UpstreamConnection.
+
+Bodies stream both ways with flow control (a side whose write buffer is full pauses reading on
+the other side); nothing is held whole in memory. The request head is rewritten (origin-form
+target, Host from the URI, hop-by-hop headers removed, Via added, no X-Forwarded-For unless
+configured); the response head likewise. Redirects are passed to the client, never followed.
+`Expect: 100-continue` is forwarded and the origin's 100 relayed. An Upgrade (WebSocket) to an
+allowed host switches both connections to a byte relay after the 101.
+
+Fast path: when the destination's addresses are known without waiting (IP literal, hosts file,
+DNS cache) and an idle upstream connection exists, the request is sent from the data_received
+callback without creating a coroutine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from typing import cast, TYPE_CHECKING
+
+from egressgate.errors import ProtocolError, ProxyFailure, Reason, Refused, UpstreamError
+from egressgate.http1 import render
+from egressgate.http1.events import END, Event, RequestHead, ResponseHead, TunnelStart
+from egressgate.http1.parser import ResponseParser
+from egressgate.http1.semantics import (
+    connection_tokens,
+    end_to_end,
+    parse_proxy_target,
+    request_framing,
+    wants_upgrade,
+)
+from egressgate.net.pump import TransportPump
+from egressgate.net.relay import RelayStats
+from egressgate.net.tasks import spawn
+from egressgate.policy.decision import Decision, Target
+from egressgate.proxy import gate
+from egressgate.proxy.auth import authenticate
+from egressgate.proxy.upstream_pool import PoolKey, UpstreamPool
+from egressgate.runtime.state import Generation
+
+if TYPE_CHECKING:
+    from egressgate.proxy.connection import ClientConnection
+
+# Request body bytes buffered while the upstream connection is being set up.
+MAX_EARLY_BODY_BYTES = 256 * 1024
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """An HTTP/1.1 connection to one vetted address; serves one exchange at a time."""
+
+    __slots__ = ("exchange", "idle_timer", "key", "parser", "pool", "transport")
+
+    def __init__(self, pool: UpstreamPool, key: PoolKey) -> None:
+        self.pool = pool
+        self.key = key
+        self.parser = ResponseParser()
+        self.transport: asyncio.Transport | None = None
+        self.exchange: HttpExchange | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses; same interface.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            self.close()  # unsolicited bytes on an idle connection: never reuse it
+            return
+        try:
+            events = self.parser.feed(data)
+        except ProtocolError as exc:
+            exchange.upstream_failed(UpstreamError(Reason.UPSTREAM_BAD_RESPONSE, exc.detail))
+            return
+        for event in events:
+            if self.exchange is not exchange:
+                break
+            exchange.response_event(event)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost does the rest
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pool.remove(self)
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        exchange, self.exchange = self.exchange, None
+        self.transport = None
+        if exchange is not None:
+            exchange.upstream_lost()
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.conn.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.conn.resume_reading()
+
+    # ---- pool membership
+    def usable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def enter_pool(self, timer: asyncio.TimerHandle) -> None:
+        self.exchange = None
+        self.idle_timer = timer
+
+    def leave_pool(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class HttpExchange:
+    """One plain-HTTP request and its response."""
+
+    __slots__ = (
+        "_early_body", "_early_size", "_response_timer", "chunk_response", "chunked_request",
+        "conn", "ctx", "done", "head", "is_head", "keep_alive", "record", "request_complete",
+        "response_head", "response_open", "upgrade", "upstream",
+    )
+
+    def __init__(self, conn: ClientConnection, head: RequestHead) -> None:
+        self.conn = conn
+        self.ctx = conn.ctx
+        self.head = head
+        method = head.method.decode("ascii", "replace")
+        self.record = conn.new_record(method, "http")
+        self.upstream: UpstreamConnection | None = None
+        self._early_body: list[bytes] = []
+        self._early_size = 0
+        self.chunked_request = False
+        self.request_complete = False
+        self.response_head: ResponseHead | None = None
+        self.response_open = False
+        self.chunk_response = False
+        self.keep_alive = head.keep_alive
+        self.is_head = head.method == b"HEAD"
+        self.upgrade: bytes | None = None
+        self.done = False
+        self._response_timer: asyncio.TimerHandle | None = None
+
+    # ---- request side
+    def start(self) -> None:
+        conn, record, head = self.conn, self.record, self.head
+        host_text: str | None = None
+        try:
+            target = parse_proxy_target(head.target)
+            host_text = target.host
+            framing = request_framing(head)
+            host = gate.normalize_target_host(target.host)
+            record.host, record.port = host.text, target.port
+            host_text = host.text
+            gen = self.ctx.state.current
+            identity = conn.identity
+            assert identity is not None
+            user = authenticate(head.headers, gen.credentials)
+            if user is not None:
+                record.user = user
+                identity = replace(identity, user=user)
+            destination = Target(host, target.port, connect=False)
+            decision = gate.decide(gen, identity, destination, record)
+        except ProxyFailure as exc:
+            conn.refuse(exc, record, host_text)
+            return
+        tokens = connection_tokens(head.headers)
+        self.upgrade = wants_upgrade(head, tokens)
+        self.chunked_request = framing.chunked
+        headers = end_to_end(head.headers, tokens)
+        forwarded = conn.client_text.encode() if gen.config.forwarded_for else None
+        request = render.request_head(head.method, target.path, target.authority, headers,
+                                      upgrade=self.upgrade, chunked=framing.chunked,
+                                      forwarded_for=forwarded)
+        self._early_body.append(request)
+        found = gate.known_addresses(self.ctx, destination)
+        if found is not None:
+            try:
+                vetted = gate.vet(gen, decision, found, record)
+            except Refused as exc:
+                conn.refuse(exc, record, host_text)
+                return
+            upstream = self.ctx.pool.get(vetted, destination.port)
+            if upstream is not None:
+                self._attach(upstream)
+                return
+        spawn(self._connect(gen, decision, destination), name="egressgate-connect")
+
+    async def _connect(self, gen: Generation, decision: Decision, destination: Target) -> None:
+        record = self.record
+        try:
+            found = await gate.addresses(self.ctx, destination)
+            vetted = gate.vet(gen, decision, found, record)
+            upstream = self.ctx.pool.get(vetted, destination.port)
+            if upstream is None:
+                sock, address = await gate.connect_any(self.ctx, vetted, destination.port,
+                                                       record)
+                key = (str(address), destination.port)
+                loop = asyncio.get_running_loop()
+                try:
+                    _, upstream = await loop.create_connection(
+                        lambda: UpstreamConnection(self.ctx.pool, key), sock=sock)
+                except OSError as exc:
+                    sock.close()
+                    raise UpstreamError(Reason.UPSTREAM_ERROR, str(exc)) from None
+        except ProxyFailure as exc:
+            if not self.done:
+                self.done = True
+                self.conn.refuse(exc, record, record.host)
+            return
+        if self.done:
+            upstream.close()  # the client went away meanwhile
+            return
+        self._attach(upstream)
+
+    def _attach(self, upstream: UpstreamConnection) -> None:
+        self.upstream = upstream
+        upstream.exchange = self
+        self.record.address = upstream.key[0]
+        assert upstream.transport is not None
+        upstream.transport.writelines(self._early_body)
+        self._early_body = []
+        if self.request_complete or self.upgrade is not None:
+            self._arm_response_timer()
+        if self._early_size > MAX_EARLY_BODY_BYTES:
+            self.conn.resume_reading()
+
+    def request_body(self, data: bytes) -> None:
+        self.record.bytes_up += len(data)
+        if self.chunked_request:
+            data = render.chunk(data)
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.write(data)
+            return
+        self._early_body.append(data)
+        self._early_size += len(data)
+        if self._early_size > MAX_EARLY_BODY_BYTES:
+            self.conn.pause_reading()
+
+    def request_end(self) -> None:
+        self.request_complete = True
+        if self.chunked_request:
+            self.request_body_raw(render.LAST_CHUNK)
+        if self.upstream is not None:
+            self._arm_response_timer()
+
+    def request_body_raw(self, data: bytes) -> None:
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.write(data)
+        else:
+            self._early_body.append(data)
+
+    def tunnel_start(self, rest: bytes) -> None:
+        """The client sent Upgrade: bytes after its head belong to the new protocol."""
+        self.request_complete = True
+        if rest:
+            self.request_body_raw(rest)
+            self.record.bytes_up += len(rest)
+        if self.upstream is not None:
+            self._arm_response_timer()
+
+    def client_eof(self) -> None:
+        """The client half-closed with its request incomplete: nothing more will come."""
+
+    def client_lost(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._cancel_response_timer()
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.exchange = None
+            upstream.abort()  # a half-finished exchange cannot be reused
+        self.record.detail = self.record.detail or "client closed the connection"
+        if self.record.status == 0:
+            self.record.status = 499
+        self.conn.finish_record(self.record)
+
+    def client_write_paused(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.pause_reading()
+
+    def client_write_resumed(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.resume_reading()
+
+    # ---- response side
+    def _arm_response_timer(self) -> None:
+        if self._response_timer is None and self.response_head is None:
+            self._response_timer = asyncio.get_running_loop().call_later(
+                self.ctx.limits.response_timeout_s, self._response_timeout)
+
+    def _cancel_response_timer(self) -> None:
+        if self._response_timer is not None:
+            self._response_timer.cancel()
+            self._response_timer = None
+
+    def _response_timeout(self) -> None:
+        self._response_timer = None
+        self.upstream_failed(UpstreamError(
+            Reason.UPSTREAM_TIMEOUT,
+            f"no response within {self.ctx.limits.response_timeout_s:g}s"))
+
+    def response_event(self, event: Event) -> None:
+        if isinstance(event, bytes):
+            self.record.bytes_down += len(event)
+            transport = self.conn.transport
+            if transport is not None:
+                transport.write(render.chunk(event) if self.chunk_response else event)
+        elif isinstance(event, ResponseHead):
+            self._response_head(event)
+        elif event is END:
+            if self.response_head is not None and self.response_open:
+                self._response_end()
+        elif isinstance(event, TunnelStart):
+            self._switch_protocols(event.rest)
+
+    def _response_head(self, head: ResponseHead) -> None:
+        transport = self.conn.transport
+        if transport is None:
+            return
+        if 100 <= head.status < 200 and head.status != 101:
+            # Informational (100 Continue, 103 Early Hints): relay, the final answer follows.
+            if self.head.version == "1.1":
+                transport.write(render.response_head(head, end_to_end(head.headers, set()),
+                                                     keep_alive=True, chunked=False))
+            return
+        self._cancel_response_timer()
+        self.response_head = head
+        self.response_open = True
+        self.record.status = head.status
+        if head.status == 101:
+            return  # TunnelStart follows from the parser
+        tokens = connection_tokens(head.headers)
+        headers = end_to_end(head.headers, tokens)
+        no_body = self.is_head or head.status in _NO_BODY_STATUSES
+        # A refused upgrade leaves the client's parser in upgrade mode: end the connection.
+        keep_alive = self.keep_alive and self.request_complete and self.upgrade is None
+        close_delimited = not no_body and not head.chunked and head.content_length is None
+        if no_body:
+            chunked = False
+        elif head.chunked or close_delimited:
+            chunked = self.head.version == "1.1"
+            if not chunked:
+                keep_alive = False  # an HTTP/1.0 client learns the end by the close
+        else:
+            chunked = False
+        self.chunk_response = chunked
+        self.keep_alive = keep_alive
+        transport.write(render.response_head(head, headers, keep_alive=self.keep_alive,
+                                             chunked=chunked))
+        if no_body:
+            if self.is_head and self.upstream is not None:
+                # httptools cannot be told the response answers a HEAD; a fresh parser for
+                # the next response on this connection.
+                self.upstream.parser = ResponseParser()
+            self._response_end(upstream_reusable=head.keep_alive)
+
+    def _response_end(self, upstream_reusable: bool | None = None) -> None:
+        head = self.response_head
+        assert head is not None
+        self.response_open = False
+        transport = self.conn.transport
+        if self.chunk_response and transport is not None:
+            transport.write(render.LAST_CHUNK)
+        reusable = head.keep_alive if upstream_reusable is None else upstream_reusable
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.exchange = None
+            if reusable and self.request_complete and upstream.usable():
+                self.ctx.pool.put(upstream)
+            else:
+                upstream.close()
+        self._finish()
+        self.conn.exchange_done(self.keep_alive and self.request_complete)
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._cancel_response_timer()
+        self.conn.finish_record(self.record)
+
+    def _switch_protocols(self, rest: bytes) -> None:
+        head = self.response_head
+        upstream = self.upstream
+        conn = self.conn
+        if head is None or upstream is None or upstream.transport is None \
+                or conn.transport is None or self.upgrade is None:
+            self.upstream_failed(UpstreamError(Reason.UPSTREAM_BAD_RESPONSE,
+                                               "101 without an Upgrade request"))
+            return
+        tokens = connection_tokens(head.headers)
+        upgrade_value = next((v for n, _, v in head.headers if n == b"upgrade"), self.upgrade)
+        conn.transport.write(render.response_head(head, end_to_end(head.headers, tokens),
+                                                  keep_alive=True, chunked=False,
+                                                  upgrade=upgrade_value))
+        conn.detach_for_tunnel()
+        self.upstream = None
+        upstream.exchange = None
+        self.record.kind = "tunnel"
+        started = time.monotonic()
+        self.ctx.metrics.active_tunnels += 1
+
+        def done(stats: RelayStats) -> None:
+            self.ctx.metrics.active_tunnels -= 1
+            self.record.bytes_up += stats.bytes_up
+            self.record.bytes_down += stats.bytes_down
+            self.record.detail = f"upgrade ended: {stats.end} after " \
+                                 f"{time.monotonic() - started:.1f}s"
+            self._finish()
+
+        TransportPump(conn.transport, upstream.transport, done,
+                      self.ctx.limits.idle_timeout_s, initial_down=rest)
+
+    def upstream_lost(self) -> None:
+        """The origin closed the connection."""
+        if self.done:
+            return
+        head = self.response_head
+        if head is not None and self.response_open and head.content_length is None \
+                and not head.chunked:
+            self.upstream = None
+            self._response_end(upstream_reusable=False)  # a close-delimited body ends here
+            return
+        self.upstream = None
+        self.upstream_failed(UpstreamError(Reason.UPSTREAM_RESET,
+                                           "the destination closed the connection"))
+
+    def upstream_failed(self, error: UpstreamError) -> None:
+        if self.done:
+            return
+        self.ctx.metrics.count_upstream_error(error.reason.value)
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.exchange = None
+            upstream.abort()
+        if self.response_head is None:
+            self.done = True
+            self._cancel_response_timer()
+            self.conn.refuse(error, self.record, self.record.host)
+            return
+        # The head is already on its way to the client: all we can do is cut the connection.
+        self.record.detail = error.detail
+        self._finish()
+        self.conn.force_close()
+

@@ -1,0 +1,55 @@
+"""The only place a refusal or failure becomes HTTP response bytes.
+
+Every refusal is a complete response: the status from the Reason, the Reason code in the
+`X-Egressgate-Reason` header (machine-readable), the deciding policy in `X-Egressgate-Policy`,
+and a short plain-text body naming the host and the reason. Always `Connection: close`: after a
+refusal the proxy does not trust the rest of the client's byte stream.
+"""
+
+from __future__ import annotations
+
+from egressgate.errors import Reason
+
+REASON_HEADER = "X-Egressgate-Reason"
+POLICY_HEADER = "X-Egressgate-Policy"
+
+_PHRASES = {
+    400: "Bad Request", 403: "Forbidden", 407: "Proxy Authentication Required",
+    408: "Request Timeout", 414: "URI Too Long", 431: "Request Header Fields Too Large",
+    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def refusal_response(reason: Reason, host: str | None, detail: str = "",
+                     policy: str | None = None, realm: str | None = None) -> bytes:
+    """A full HTTP/1.1 response explaining `reason` for `host`."""
+    status = reason.status
+    lines = [f"egressgate: {status} {reason.value}"]
+    lines.append(f"host: {host}" if host else "host: (none)")
+    lines.append(f"reason: {reason.text}")
+    if detail:
+        lines.append(f"detail: {_clean(detail)}")
+    body = ("\n".join(lines) + "\n").encode("utf-8", "replace")
+    head = [
+        f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        f"{REASON_HEADER}: {reason.value}",
+    ]
+    if policy:
+        head.append(f"{POLICY_HEADER}: {_clean(policy)}")
+    if status == 407:
+        head.append(f'Proxy-Authenticate: Basic realm="{_clean(realm or "egressgate")}"')
+    head += ["Connection: close", "", ""]
+    return "\r\n".join(head).encode("latin-1", "replace") + body
+
+
+def _clean(text: str) -> str:
+    """No CR/LF or control characters from hostnames or details can reach the response."""
+    return "".join(c if c.isprintable() else "?" for c in text)[:300]
+
+
+# A TLS alert record (RFC 8446 §6): fatal (2), access_denied (49), sent instead of an HTTP 403
+# when an SNI check refuses a tunnel after "200 Connection established" was already sent.
+TLS_ACCESS_DENIED_ALERT = bytes([0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x31])

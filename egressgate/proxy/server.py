@@ -1,0 +1,247 @@
+"""Lifecycle of one proxy process: listeners, admin endpoint, signals, reload, drain.
+
+Start: bind every listener (the proxy, the optional TLS proxy, admin), announce them with a
+`listening` event on stderr, then watch the config file.
+
+SIGTERM / SIGINT (fits a Kubernetes terminationGracePeriod):
+  1. readiness fails at once (/readyz → 503), so the Service stops routing new clients here;
+  2. after `limits.shutdown_delay_s` (default 0; set it to the endpoint-propagation delay of
+     your cluster) the listeners close: no new connections;
+  3. idle keep-alive connections close; requests in flight and open tunnels run on until they
+     end or `limits.drain_timeout_s` passes, then the rest are closed; exit 0.
+SIGHUP: reload. SIGUSR1: reopen the access log (logrotate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from egressgate.config.model import Config
+from egressgate.errors import ConfigError
+from egressgate.net.listen import bind, bound_address
+from egressgate.net.resolver import Resolver
+from egressgate.observe.accesslog import AccessLog
+from egressgate.observe.admin import AdminProtocol
+from egressgate.observe.events import emit
+from egressgate.observe.metrics import Metrics, MetricsCollector
+from egressgate.proxy.connection import ClientConnection
+from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.upstream_pool import UpstreamPool
+from egressgate.runtime.reload import Reloader
+from egressgate.runtime.state import Generation, State
+
+DRAIN_POLL_S = 0.05
+
+
+def tls_names(ssl_object: ssl.SSLObject | None) -> tuple[str, ...]:
+    """Subject CN and SAN names of a verified client certificate, lowercased."""
+    if ssl_object is None:
+        return ()
+    cert: Any = ssl_object.getpeercert()
+    if not cert:
+        return ()
+    names = [value for rdn in cert.get("subject", ()) for key, value in rdn
+             if key == "commonName"]
+    names += [value for kind, value in cert.get("subjectAltName", ())
+              if kind in ("DNS", "URI", "email", "IP Address")]
+    return tuple(n.lower() for n in names)
+
+
+class ProxyServer:
+    def __init__(self, generation: Generation, config_path: str | None,
+                 reuse_port: bool = False) -> None:
+        self.state = State(generation)
+        self.config_path = config_path
+        self.reuse_port = reuse_port
+        self.metrics = Metrics()
+        self._servers: list[asyncio.Server] = []
+        self._admin: asyncio.Server | None = None
+        self._stopped: asyncio.Event | None = None
+        self._reloader: Reloader | None = None
+        self.ctx: ProxyContext | None = None
+        self.addresses: dict[str, str | None] = {}
+        self._note_generation(generation)
+
+    def _note_generation(self, gen: Generation) -> None:
+        self.metrics.config_generation = gen.number
+        self.metrics.config_hash = gen.sha256
+        self.metrics.config_source = gen.config.source
+
+    async def start(self) -> None:
+        config = self.state.current.config
+        loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        access_log = AccessLog(config.access_log, on_error=self._access_log_error)
+        resolver = Resolver(config.nameservers, config.hosts_file, config.limits.dns_timeout_s,
+                            on_lookup=self.metrics.observe_dns)
+        ctx = ProxyContext(self.state, resolver, access_log, self.metrics,
+                           UpstreamPool(config.limits.upstream_idle_s))
+        self.ctx = ctx
+        sock = bind(config.listen, self.reuse_port)
+        self._servers.append(await loop.create_server(lambda: ClientConnection(ctx), sock=sock))
+        self.addresses["proxy"] = bound_address(sock)
+        self.addresses["tls_proxy"] = None
+        if config.tls_listen is not None:
+            await self._start_tls_listener(config, ctx)
+        self.addresses["admin"] = None
+        if config.admin_listen is not None:
+            await self._start_admin(config)
+        self.state.accepting = True
+        self._install_signals()
+        if self.config_path is not None:
+            self._reloader = Reloader(self.state, self.config_path, self._reloaded,
+                                      self._reload_failed)
+            self._reloader.start_watching()
+        emit("listening", **self.addresses, config=config.source,
+             generation=self.state.current.number, sha256=self.state.current.sha256,
+             pid=__import__("os").getpid())
+
+    async def _start_tls_listener(self, config: Config, ctx: ProxyContext) -> None:
+        tls = config.tls_listen
+        assert tls is not None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+        if tls.client_ca_file is not None:
+            context.load_verify_locations(tls.client_ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert \
+                else ssl.CERT_OPTIONAL
+        sock = bind(tls.listen, self.reuse_port)
+
+        def factory() -> ClientConnection:
+            return _TlsClientConnection(ctx)
+
+        server = await asyncio.get_running_loop().create_server(factory, sock=sock,
+                                                                ssl=context)
+        self._servers.append(server)
+        self.addresses["tls_proxy"] = bound_address(sock)
+
+    async def _start_admin(self, config: Config) -> None:
+        assert config.admin_listen is not None
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(MetricsCollector(self.metrics.snapshot))
+        sock = bind(config.admin_listen, self.reuse_port)
+
+        def factory() -> AdminProtocol:
+            return AdminProtocol(registry, lambda: self.state.ready, self._status)
+
+        self._admin = await asyncio.get_running_loop().create_server(factory, sock=sock)
+        self.addresses["admin"] = bound_address(sock)
+
+    def _status(self) -> dict[str, object]:
+        gen = self.state.current
+        return {"generation": gen.number, "sha256": gen.sha256, "draining": self.state.draining,
+                "connections": self.metrics.active_connections,
+                "tunnels": self.metrics.active_tunnels}
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+
+    # ---- reload
+    def reload(self, trigger: str = "api") -> bool:
+        if self._reloader is None:
+            emit("reload-skipped", level="warning", trigger=trigger,
+                 why="running on the built-in default config: no file to reload")
+            return False
+        emit("reload-requested", trigger=trigger)
+        return self._reloader.reload(trigger)
+
+    def _reloaded(self, old: Generation, new: Generation, restart_needed: list[str]) -> None:
+        self.metrics.reloads["success"] += 1
+        self._note_generation(new)
+        ctx = self.ctx
+        assert ctx is not None
+        old_cfg, new_cfg = old.config, new.config
+        if (old_cfg.nameservers, old_cfg.hosts_file, old_cfg.limits.dns_timeout_s) != (
+                new_cfg.nameservers, new_cfg.hosts_file, new_cfg.limits.dns_timeout_s):
+            previous = ctx.resolver
+            ctx.resolver = Resolver(new_cfg.nameservers, new_cfg.hosts_file,
+                                    new_cfg.limits.dns_timeout_s,
+                                    on_lookup=self.metrics.observe_dns)
+            # Lookups in flight on the old resolver finish within its timeout.
+            asyncio.get_running_loop().call_later(old_cfg.limits.dns_timeout_s + 1,
+                                                  previous.close)
+        if old_cfg.access_log != new_cfg.access_log:
+            ctx.access_log.close()
+            ctx.access_log = AccessLog(new_cfg.access_log, on_error=self._access_log_error)
+        ctx.limits = new_cfg.limits
+        ctx.pool.idle_s = new_cfg.limits.upstream_idle_s
+        emit("reloaded", generation=new.number, sha256=new.sha256,
+             restart_needed=restart_needed or None,
+             note=("these settings keep their old values until a restart: "
+                   + ", ".join(restart_needed)) if restart_needed else None)
+
+    def _reload_failed(self, error: ConfigError) -> None:
+        self.metrics.reloads["failure"] += 1
+        emit("reload-failed", level="error", kept_generation=self.state.current.number,
+             errors=[str(issue) for issue in error.issues])
+
+    def _reopen_logs(self) -> None:
+        if self.ctx is not None:
+            self.ctx.access_log.reopen()
+
+    def _access_log_error(self) -> None:
+        self.metrics.access_log_errors += 1
+
+    # ---- stop
+    def request_stop(self, why: str = "api") -> None:
+        if self.state.draining:
+            return
+        self.state.draining = True
+        emit("draining", signal=why, connections=self.metrics.active_connections,
+             tunnels=self.metrics.active_tunnels)
+        from egressgate.net.tasks import spawn
+
+        spawn(self._drain(), name="egressgate-drain")
+
+    async def _drain(self) -> None:
+        ctx = self.ctx
+        assert ctx is not None and self._stopped is not None
+        limits = ctx.limits
+        if limits.shutdown_delay_s > 0:
+            await asyncio.sleep(limits.shutdown_delay_s)
+        for server in self._servers:
+            server.close()
+        self.state.accepting = False
+        if self._reloader is not None:
+            self._reloader.stop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.drain_timeout_s
+        while loop.time() < deadline:
+            for conn in list(ctx.live):
+                conn.shutdown_idle()
+            if not ctx.live and not ctx.tunnels:
+                break
+            await asyncio.sleep(DRAIN_POLL_S)
+        left = len(ctx.live) + len(ctx.tunnels)
+        for item in list(ctx.live) + list(ctx.tunnels):
+            item.force_close()
+        ctx.pool.close_all()
+        if self._admin is not None:
+            self._admin.close()
+        ctx.access_log.close()
+        ctx.resolver.close()
+        emit("stopped", forced_closed=left)
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+
+class _TlsClientConnection(ClientConnection):
+    """A client on the TLS listener: its certificate names join its identity."""
+
+    __slots__ = ()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.tls_names = tls_names(transport.get_extra_info("ssl_object"))
+        super().connection_made(transport)

@@ -1,0 +1,62 @@
+"""Idle upstream HTTP connections, keyed by (vetted address, port), for keep-alive reuse.
+
+Only connections whose last response completed cleanly and allowed keep-alive come back here.
+An idle connection that the origin closes, or that sends anything unasked, leaves the pool.
+Bounded per key and in total; idle connections expire after `upstream_idle_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from egressgate.names.hostname import IPAddress
+
+if TYPE_CHECKING:
+    from egressgate.proxy.forward import UpstreamConnection
+
+MAX_IDLE_PER_KEY = 64
+MAX_IDLE_TOTAL = 2048
+
+PoolKey = tuple[str, int]
+
+
+class UpstreamPool:
+    def __init__(self, idle_s: float) -> None:
+        self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
+        self._count = 0
+        self.idle_s = idle_s
+
+    def get(self, addresses: tuple[IPAddress, ...], port: int) -> UpstreamConnection | None:
+        """An idle connection to one of `addresses` (all vetted), most recently used first."""
+        for address in addresses:
+            idle = self._idle.get((str(address), port))
+            while idle:
+                conn = idle.pop()
+                self._count -= 1
+                if conn.usable():
+                    conn.leave_pool()
+                    return conn
+        return None
+
+    def put(self, conn: UpstreamConnection) -> None:
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= MAX_IDLE_PER_KEY or self._count >= MAX_IDLE_TOTAL:
+            conn.close()
+            return
+        idle.append(conn)
+        self._count += 1
+        conn.enter_pool(asyncio.get_running_loop().call_later(self.idle_s, conn.close))
+
+    def remove(self, conn: UpstreamConnection) -> None:
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+            self._count -= 1
+
+    def close_all(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+        self._count = 0
