@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 # Request body bytes buffered while the upstream connection is being set up.
 MAX_EARLY_BODY_BYTES = 256 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
+HEALTH_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
+                   b"\r\nok\n")
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -155,6 +157,9 @@ class HttpExchange:
     # ---- request side
     def start(self) -> None:
         conn, record, head = self.conn, self.record, self.head
+        if head.target == b"/healthz":
+            self._answer_health()
+            return
         host_text: str | None = None
         try:
             target = parse_proxy_target(head.target)
@@ -196,6 +201,14 @@ class HttpExchange:
                 self._attach(upstream)
                 return
         spawn(self._connect(gen, decision, destination), name="egressgate-connect")
+
+    def _answer_health(self) -> None:
+        """The proxy port's own liveness answer (for `egressgate check --live`); not logged."""
+        self.done = True
+        transport = self.conn.transport
+        if transport is not None:
+            transport.write(HEALTH_RESPONSE)
+        self.conn.exchange_done(self.keep_alive)
 
     async def _connect(self, gen: Generation, decision: Decision, destination: Target) -> None:
         record = self.record
