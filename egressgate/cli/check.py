@@ -27,18 +27,34 @@ GET /healthz otherwise (or with --proxy-only); each probe is bounded by --timeou
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "check", help="validate a config file, or probe a running proxy (--live)",
+        "check",
+        help="validate a config file, or probe a running proxy (--live)",
         description="Validate an egressgate config file, or (--live) check that the proxy "
-                    "running with that config answers.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", "-c", metavar="FILE",
-                        help="config file (default for --live: the built-in default)")
-    parser.add_argument("--live", action="store_true",
-                        help="probe the running proxy instead of only validating")
-    parser.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
-                        help="per-probe timeout for --live (default 2)")
-    parser.add_argument("--proxy-only", action="store_true",
-                        help="with --live: probe only the proxy port, not the admin listener")
+        "running with that config answers.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="config file (default for --live: the built-in default)",
+    )
+    parser.add_argument(
+        "--live", action="store_true", help="probe the running proxy instead of only validating"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="per-probe timeout for --live (default 2)",
+    )
+    parser.add_argument(
+        "--proxy-only",
+        action="store_true",
+        help="with --live: probe only the proxy port, not the admin listener",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -55,8 +71,10 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     if not args.live:
         entries = sum(len(p.allow) for p in config.policies)
-        print(f"{args.config}: valid ({len(config.policies)} "
-              f"polic{'y' if len(config.policies) == 1 else 'ies'}, {entries} allow entries)")
+        print(
+            f"{args.config}: valid ({len(config.policies)} "
+            f"polic{'y' if len(config.policies) == 1 else 'ies'}, {entries} allow entries)"
+        )
         return 0
     problem = live_problem(config, args.timeout, args.proxy_only)
     if problem is not None:

@@ -22,17 +22,28 @@ drains and exits, SIGUSR1 reopens the access log.
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "run", help="run the proxy",
+        "run",
+        help="run the proxy",
         description="Run the egress proxy. Without --config it uses the built-in default, "
-                    "which listens on 0.0.0.0:3128 (admin on 0.0.0.0:9090) and allows no "
-                    "destination until you list some.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", "-c", metavar="FILE",
-                        help="YAML config file (see docs/configuration.md)")
-    parser.add_argument("--workers", type=int, metavar="N",
-                        help="worker processes sharing the listen port (overrides `workers`)")
-    parser.add_argument("--print-default-config", action="store_true",
-                        help="print the built-in default config and exit")
+        "which listens on 0.0.0.0:3128 (admin on 0.0.0.0:9090) and allows no "
+        "destination until you list some.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", "-c", metavar="FILE", help="YAML config file (see docs/configuration.md)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes sharing the listen port (overrides `workers`)",
+    )
+    parser.add_argument(
+        "--print-default-config",
+        action="store_true",
+        help="print the built-in default config and exit",
+    )
     parser.set_defaults(handler=_run)
 
 

@@ -112,8 +112,10 @@ class _Walker:
             elif key in result:
                 self.issue(key_node, f"duplicate key {key!r} in {what}")
             elif allowed and key not in allowed:
-                self.issue(key_node, f"unknown key {key!r} in {what}; expected one of: "
-                           + ", ".join(allowed))
+                self.issue(
+                    key_node,
+                    f"unknown key {key!r} in {what}; expected one of: " + ", ".join(allowed),
+                )
             else:
                 result[key] = value_node
         return result
@@ -156,8 +158,9 @@ class _Walker:
     def integer(self, node: yaml.Node, low: int, high: int) -> int:
         value = self.scalar(node)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise _Invalid(node, f"expected a whole number from {low} to {high}, "
-                           f"got {_describe(value)}")
+            raise _Invalid(
+                node, f"expected a whole number from {low} to {high}, got {_describe(value)}"
+            )
         return value
 
     def positive_number(self, node: yaml.Node) -> float:
@@ -247,17 +250,21 @@ class _ConfigBuilder:
         if "default_policy" in top:
             name = self.w.attempt(top["default_policy"], self.w.string)
             if name is not None and name not in names:
-                self.w.issue(top["default_policy"], f"default_policy {name!r} is not a defined "
-                             f"policy; defined: {', '.join(sorted(names))}")
+                self.w.issue(
+                    top["default_policy"],
+                    f"default_policy {name!r} is not a defined "
+                    f"policy; defined: {', '.join(sorted(names))}",
+                )
             elif name is not None:
                 changes["default_policy"] = name
         if "auth" in top:
             changes["auth"] = self.w.attempt(top["auth"], self._auth)
         if "clients" in top:
             changes["clients"] = self._clients(top["clients"], names)
-        config = replace(config, **{
+        clean: dict[str, Any] = {
             k: (None if v is _NULL else v) for k, v in changes.items() if v is not None
-        })
+        }
+        config = replace(config, **clean)
         self._cross_checks(config, top)
         return config
 
@@ -287,10 +294,16 @@ class _ConfigBuilder:
         listen = self.w.attempt(m["listen"], lambda n: self.w.parsed(n, ListenAddress.parse))
         cert = self.w.attempt(m["cert_file"], self._existing_file)
         key = self.w.attempt(m["key_file"], self._existing_file)
-        ca = self.w.attempt(m["client_ca_file"], self._existing_file) if "client_ca_file" in m \
+        ca = (
+            self.w.attempt(m["client_ca_file"], self._existing_file)
+            if "client_ca_file" in m
             else None
-        require = self.w.attempt(m["require_client_cert"], self.w.boolean) \
-            if "require_client_cert" in m else False
+        )
+        require = (
+            self.w.attempt(m["require_client_cert"], self.w.boolean)
+            if "require_client_cert" in m
+            else False
+        )
         if require and ca is None:
             self.w.issue(node, "require_client_cert needs client_ca_file")
         if listen is None or cert is None or key is None:
@@ -366,14 +379,22 @@ class _ConfigBuilder:
             named = self.w.attempt(top["policies"], lambda n: self.w.mapping(n, (), "policies"))
             for name, node in (named or {}).items():
                 if name == DEFAULT_POLICY_NAME and top_level:
-                    self.w.issue(node, "policy 'default' is defined twice: by the top-level "
-                                 f"keys ({', '.join(top_level)}) and under policies")
+                    self.w.issue(
+                        node,
+                        "policy 'default' is defined twice: by the top-level "
+                        f"keys ({', '.join(top_level)}) and under policies",
+                    )
                     continue
-                body = self.w.attempt(node, lambda n, name=name: self.w.mapping(
-                    n, POLICY_KEYS, f"policy {name!r}"))
+                body = self.w.attempt(node, self._policy_body(name))
                 if body is not None:
                     policies[name] = self._policy(name, body)
         return tuple(policies.values())
+
+    def _policy_body(self, name: str) -> Callable[[yaml.Node], dict[str, yaml.Node]]:
+        def body(node: yaml.Node) -> dict[str, yaml.Node]:
+            return self.w.mapping(node, POLICY_KEYS, f"policy {name!r}")
+
+        return body
 
     def _policy(self, name: str, m: dict[str, yaml.Node]) -> PolicyConfig:
         w = self.w
@@ -382,13 +403,16 @@ class _ConfigBuilder:
             values["allow"] = w.attempt(m["allow"], lambda n: w.each(n, "allow", self._pattern))
         if "connect_ports" in m:
             values["connect_ports"] = w.attempt(
-                m["connect_ports"], lambda n: w.each(n, "connect_ports", w.port))
+                m["connect_ports"], lambda n: w.each(n, "connect_ports", w.port)
+            )
         if "http_ports" in m:
             values["http_ports"] = w.attempt(
-                m["http_ports"], lambda n: w.each(n, "http_ports", w.port))
+                m["http_ports"], lambda n: w.each(n, "http_ports", w.port)
+            )
         if "allow_private" in m:
             values["allow_private"] = w.attempt(
-                m["allow_private"], lambda n: w.each(n, "allow_private", self._cidr))
+                m["allow_private"], lambda n: w.each(n, "allow_private", self._cidr)
+            )
         if "mode" in m:
             values["mode"] = w.attempt(m["mode"], lambda n: w.parsed(n, _enum(Mode, "mode")))
         if "sni_check" in m:
@@ -396,7 +420,8 @@ class _ConfigBuilder:
         if "tunnels_without_sni" in m:
             values["tunnels_without_sni"] = w.attempt(
                 m["tunnels_without_sni"],
-                lambda n: w.parsed(n, _enum(NoSniAction, "tunnels_without_sni")))
+                lambda n: w.parsed(n, _enum(NoSniAction, "tunnels_without_sni")),
+            )
         return PolicyConfig(**{k: v for k, v in values.items() if v is not None})
 
     def _pattern(self, node: yaml.Node) -> str:
@@ -424,24 +449,34 @@ class _ConfigBuilder:
                 raise _Invalid(item, "a clients rule needs 'policy'")
             policy = self.w.string(m["policy"])
             if policy not in policy_names:
-                raise _Invalid(m["policy"], f"unknown policy {policy!r}; defined: "
-                               + ", ".join(sorted(policy_names)))
+                raise _Invalid(
+                    m["policy"],
+                    f"unknown policy {policy!r}; defined: " + ", ".join(sorted(policy_names)),
+                )
             sources = self.w.each(m["source"], "source", self._cidr) if "source" in m else ()
             users = self.w.each(m["user"], "user", self.w.string) if "user" in m else ()
-            names = self.w.each(m["tls_name"], "tls_name", self.w.string) \
-                if "tls_name" in m else ()
+            names = self.w.each(m["tls_name"], "tls_name", self.w.string) if "tls_name" in m else ()
             if not any(key in m for key in ("source", "user", "tls_name")):
-                raise _Invalid(item, "a clients rule needs at least one of source, user, "
-                               "tls_name (a rule for everyone is `default_policy`)")
-            return ClientRule(policy, sources, users, tuple(n.lower() for n in names),
-                              line=item.start_mark.line + 1)
+                raise _Invalid(
+                    item,
+                    "a clients rule needs at least one of source, user, "
+                    "tls_name (a rule for everyone is `default_policy`)",
+                )
+            return ClientRule(
+                policy,
+                sources,
+                users,
+                tuple(n.lower() for n in names),
+                line=item.start_mark.line + 1,
+            )
 
         return self.w.each(node, "clients", rule)
 
     def _auth(self, node: yaml.Node) -> AuthConfig:
         m = self.w.mapping(node, ("users_file", "users_env", "realm"), "auth")
-        users_file = self.w.attempt(m["users_file"], self._existing_file) \
-            if "users_file" in m else None
+        users_file = (
+            self.w.attempt(m["users_file"], self._existing_file) if "users_file" in m else None
+        )
         users_env = self.w.attempt(m["users_env"], self.w.string) if "users_env" in m else None
         if users_file is None and users_env is None:
             raise _Invalid(node, "auth needs users_file or users_env (lines of user:password)")
@@ -450,13 +485,17 @@ class _ConfigBuilder:
 
     def _cross_checks(self, config: Config, top: dict[str, yaml.Node]) -> None:
         if any(r.users for r in config.clients) and config.auth is None:
-            self.w.issue(top.get("clients"), "clients rules name users, but no `auth` section "
-                         "says where their passwords are")
+            self.w.issue(
+                top.get("clients"),
+                "clients rules name users, but no `auth` section says where their passwords are",
+            )
         if any(r.tls_names for r in config.clients) and (
             config.tls_listen is None or config.tls_listen.client_ca_file is None
         ):
-            self.w.issue(top.get("clients"), "clients rules name tls_name, which needs "
-                         "tls_listen with client_ca_file")
+            self.w.issue(
+                top.get("clients"),
+                "clients rules name tls_name, which needs tls_listen with client_ca_file",
+            )
 
 
 _NULL = object()
@@ -472,8 +511,9 @@ def _nameserver(text: str) -> str:
     try:
         ipaddress.ip_address(address.host)
     except ValueError:
-        raise ValueError(f"{text!r}: a nameserver is an IP address, optionally with :port") \
-            from None
+        raise ValueError(
+            f"{text!r}: a nameserver is an IP address, optionally with :port"
+        ) from None
     if address.port == 0:
         raise ValueError(f"{text!r}: nameserver port must not be 0")
     return str(address)
@@ -484,7 +524,8 @@ def _enum(kind: type[Mode] | type[NoSniAction], what: str) -> Callable[[str], An
         try:
             return kind(text)
         except ValueError:
-            raise ValueError(f"{what} must be one of: " + ", ".join(m.value for m in kind)) \
-                from None
+            raise ValueError(
+                f"{what} must be one of: " + ", ".join(m.value for m in kind)
+            ) from None
 
     return parse

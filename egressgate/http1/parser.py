@@ -19,8 +19,18 @@ from egressgate.http1.events import END, Event, Header, RequestHead, ResponseHea
 class RequestParser:
     """Parses the client side: requests, possibly pipelined, possibly with bodies."""
 
-    __slots__ = ("_events", "_head_seen", "_headers", "_in_head", "_max_head",
-                 "_max_line", "_parser", "_url", "_url_len")
+    __slots__ = (
+        "_events",
+        "_head_seen",
+        "_header_bytes",
+        "_headers",
+        "_in_head",
+        "_max_head",
+        "_max_line",
+        "_parser",
+        "_url",
+        "_url_len",
+    )
 
     def __init__(self, max_request_line_bytes: int, max_header_bytes: int) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -30,6 +40,7 @@ class RequestParser:
         self._headers: list[Header] = []
         self._url = b""
         self._url_len = 0
+        self._header_bytes = 0  # header lines of the current head, counted by on_header
         self._in_head = True  # between messages or inside a head
         self._head_seen = 0  # bytes of the current head received so far
 
@@ -44,12 +55,19 @@ class RequestParser:
             offset = upgrade.args[0] if upgrade.args else len(data)
             events.append(TunnelStart(bytes(data[offset:])))
         except httptools.HttpParserError as exc:
+            # Fix (integration tests, test_refusals.py): a ProtocolError raised in one of our
+            # callbacks (on_url's 414, on_header's 431) reaches us only as httptools'
+            # "`on_url` callback error", with ours as its __context__: re-raise ours, or every
+            # limit would turn into a 400 bad-request.
+            if isinstance(exc.__context__, ProtocolError):
+                raise exc.__context__ from None
             if self._in_head and self._head_seen > self._max_head:
                 raise ProtocolError(Reason.HEADERS_TOO_LARGE, "header block too large") from None
-            raise ProtocolError(Reason.BAD_REQUEST, str(exc)) from None
+            raise ProtocolError(_reason_for_llhttp_error(str(exc)), str(exc)) from None
         if self._in_head and self._head_seen > self._max_head:
-            raise ProtocolError(Reason.HEADERS_TOO_LARGE,
-                                f"header block exceeds {self._max_head} bytes")
+            raise ProtocolError(
+                Reason.HEADERS_TOO_LARGE, f"header block exceeds {self._max_head} bytes"
+            )
         return events
 
     # ---- httptools callbacks
@@ -58,22 +76,39 @@ class RequestParser:
         self._headers = []
         self._url = b""
         self._url_len = 0
+        self._header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url_len += len(url)
         if self._url_len > self._max_line:
-            raise ProtocolError(Reason.URI_TOO_LONG,
-                                f"request target exceeds {self._max_line} bytes")
+            raise ProtocolError(
+                Reason.URI_TOO_LONG, f"request target exceeds {self._max_line} bytes"
+            )
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Fix (integration tests, test_refusals.py): `feed` only measured a head that was still
+        # incomplete after a whole feed, so a head that arrived complete in one read was never
+        # checked against max_header_bytes. Count the header lines themselves as well.
+        self._header_bytes += len(name) + len(value) + 4  # "name: value\r\n"
+        if self._header_bytes > self._max_head:
+            raise ProtocolError(
+                Reason.HEADERS_TOO_LARGE, f"header block exceeds {self._max_head} bytes"
+            )
         self._headers.append((name.lower(), name, value))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        self._events.append(RequestHead(
-            parser.get_method(), self._url, parser.get_http_version(), self._headers,
-            parser.should_keep_alive(), self._head_seen))
+        self._events.append(
+            RequestHead(
+                parser.get_method(),
+                self._url,
+                parser.get_http_version(),
+                self._headers,
+                parser.should_keep_alive(),
+                self._head_seen,
+            )
+        )
         self._in_head = False
         self._head_seen = 0
 
@@ -84,6 +119,20 @@ class RequestParser:
         self._events.append(END)
         self._in_head = True
         self._head_seen = 0
+
+
+# Fix (integration tests, test_refusals.py): llhttp refuses ambiguous framing (CL + TE, duplicate
+# or invalid Content-Length, bad chunk sizes, obs-fold, bare CR/LF in a header value) before
+# `semantics.request_framing` ever sees the head, so these all came out as "bad-request". They
+# are the framing attacks Reason.SMUGGLING names: classify them by llhttp's error text.
+_SMUGGLING_MARKERS = ("content-length", "transfer-encoding", "chunk", "after header value")
+
+
+def _reason_for_llhttp_error(message: str) -> Reason:
+    lowered = message.lower()
+    if any(marker in lowered for marker in _SMUGGLING_MARKERS):
+        return Reason.SMUGGLING
+    return Reason.BAD_REQUEST
 
 
 class ResponseParser:
@@ -132,9 +181,17 @@ class ResponseParser:
                 length = int(value)
             elif lname == b"transfer-encoding":
                 chunked = value.strip().lower().endswith(b"chunked")
-        self._events.append(ResponseHead(
-            parser.get_status_code(), self._reason, parser.get_http_version(), self._headers,
-            parser.should_keep_alive(), chunked, None if chunked else length))
+        self._events.append(
+            ResponseHead(
+                parser.get_status_code(),
+                self._reason,
+                parser.get_http_version(),
+                self._headers,
+                parser.should_keep_alive(),
+                chunked,
+                None if chunked else length,
+            )
+        )
 
     def on_body(self, body: bytes) -> None:
         self._events.append(body)

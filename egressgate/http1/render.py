@@ -11,9 +11,16 @@ VIA_VALUE = b"1.1 egressgate"
 _STATUS_LINES: dict[int, bytes] = {}
 
 
-def request_head(method: bytes, path: bytes, authority: bytes, headers: list[Header],
-                 *, upgrade: bytes | None, chunked: bool,
-                 forwarded_for: bytes | None) -> bytes:
+def request_head(
+    method: bytes,
+    path: bytes,
+    authority: bytes,
+    headers: list[Header],
+    *,
+    upgrade: bytes | None,
+    chunked: bool,
+    forwarded_for: bytes | None,
+) -> bytes:
     """An HTTP/1.1 request head for the origin: origin-form target, Host from the URI."""
     parts = [method, b" ", path, b" HTTP/1.1\r\nHost: ", authority, b"\r\n"]
     via_seen = False
@@ -37,8 +44,14 @@ def request_head(method: bytes, path: bytes, authority: bytes, headers: list[Hea
     return b"".join(parts)
 
 
-def response_head(head: ResponseHead, headers: list[Header], *, keep_alive: bool,
-                  chunked: bool, upgrade: bytes | None = None) -> bytes:
+def response_head(
+    head: ResponseHead,
+    headers: list[Header],
+    *,
+    keep_alive: bool,
+    chunked: bool,
+    upgrade: bytes | None = None,
+) -> bytes:
     """The response head for the client, with our own framing and connection headers."""
     parts = [b"HTTP/1.1 ", str(head.status).encode(), b" ", head.reason, b"\r\n"]
     via_seen = False

@@ -14,10 +14,19 @@ from egressgate.http1.events import Header, RequestHead
 
 # RFC 9110 §7.6.1: Connection and the headers it names are hop-by-hop; so are these, which
 # predate it (RFC 2616 §13.5.1) or are proxy-specific.
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization",
-    b"proxy-authenticate", b"te", b"trailer", b"transfer-encoding", b"upgrade",
-})
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +62,9 @@ def parse_proxy_target(target: bytes) -> RequestTarget:
     """RFC 9112 §3.2.2: a request to a proxy uses absolute-form, http://authority/path."""
     text = _ascii(target)
     if text.startswith("/") or text == "*":
-        raise ProtocolError(Reason.NOT_A_PROXY_REQUEST,
-                            "origin-form request sent to a forward proxy")
+        raise ProtocolError(
+            Reason.NOT_A_PROXY_REQUEST, "origin-form request sent to a forward proxy"
+        )
     scheme, sep, rest = text.partition("://")
     if not sep:
         raise ProtocolError(Reason.BAD_REQUEST, "request target is not an absolute URL")
@@ -125,8 +135,7 @@ def request_framing(head: RequestHead) -> Framing:
         codings = [c.strip().lower() for v in transfer_encodings for c in v.split(b",")]
         if codings != [b"chunked"]:
             # RFC 9112 §6.3: chunked must be final; anything else cannot be framed safely here.
-            raise ProtocolError(Reason.SMUGGLING,
-                                "Transfer-Encoding other than exactly 'chunked'")
+            raise ProtocolError(Reason.SMUGGLING, "Transfer-Encoding other than exactly 'chunked'")
         return Framing(chunked=True, content_length=None)
     if lengths:
         values = {v.strip() for v in lengths}
@@ -164,5 +173,7 @@ def wants_upgrade(head: RequestHead, tokens: set[bytes]) -> bytes | None:
 
 
 def expects_continue(head: RequestHead) -> bool:
-    return any(lname == b"expect" and value.strip().lower() == b"100-continue"
-               for lname, _, value in head.headers)
+    return any(
+        lname == b"expect" and value.strip().lower() == b"100-continue"
+        for lname, _, value in head.headers
+    )

@@ -10,6 +10,7 @@ does not parse as one, it is invalid rather than a hostname.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -23,6 +24,12 @@ MAX_LABEL_LENGTH = 63
 # Letters, digits, hyphen; underscore too, because real service names (_dmarc, SRV-style) use it.
 _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 _NUMERIC_LABEL = re.compile(r"^(?:0x[0-9a-f]*|[0-9]+)$")
+
+
+@functools.lru_cache(maxsize=8192)
+def address_text(address: IPAddress) -> str:
+    """str(address), memoized: ipaddress formats in pure Python on every call."""
+    return str(address)
 
 
 class InvalidHost(ValueError):
@@ -52,6 +59,13 @@ def normalize_host(raw: str) -> Host:
         return Host(None, _parse_ipv6(text[1:-1]))
     if ":" in text:
         return Host(None, _parse_ipv6(text))
+    if not text.isascii():
+        # Fix: WHATWG host parsing runs domain-to-ASCII BEFORE the ends-in-a-number check, and
+        # UTS #46 maps fullwidth digits and ideographic full stops to ASCII, so
+        # "\uff11\uff12\uff17\u3002\uff10\u3002\uff10\u3002\uff11" IS 127.0.0.1. Checking
+        # the raw text let such a spelling pass as a *hostname* (matched by `*`, not refused as
+        # an IP literal).
+        text = _idna_map(text)
     text = text.lower()
     if text.endswith("."):
         text = text[:-1]
@@ -82,7 +96,7 @@ def _parse_ipv6(text: str) -> IPAddress:
 
 
 def _ends_in_number(text: str) -> bool:
-    return bool(_NUMERIC_LABEL.match(text.rsplit(".", 1)[-1]))
+    return _NUMERIC_LABEL.fullmatch(text.rsplit(".", 1)[-1]) is not None
 
 
 def parse_ipv4_any(text: str) -> ipaddress.IPv4Address:
@@ -106,6 +120,10 @@ def parse_ipv4_any(text: str) -> ipaddress.IPv4Address:
 
 
 def _ipv4_part(part: str, text: str) -> int:
+    # Fix: int() also accepts "+1", "1_0", " 1", "1\n" and non-ASCII digits ("\u0661"); neither
+    # inet_aton(3) nor WHATWG does, so each part must be ASCII decimal, octal or 0x-hex.
+    if _NUMERIC_LABEL.fullmatch(part) is None:
+        raise InvalidHost(f"{text!r} looks like an IPv4 address but is not one")
     try:
         if part.startswith("0x"):
             return int(part[2:] or "0", 16)
@@ -116,15 +134,20 @@ def _ipv4_part(part: str, text: str) -> int:
         raise InvalidHost(f"{text!r} looks like an IPv4 address but is not one") from exc
 
 
+def _idna_map(text: str) -> str:
+    """UTS #46 mapping + punycode of a non-ASCII name (a trailing dot is kept)."""
+    try:
+        return idna.encode(text, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise InvalidHost(f"{text!r} is not a valid internationalised name: {exc}") from exc
+
+
 def _to_ascii(text: str) -> str:
-    if not text.isascii():
-        try:
-            text = idna.encode(text, uts46=True).decode("ascii")
-        except idna.IDNAError as exc:
-            raise InvalidHost(f"{text!r} is not a valid internationalised name: {exc}") from exc
     if len(text) > MAX_NAME_LENGTH:
         raise InvalidHost(f"host name longer than {MAX_NAME_LENGTH} characters")
     for label in text.split("."):
-        if not _LABEL.match(label):
+        # Fix: fullmatch, not match: `$` also matches before a trailing "\n", which let
+        # "a\n.com" through as a hostname.
+        if _LABEL.fullmatch(label) is None:
             raise InvalidHost(f"{text!r}: invalid label {label!r}")
     return text

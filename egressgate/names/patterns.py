@@ -57,7 +57,9 @@ class DomainPattern:
         if entry.startswith("*."):
             return cls(text, PatternKind.SUBDOMAINS, name=_parse_name(entry[2:], text))
         if "*" in entry:
-            raise ValueError(f"{text!r}: '*' is only allowed as a whole first label, like *.example.com")
+            raise ValueError(
+                f"{text!r}: '*' is only allowed as a whole first label, like *.example.com"
+            )
         if entry.startswith("."):
             return cls(text, PatternKind.DOMAIN, name=_parse_name(entry[1:], text))
         try:

@@ -13,8 +13,14 @@ import socket
 from egressgate.errors import Reason, UpstreamError
 from egressgate.names.hostname import IPAddress
 
-_UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETDOWN,
-                errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
+_UNREACHABLE = {
+    errno.ENETUNREACH,
+    errno.EHOSTUNREACH,
+    errno.EHOSTDOWN,
+    errno.ENETDOWN,
+    errno.EADDRNOTAVAIL,
+    errno.EAFNOSUPPORT,
+}
 
 
 def translate_os_error(exc: OSError, what: str) -> UpstreamError:
@@ -69,8 +75,9 @@ async def _wait_connected(sock: socket.socket, timeout_s: float, what: str) -> N
 
     def expire() -> None:
         if not waiter.done():
-            waiter.set_exception(UpstreamError(
-                Reason.UPSTREAM_TIMEOUT, f"{what}: no answer within {timeout_s:g}s"))
+            waiter.set_exception(
+                UpstreamError(Reason.UPSTREAM_TIMEOUT, f"{what}: no answer within {timeout_s:g}s")
+            )
 
     loop.add_writer(fd, ready)
     timer = loop.call_later(timeout_s, expire)

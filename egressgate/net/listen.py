@@ -11,8 +11,12 @@ BACKLOG = 4096
 
 def bind(address: ListenAddress, reuse_port: bool = False, listen: bool = True) -> socket.socket:
     """A bound (and by default listening) non-blocking TCP socket."""
-    infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM,
-                               flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV)
+    infos = socket.getaddrinfo(
+        address.host,
+        address.port,
+        type=socket.SOCK_STREAM,
+        flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV,
+    )
     family, _, _, _, sockaddr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:

@@ -60,9 +60,15 @@ class _Side(asyncio.Protocol):
 class TransportPump:
     """Relays between two transports; takes over their protocols."""
 
-    def __init__(self, client: asyncio.Transport, upstream: asyncio.Transport,
-                 on_done: Callable[[RelayStats], None], idle_timeout_s: float,
-                 initial_up: bytes = b"", initial_down: bytes = b"") -> None:
+    def __init__(
+        self,
+        client: asyncio.Transport,
+        upstream: asyncio.Transport,
+        on_done: Callable[[RelayStats], None],
+        idle_timeout_s: float,
+        initial_up: bytes = b"",
+        initial_down: bytes = b"",
+    ) -> None:
         self._up = _Side(self, client)
         self._down = _Side(self, upstream)
         self._up.peer, self._down.peer = self._down, self._up

@@ -84,11 +84,24 @@ class RelayStats:
 class _Direction:
     """One direction src → dst: read with splice into a pooled pipe, write out of it."""
 
-    __slots__ = ("dst", "dst_fd", "eof", "done", "in_pipe", "moved", "owner", "paused",
-                 "pending", "pipe", "src", "src_fd")
+    __slots__ = (
+        "done",
+        "dst",
+        "dst_fd",
+        "eof",
+        "in_pipe",
+        "moved",
+        "owner",
+        "paused",
+        "pending",
+        "pipe",
+        "src",
+        "src_fd",
+    )
 
-    def __init__(self, owner: Relay, src: socket.socket, dst: socket.socket,
-                 pending: bytes) -> None:
+    def __init__(
+        self, owner: Relay, src: socket.socket, dst: socket.socket, pending: bytes
+    ) -> None:
         self.owner = owner
         self.src = src
         self.dst = dst
@@ -234,8 +247,18 @@ class _Direction:
 class Relay:
     """Relays between `client` and `upstream` until both directions end; then closes both."""
 
-    __slots__ = ("_down", "_idle_timer", "_on_done", "_up", "client", "end", "idle_timeout_s",
-                 "last_activity", "loop", "upstream")
+    __slots__ = (
+        "_down",
+        "_idle_timer",
+        "_on_done",
+        "_up",
+        "client",
+        "end",
+        "idle_timeout_s",
+        "last_activity",
+        "loop",
+        "upstream",
+    )
 
     def __init__(
         self,

@@ -128,16 +128,21 @@ class Resolver:
         query = _Query(future)
         started = time.monotonic()
         for qtype in (pycares.QUERY_TYPE_A, pycares.QUERY_TYPE_AAAA):
-            self._channel.query(
-                name, qtype,
-                callback=lambda result, error, q=query, t=qtype: self._answer(
-                    name, q, t, result, error, started),
-            )
+            self._channel.query(name, qtype, callback=self._callback(name, query, qtype, started))
         self._arm_timer()
         return future
 
-    def _answer(self, name: str, query: _Query, qtype: int, result: Any, error: int | None,
-                started: float) -> None:
+    def _callback(
+        self, name: str, query: _Query, qtype: int, started: float
+    ) -> Callable[[Any, int | None], None]:
+        def on_answer(result: Any, error: int | None) -> None:
+            self._answer(name, query, qtype, result, error, started)
+
+        return on_answer
+
+    def _answer(
+        self, name: str, query: _Query, qtype: int, result: Any, error: int | None, started: float
+    ) -> None:
         if error:
             if query.error is None or error not in _NODATA_ERRORS:
                 query.error = error
@@ -194,7 +199,7 @@ class Resolver:
             self._timer = None
         if not self._inflight:
             return
-        delay = self._channel.timeout()
+        delay: float = self._channel.timeout()  # type: ignore[no-untyped-call]
         self._timer = self._loop.call_later(delay or 0.05, self._on_timer)
 
     def _on_timer(self) -> None:

@@ -15,7 +15,7 @@ _running: set[asyncio.Task[Any]] = set()
 
 def spawn(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
     """Run `coro` as a task named `name`, keeping a reference until it finishes."""
-    task = asyncio.get_running_loop().create_task(coro, name=name)  # noqa: TID251
+    task = asyncio.get_running_loop().create_task(coro, name=name)
     _running.add(task)
     task.add_done_callback(_running.discard)
     return task

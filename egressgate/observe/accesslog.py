@@ -20,10 +20,16 @@ from egressgate.observe.record import AccessRecord
 
 FLUSH_INTERVAL_S = 0.2
 FLUSH_BYTES = 64 * 1024
+PIPE_BUF = 4096
 
 
 def _str(value: str | None) -> str:
-    return "null" if value is None else json.dumps(value, ensure_ascii=False)
+    if value is None:
+        return "null"
+    # Fast path for the usual plain-ASCII values; json.dumps for anything that needs escaping.
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return json.dumps(value, ensure_ascii=False)
 
 
 class _Clock:
@@ -92,13 +98,28 @@ class AccessLog:
         self._buffer.clear()
         self._size = 0
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            for piece in self._pieces(data):
+                view = memoryview(piece)
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
         except OSError:
             if self._on_error is not None:
                 self._on_error()
+
+    def _pieces(self, data: bytes) -> list[bytes]:
+        """Writes to a pipe (stdout) are atomic only up to PIPE_BUF: split at line ends so
+        that several worker processes sharing stdout never interleave within a line."""
+        if self._target != "-" or len(data) <= PIPE_BUF:
+            return [data]
+        pieces, start = [], 0
+        while start < len(data):
+            end = data.rfind(b"\n", start, start + PIPE_BUF) + 1
+            if end <= start:  # one line longer than PIPE_BUF: cannot be atomic anyway
+                end = data.find(b"\n", start) + 1 or len(data)
+            pieces.append(data[start:end])
+            start = end
+        return pieces
 
     def reopen(self) -> None:
         """Reopen the file (after logrotate moved it)."""

@@ -11,9 +11,9 @@ bounded, so a misbehaving scraper cannot hurt the proxy.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 import json
 from collections.abc import Callable
+from typing import cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -23,8 +23,12 @@ ADMIN_READ_TIMEOUT_S = 5.0
 
 
 class AdminProtocol(asyncio.Protocol):
-    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool],
-                 status: Callable[[], dict[str, object]]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        ready: Callable[[], bool],
+        status: Callable[[], dict[str, object]],
+    ) -> None:
         self._registry = registry
         self._ready = ready
         self._status = status
@@ -35,8 +39,9 @@ class AdminProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; same interface.
         self._transport = cast(asyncio.Transport, transport)
-        self._timer = asyncio.get_running_loop().call_later(ADMIN_READ_TIMEOUT_S,
-                                                            transport.abort)
+        self._timer = asyncio.get_running_loop().call_later(
+            ADMIN_READ_TIMEOUT_S, self._transport.abort
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
@@ -66,20 +71,30 @@ class AdminProtocol(asyncio.Protocol):
             body = json.dumps({"ready": ready, **self._status()}).encode() + b"\n"
             self._respond(200 if ready else 503, b"application/json", body, head_only)
         elif path == b"/metrics":
-            self._respond(200, CONTENT_TYPE_LATEST.encode(), generate_latest(self._registry),
-                          head_only)
+            self._respond(
+                200, CONTENT_TYPE_LATEST.encode(), generate_latest(self._registry), head_only
+            )
         else:
             self._respond(404, b"text/plain", b"not found: try /healthz, /readyz, /metrics\n")
 
-    def _respond(self, status: int, content_type: bytes, body: bytes,
-                 head_only: bool = False) -> None:
+    def _respond(
+        self, status: int, content_type: bytes, body: bytes, head_only: bool = False
+    ) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        phrase = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Not Allowed",
-                  431: b"Too Large", 503: b"Service Unavailable"}.get(status, b"Error")
-        head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" \
-               b"Cache-Control: no-store\r\nConnection: close\r\n\r\n" % (
-                   status, phrase, content_type, len(body))
+        phrase = {
+            200: b"OK",
+            400: b"Bad Request",
+            404: b"Not Found",
+            405: b"Not Allowed",
+            431: b"Too Large",
+            503: b"Service Unavailable",
+        }.get(status, b"Error")
+        head = (
+            b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+            b"Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+            % (status, phrase, content_type, len(body))
+        )
         transport.write(head if head_only else head + body)
         transport.close()

@@ -12,10 +12,14 @@ import time
 from typing import Any
 
 
-def emit(event: str, level: str = "info", **fields: Any) -> None:
+def emit(event: str, *, level: str = "info", **fields: Any) -> None:
     """Write one event line to stderr (never raises)."""
-    record = {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "level": level,
-              "event": event, **fields}
+    record = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "level": level,
+        "event": event,
+        **fields,
+    }
     try:
         sys.stderr.write(json.dumps(record, default=str) + "\n")
         sys.stderr.flush()

@@ -56,8 +56,9 @@ class Metrics:
         self.config_hash = ""
         self.config_source = ""
 
-    def count_request(self, kind: str, decision: str, reason: str, policy: str,
-                      bytes_up: int, bytes_down: int) -> None:
+    def count_request(
+        self, kind: str, decision: str, reason: str, policy: str, bytes_up: int, bytes_down: int
+    ) -> None:
         key = (kind, decision, reason, policy)
         self.requests[key] = self.requests.get(key, 0) + 1
         if bytes_up:
@@ -80,15 +81,19 @@ class Metrics:
         """A JSON-able copy of every value (for aggregation across worker processes)."""
         return {
             "requests": [[*k, v] for k, v in self.requests.items()],
-            "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
-            "upstream_errors": self.upstream_errors, "reloads": self.reloads,
-            "dns_counts": self.dns_counts, "dns_sums": self.dns_sums,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "upstream_errors": self.upstream_errors,
+            "reloads": self.reloads,
+            "dns_counts": self.dns_counts,
+            "dns_sums": self.dns_sums,
             "access_log_errors": self.access_log_errors,
             "connections_rejected": self.connections_rejected,
             "active_connections": self.active_connections,
             "active_tunnels": self.active_tunnels,
             "config_generation": self.config_generation,
-            "config_hash": self.config_hash, "config_source": self.config_source,
+            "config_hash": self.config_hash,
+            "config_source": self.config_source,
         }
 
 
@@ -105,8 +110,12 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
         for result, counts in snap["dns_counts"].items():
             mine = total["dns_counts"].setdefault(result, [0] * len(counts))
             total["dns_counts"][result] = [a + b for a, b in zip(mine, counts, strict=True)]
-        for name in ("access_log_errors", "connections_rejected", "active_connections",
-                     "active_tunnels"):
+        for name in (
+            "access_log_errors",
+            "connections_rejected",
+            "active_connections",
+            "active_tunnels",
+        ):
             total[name] += snap[name]
         if snap["config_generation"] >= total["config_generation"]:
             for name in ("config_generation", "config_hash", "config_source"):
@@ -128,22 +137,27 @@ class MetricsCollector(Collector):
 
 def _families(snap: dict[str, Any]) -> Iterator[Metric]:
     requests = CounterMetricFamily(
-        REQUESTS, "Requests and tunnels by kind, decision, reason and deciding policy",
-        labels=["kind", "decision", "reason", "policy"])
+        REQUESTS,
+        "Requests and tunnels by kind, decision, reason and deciding policy",
+        labels=["kind", "decision", "reason", "policy"],
+    )
     for kind, decision, reason, policy, value in snap["requests"]:
         requests.add_metric([kind, decision, reason, policy], value)
     yield requests
-    relayed = CounterMetricFamily(BYTES, "Bytes relayed; up = client to destination",
-                                  labels=["direction", "kind"])
+    relayed = CounterMetricFamily(
+        BYTES, "Bytes relayed; up = client to destination", labels=["direction", "kind"]
+    )
     for direction in ("up", "down"):
         for kind, value in snap[f"bytes_{direction}"].items():
             relayed.add_metric([direction, kind], value)
     yield relayed
-    yield GaugeMetricFamily(ACTIVE_CONNECTIONS, "Open client connections",
-                            value=snap["active_connections"])
+    yield GaugeMetricFamily(
+        ACTIVE_CONNECTIONS, "Open client connections", value=snap["active_connections"]
+    )
     yield GaugeMetricFamily(ACTIVE_TUNNELS, "Open CONNECT tunnels", value=snap["active_tunnels"])
-    errors = CounterMetricFamily(UPSTREAM_ERRORS, "Failures reaching destinations, by kind",
-                                 labels=["reason"])
+    errors = CounterMetricFamily(
+        UPSTREAM_ERRORS, "Failures reaching destinations, by kind", labels=["reason"]
+    )
     for reason, value in snap["upstream_errors"].items():
         errors.add_metric([reason], value)
     yield errors
@@ -152,23 +166,34 @@ def _families(snap: dict[str, Any]) -> Iterator[Metric]:
     for result, value in snap["reloads"].items():
         reloads.add_metric([result], value)
     yield reloads
-    yield GaugeMetricFamily(CONFIG_GENERATION, "Generation of the policy in force (1 = start)",
-                            value=snap["config_generation"])
-    info = GaugeMetricFamily(CONFIG_INFO, "The config in force (value always 1)",
-                             labels=["sha256", "source"])
+    yield GaugeMetricFamily(
+        CONFIG_GENERATION,
+        "Generation of the policy in force (1 = start)",
+        value=snap["config_generation"],
+    )
+    info = GaugeMetricFamily(
+        CONFIG_INFO, "The config in force (value always 1)", labels=["sha256", "source"]
+    )
     info.add_metric([snap["config_hash"], snap["config_source"]], 1)
     yield info
-    yield CounterMetricFamily(ACCESS_LOG_ERRORS, "Access-log batches that could not be written",
-                              value=snap["access_log_errors"])
-    yield CounterMetricFamily(CONNECTIONS_REJECTED, "Connections refused at max_connections",
-                              value=snap["connections_rejected"])
+    yield CounterMetricFamily(
+        ACCESS_LOG_ERRORS,
+        "Access-log batches that could not be written",
+        value=snap["access_log_errors"],
+    )
+    yield CounterMetricFamily(
+        CONNECTIONS_REJECTED,
+        "Connections refused at max_connections",
+        value=snap["connections_rejected"],
+    )
     if "workers" in snap:
         yield GaugeMetricFamily(WORKERS, "Worker processes reporting", value=snap["workers"])
 
 
 def _dns_histogram(snap: dict[str, Any]) -> Metric:
-    histogram = HistogramMetricFamily(DNS_LOOKUP, "DNS lookup latency (cache misses only)",
-                                      labels=["result"])
+    histogram = HistogramMetricFamily(
+        DNS_LOOKUP, "DNS lookup latency (cache misses only)", labels=["result"]
+    )
     for result, counts in snap["dns_counts"].items():
         cumulative, buckets = 0, []
         for bound, count in zip((*DNS_BUCKETS_S, float("inf")), counts, strict=True):

@@ -10,8 +10,23 @@ from dataclasses import dataclass
 
 # Access-log JSON field names, in the order they are written.
 FIELDS = (
-    "ts", "client", "user", "policy", "method", "host", "port", "address", "decision",
-    "reason", "rule", "status", "bytes_up", "bytes_down", "duration_ms", "kind", "sni",
+    "ts",
+    "client",
+    "user",
+    "policy",
+    "method",
+    "host",
+    "port",
+    "address",
+    "decision",
+    "reason",
+    "rule",
+    "status",
+    "bytes_up",
+    "bytes_down",
+    "duration_ms",
+    "kind",
+    "sni",
     "detail",
 )
 

@@ -32,6 +32,9 @@ from egressgate.names.patterns import DomainPattern, HostMatcher, IPNetwork, par
 from egressgate.policy.clients import ClientSelector
 from egressgate.policy.decision import ClientIdentity, Decision, Target, Verdict
 
+_MISS = object()
+_VET_CACHE_MAX = 4096
+
 
 def _port_set(ranges: tuple[PortRange, ...]) -> frozenset[int] | tuple[PortRange, ...]:
     """Small port lists become a frozenset for O(1) lookup; wide ranges stay ranges."""
@@ -50,6 +53,7 @@ class CompiledPolicy:
     """One named policy in its fast form."""
 
     __slots__ = (
+        "_vet_cache",
         "allow_private",
         "config",
         "connect_ports",
@@ -73,6 +77,9 @@ class CompiledPolicy:
         self.report = config.mode is Mode.REPORT
         self.sni_check = config.sni_check
         self.tunnels_without_sni = config.tunnels_without_sni
+        # Vetting is pure over (policy, addresses); a compiled policy lives for one config
+        # generation, so the cache can never outlive the allow_private it was computed with.
+        self._vet_cache: dict[tuple[IPAddress, ...], object] = {}
 
     def decide(self, target: Target) -> Decision:
         host = target.host
@@ -84,15 +91,21 @@ class CompiledPolicy:
             rule = self.matcher.match_name(host.name)
             refusal = Reason.HOST_NOT_ALLOWED
         if rule is None:
-            return self._refuse(refusal, f"{host.text} is not on the allowlist of policy "
-                                f"{self.name!r}")
+            return self._refuse(
+                refusal, f"{host.text} is not on the allowlist of policy {self.name!r}"
+            )
         ports = self.connect_ports if target.connect else self.http_ports
         if not _port_allowed(ports, target.port):
             key = "connect_ports" if target.connect else "http_ports"
-            listed = ", ".join(str(r) for r in (
-                self.config.connect_ports if target.connect else self.config.http_ports))
-            return self._refuse(Reason.PORT_NOT_ALLOWED, f"port {target.port} is not in "
-                                f"{key} [{listed}] of policy {self.name!r}", rule)
+            listed = ", ".join(
+                str(r)
+                for r in (self.config.connect_ports if target.connect else self.config.http_ports)
+            )
+            return self._refuse(
+                Reason.PORT_NOT_ALLOWED,
+                f"port {target.port} is not in {key} [{listed}] of policy {self.name!r}",
+                rule,
+            )
         return Decision(Verdict.ALLOW, Reason.ALLOWED, self.name, rule)
 
     def decide_sni(self, connect: Host, sni: str) -> Decision | None:
@@ -106,11 +119,15 @@ class CompiledPolicy:
         except InvalidHost:
             return self._refuse(Reason.SNI_NOT_ALLOWED, f"invalid TLS server name {sni!r}")
         if host.name is None or self.matcher.match_name(host.name) is None:
-            return self._refuse(Reason.SNI_NOT_ALLOWED, f"TLS server name {host.text} is not "
-                                f"allowed (CONNECT was for {connect.text})")
+            return self._refuse(
+                Reason.SNI_NOT_ALLOWED,
+                f"TLS server name {host.text} is not allowed (CONNECT was for {connect.text})",
+            )
         if connect.name is not None and host.name != connect.name:
-            return self._refuse(Reason.SNI_MISMATCH, f"TLS server name {host.text} differs "
-                                f"from the CONNECT host {connect.text}")
+            return self._refuse(
+                Reason.SNI_MISMATCH,
+                f"TLS server name {host.text} differs from the CONNECT host {connect.text}",
+            )
         return None
 
     def no_sni(self, why: str) -> Decision | None:
@@ -124,6 +141,17 @@ class CompiledPolicy:
 
     def vet(self, addresses: list[IPAddress]) -> tuple[AddressClass, IPAddress] | None:
         """The first internal address not covered by allow_private, or None if all may go."""
+        key = tuple(addresses)
+        cached = self._vet_cache.get(key, _MISS)
+        if cached is not _MISS:
+            return cached  # type: ignore[return-value]
+        result = self._vet_uncached(addresses)
+        if len(self._vet_cache) >= _VET_CACHE_MAX:
+            self._vet_cache.clear()
+        self._vet_cache[key] = result
+        return result
+
+    def _vet_uncached(self, addresses: list[IPAddress]) -> tuple[AddressClass, IPAddress] | None:
         for address in addresses:
             cls = classify_address(address)
             if cls is AddressClass.PUBLIC:
@@ -147,8 +175,9 @@ class PolicySet:
 
     __slots__ = ("default", "policies", "selector")
 
-    def __init__(self, policies: dict[str, CompiledPolicy], selector: ClientSelector,
-                 default: str) -> None:
+    def __init__(
+        self, policies: dict[str, CompiledPolicy], selector: ClientSelector, default: str
+    ) -> None:
         self.policies = policies
         self.selector = selector
         self.default = policies[default]
@@ -156,8 +185,9 @@ class PolicySet:
     @classmethod
     def compile(cls, config: Config) -> PolicySet:
         policies = {p.name: CompiledPolicy(p) for p in config.policies}
-        return cls(policies, ClientSelector(config.clients, config.default_policy),
-                   config.default_policy)
+        return cls(
+            policies, ClientSelector(config.clients, config.default_policy), config.default_policy
+        )
 
     def policy_for(self, client: ClientIdentity) -> CompiledPolicy:
         """Raises policy.clients.NeedsAuthentication when the client must log in first."""
@@ -176,6 +206,11 @@ class PolicySet:
         if bad is None:
             return VetResult(None, tuple(addresses))
         cls, address = bad
-        refusal = Decision(Verdict.DENY, Reason.PRIVATE_ADDRESS, policy.name, decision.rule,
-                           f"resolves to {address} ({cls.value}), which is not in allow_private")
+        refusal = Decision(
+            Verdict.DENY,
+            Reason.PRIVATE_ADDRESS,
+            policy.name,
+            decision.rule,
+            f"resolves to {address} ({cls.value}), which is not in allow_private",
+        )
         return VetResult(refusal, ())

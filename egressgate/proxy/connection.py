@@ -19,7 +19,7 @@ import ipaddress
 import time
 from collections import deque
 from enum import Enum
-from typing import cast, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from egressgate.errors import ProtocolError, ProxyFailure, Reason, Refused
 from egressgate.http1.events import END, Event, RequestHead, TunnelStart
@@ -32,6 +32,9 @@ from egressgate.proxy.refusal import refusal_response
 
 if TYPE_CHECKING:
     from egressgate.proxy.forward import HttpExchange
+    from egressgate.proxy.tunnel import TunnelExchange
+
+    Exchange = HttpExchange | TunnelExchange
 
 # Pause reading from a client whose pipelined requests queue up beyond this many events.
 MAX_QUEUED_EVENTS = 64
@@ -45,9 +48,24 @@ class ConnState(Enum):
 
 
 class ClientConnection(asyncio.Protocol):
-    __slots__ = ("_queue", "_reading_paused", "_timer", "address", "client_text", "ctx",
-                 "exchange", "identity", "parser", "peer_port", "request_open", "state",
-                 "tls_names", "transport", "upgraded", "write_paused")
+    __slots__ = (
+        "_queue",
+        "_reading_paused",
+        "_timer",
+        "address",
+        "client_text",
+        "ctx",
+        "exchange",
+        "identity",
+        "parser",
+        "peer_port",
+        "request_open",
+        "state",
+        "tls_names",
+        "transport",
+        "upgraded",
+        "write_paused",
+    )
 
     def __init__(self, ctx: ProxyContext, tls_names: tuple[str, ...] = ()) -> None:
         self.ctx = ctx
@@ -55,7 +73,7 @@ class ClientConnection(asyncio.Protocol):
         self.parser = RequestParser(limits.max_request_line_bytes, limits.max_header_bytes)
         self.state = ConnState.HEAD
         self.transport: asyncio.Transport | None = None
-        self.exchange: HttpExchange | None = None
+        self.exchange: Exchange | None = None
         self.request_open = False  # the current exchange still receives request body events
         self._queue: deque[Event] = deque()
         self._timer: asyncio.TimerHandle | None = None
@@ -81,11 +99,11 @@ class ClientConnection(asyncio.Protocol):
         self.peer_port = peer[1] if isinstance(peer, tuple) else 0
         self.identity = ClientIdentity(self.address, None, self.tls_names)
         ctx = self.ctx
-        if len(ctx.live) >= ctx.limits.max_connections or ctx.state.draining:
+        if len(ctx.live) + len(ctx.tunnels) >= ctx.limits.max_connections or ctx.state.draining:
             reason = Reason.SHUTTING_DOWN if ctx.state.draining else Reason.TOO_MANY_CONNECTIONS
             ctx.metrics.connections_rejected += reason is Reason.TOO_MANY_CONNECTIONS
-            transport.write(refusal_response(reason, None))
-            transport.close()
+            self.transport.write(refusal_response(reason, None))
+            self.transport.close()
             self.state = ConnState.CLOSED
             return
         ctx.live.add(self)
@@ -142,8 +160,11 @@ class ClientConnection(asyncio.Protocol):
         for index, event in enumerate(events):
             if self.state is ConnState.CLOSED or self.state is ConnState.TUNNEL:
                 return
-            if self.exchange is not None and not self.request_open \
-                    and not isinstance(event, TunnelStart):
+            if (
+                self.exchange is not None
+                and not self.request_open
+                and not isinstance(event, TunnelStart)
+            ):
                 # The current exchange has its whole request; later events wait their turn.
                 rest = list(events)[index:]
                 self._queue.extend(rest)
@@ -170,15 +191,17 @@ class ClientConnection(asyncio.Protocol):
         self._cancel_timer()
         self.state = ConnState.BUSY
         self.request_open = True
+        exchange: Exchange
         if head.method == b"CONNECT":
             from egressgate.proxy.tunnel import TunnelExchange
 
-            self.exchange = TunnelExchange(self, head)  # type: ignore[assignment]
+            exchange = TunnelExchange(self, head)
         else:
             from egressgate.proxy.forward import HttpExchange
 
-            self.exchange = HttpExchange(self, head)
-        self.exchange.start()
+            exchange = HttpExchange(self, head)
+        self.exchange = exchange
+        exchange.start()
 
     def exchange_done(self, keep_alive: bool) -> None:
         """The current exchange has sent its whole response."""
@@ -232,20 +255,31 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.parser_mid_head():
             record = self.new_record("-", "http")
-            self.refuse(ProtocolError(Reason.HEADER_TIMEOUT, "request head not complete in "
-                                      f"{self.ctx.limits.header_timeout_s:g}s"), record, None)
+            self.refuse(
+                ProtocolError(
+                    Reason.HEADER_TIMEOUT,
+                    f"request head not complete in {self.ctx.limits.header_timeout_s:g}s",
+                ),
+                record,
+                None,
+            )
         else:
             self.close()  # idle keep-alive connection
 
     def parser_mid_head(self) -> bool:
-        return self.parser._head_seen > 0  # noqa: SLF001 - the parser's own progress counter
+        return self.parser._head_seen > 0
 
     # ---- ending
     def new_record(self, method: str, kind: str) -> AccessRecord:
         return AccessRecord(time.time(), self.client_text, method, kind)
 
-    def refuse(self, failure: ProxyFailure, record: AccessRecord, host: str | None,
-               policy: str | None = None) -> None:
+    def refuse(
+        self,
+        failure: ProxyFailure,
+        record: AccessRecord,
+        host: str | None,
+        policy: str | None = None,
+    ) -> None:
         """Answer with the refusal for `failure`, log it, close the connection."""
         reason = failure.reason
         realm = None
@@ -262,8 +296,9 @@ class ClientConnection(asyncio.Protocol):
         if record.host is None and host is not None:
             record.host = host
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(refusal_response(reason, host, failure.detail,
-                                                 policy or record.policy, realm))
+            self.transport.write(
+                refusal_response(reason, host, failure.detail, policy or record.policy, realm)
+            )
         self.finish_record(record)
         self.exchange = None
         self.close()

@@ -26,11 +26,16 @@ class Closable(Protocol):
 
 
 class ProxyContext:
-    __slots__ = ("access_log", "limits", "live", "metrics", "pool", "resolver", "state",
-                 "tunnels")
+    __slots__ = ("access_log", "limits", "live", "metrics", "pool", "resolver", "state", "tunnels")
 
-    def __init__(self, state: State, resolver: Resolver, access_log: AccessLog,
-                 metrics: Metrics, pool: UpstreamPool) -> None:
+    def __init__(
+        self,
+        state: State,
+        resolver: Resolver,
+        access_log: AccessLog,
+        metrics: Metrics,
+        pool: UpstreamPool,
+    ) -> None:
         self.state = state
         self.resolver = resolver
         self.access_log = access_log
@@ -42,6 +47,12 @@ class ProxyContext:
 
     def finish(self, record: AccessRecord) -> None:
         """Log and count one finished request or tunnel."""
-        self.metrics.count_request(record.kind, record.decision, record.reason,
-                                   record.policy or "-", record.bytes_up, record.bytes_down)
+        self.metrics.count_request(
+            record.kind,
+            record.decision,
+            record.reason,
+            record.policy or "-",
+            record.bytes_up,
+            record.bytes_down,
+        )
         self.access_log.write(record)

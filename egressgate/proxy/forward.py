@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
-from typing import cast, TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from egressgate.errors import ProtocolError, ProxyFailure, Reason, Refused, UpstreamError
 from egressgate.http1 import render
@@ -31,6 +31,7 @@ from egressgate.http1.semantics import (
     request_framing,
     wants_upgrade,
 )
+from egressgate.names.hostname import address_text
 from egressgate.net.pump import TransportPump
 from egressgate.net.relay import RelayStats
 from egressgate.net.tasks import spawn
@@ -46,8 +47,7 @@ if TYPE_CHECKING:
 # Request body bytes buffered while the upstream connection is being set up.
 MAX_EARLY_BODY_BYTES = 256 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
-HEALTH_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
-                   b"\r\nok\n")
+HEALTH_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n"
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -129,9 +129,23 @@ class HttpExchange:
     """One plain-HTTP request and its response."""
 
     __slots__ = (
-        "_early_body", "_early_size", "_response_timer", "chunk_response", "chunked_request",
-        "conn", "ctx", "done", "head", "is_head", "keep_alive", "record", "request_complete",
-        "response_head", "response_open", "upgrade", "upstream",
+        "_early_body",
+        "_early_size",
+        "_response_timer",
+        "chunk_response",
+        "chunked_request",
+        "conn",
+        "ctx",
+        "done",
+        "head",
+        "is_head",
+        "keep_alive",
+        "record",
+        "request_complete",
+        "response_head",
+        "response_open",
+        "upgrade",
+        "upstream",
     )
 
     def __init__(self, conn: ClientConnection, head: RequestHead) -> None:
@@ -185,9 +199,15 @@ class HttpExchange:
         self.chunked_request = framing.chunked
         headers = end_to_end(head.headers, tokens)
         forwarded = conn.client_text.encode() if gen.config.forwarded_for else None
-        request = render.request_head(head.method, target.path, target.authority, headers,
-                                      upgrade=self.upgrade, chunked=framing.chunked,
-                                      forwarded_for=forwarded)
+        request = render.request_head(
+            head.method,
+            target.path,
+            target.authority,
+            headers,
+            upgrade=self.upgrade,
+            chunked=framing.chunked,
+            forwarded_for=forwarded,
+        )
         self._early_body.append(request)
         found = gate.known_addresses(self.ctx, destination)
         if found is not None:
@@ -217,13 +237,13 @@ class HttpExchange:
             vetted = gate.vet(gen, decision, found, record)
             upstream = self.ctx.pool.get(vetted, destination.port)
             if upstream is None:
-                sock, address = await gate.connect_any(self.ctx, vetted, destination.port,
-                                                       record)
-                key = (str(address), destination.port)
+                sock, address = await gate.connect_any(self.ctx, vetted, destination.port, record)
+                key = (address_text(address), destination.port)
                 loop = asyncio.get_running_loop()
                 try:
                     _, upstream = await loop.create_connection(
-                        lambda: UpstreamConnection(self.ctx.pool, key), sock=sock)
+                        lambda: UpstreamConnection(self.ctx.pool, key), sock=sock
+                    )
                 except OSError as exc:
                     sock.close()
                     raise UpstreamError(Reason.UPSTREAM_ERROR, str(exc)) from None
@@ -314,7 +334,8 @@ class HttpExchange:
     def _arm_response_timer(self) -> None:
         if self._response_timer is None and self.response_head is None:
             self._response_timer = asyncio.get_running_loop().call_later(
-                self.ctx.limits.response_timeout_s, self._response_timeout)
+                self.ctx.limits.response_timeout_s, self._response_timeout
+            )
 
     def _cancel_response_timer(self) -> None:
         if self._response_timer is not None:
@@ -323,9 +344,12 @@ class HttpExchange:
 
     def _response_timeout(self) -> None:
         self._response_timer = None
-        self.upstream_failed(UpstreamError(
-            Reason.UPSTREAM_TIMEOUT,
-            f"no response within {self.ctx.limits.response_timeout_s:g}s"))
+        self.upstream_failed(
+            UpstreamError(
+                Reason.UPSTREAM_TIMEOUT,
+                f"no response within {self.ctx.limits.response_timeout_s:g}s",
+            )
+        )
 
     def response_event(self, event: Event) -> None:
         if isinstance(event, bytes):
@@ -348,8 +372,11 @@ class HttpExchange:
         if 100 <= head.status < 200 and head.status != 101:
             # Informational (100 Continue, 103 Early Hints): relay, the final answer follows.
             if self.head.version == "1.1":
-                transport.write(render.response_head(head, end_to_end(head.headers, set()),
-                                                     keep_alive=True, chunked=False))
+                transport.write(
+                    render.response_head(
+                        head, end_to_end(head.headers, set()), keep_alive=True, chunked=False
+                    )
+                )
             return
         self._cancel_response_timer()
         self.response_head = head
@@ -373,8 +400,9 @@ class HttpExchange:
             chunked = False
         self.chunk_response = chunked
         self.keep_alive = keep_alive
-        transport.write(render.response_head(head, headers, keep_alive=self.keep_alive,
-                                             chunked=chunked))
+        transport.write(
+            render.response_head(head, headers, keep_alive=self.keep_alive, chunked=chunked)
+        )
         if no_body:
             if self.is_head and self.upstream is not None:
                 # httptools cannot be told the response answers a HEAD; a fresh parser for
@@ -411,16 +439,28 @@ class HttpExchange:
         head = self.response_head
         upstream = self.upstream
         conn = self.conn
-        if head is None or upstream is None or upstream.transport is None \
-                or conn.transport is None or self.upgrade is None:
-            self.upstream_failed(UpstreamError(Reason.UPSTREAM_BAD_RESPONSE,
-                                               "101 without an Upgrade request"))
+        if (
+            head is None
+            or upstream is None
+            or upstream.transport is None
+            or conn.transport is None
+            or self.upgrade is None
+        ):
+            self.upstream_failed(
+                UpstreamError(Reason.UPSTREAM_BAD_RESPONSE, "101 without an Upgrade request")
+            )
             return
         tokens = connection_tokens(head.headers)
         upgrade_value = next((v for n, _, v in head.headers if n == b"upgrade"), self.upgrade)
-        conn.transport.write(render.response_head(head, end_to_end(head.headers, tokens),
-                                                  keep_alive=True, chunked=False,
-                                                  upgrade=upgrade_value))
+        conn.transport.write(
+            render.response_head(
+                head,
+                end_to_end(head.headers, tokens),
+                keep_alive=True,
+                chunked=False,
+                upgrade=upgrade_value,
+            )
+        )
         conn.detach_for_tunnel()
         self.upstream = None
         upstream.exchange = None
@@ -432,26 +472,37 @@ class HttpExchange:
             self.ctx.metrics.active_tunnels -= 1
             self.record.bytes_up += stats.bytes_up
             self.record.bytes_down += stats.bytes_down
-            self.record.detail = f"upgrade ended: {stats.end} after " \
-                                 f"{time.monotonic() - started:.1f}s"
+            self.record.detail = (
+                f"upgrade ended: {stats.end} after {time.monotonic() - started:.1f}s"
+            )
             self._finish()
 
-        TransportPump(conn.transport, upstream.transport, done,
-                      self.ctx.limits.idle_timeout_s, initial_down=rest)
+        TransportPump(
+            conn.transport,
+            upstream.transport,
+            done,
+            self.ctx.limits.idle_timeout_s,
+            initial_down=rest,
+        )
 
     def upstream_lost(self) -> None:
         """The origin closed the connection."""
         if self.done:
             return
         head = self.response_head
-        if head is not None and self.response_open and head.content_length is None \
-                and not head.chunked:
+        if (
+            head is not None
+            and self.response_open
+            and head.content_length is None
+            and not head.chunked
+        ):
             self.upstream = None
             self._response_end(upstream_reusable=False)  # a close-delimited body ends here
             return
         self.upstream = None
-        self.upstream_failed(UpstreamError(Reason.UPSTREAM_RESET,
-                                           "the destination closed the connection"))
+        self.upstream_failed(
+            UpstreamError(Reason.UPSTREAM_RESET, "the destination closed the connection")
+        )
 
     def upstream_failed(self, error: UpstreamError) -> None:
         if self.done:
@@ -470,4 +521,3 @@ class HttpExchange:
         self.record.detail = error.detail
         self._finish()
         self.conn.force_close()
-

@@ -21,23 +21,36 @@ from egressgate.policy.decision import ClientIdentity, Decision, Target, Verdict
 from egressgate.proxy.context import ProxyContext
 from egressgate.runtime.state import Generation
 
+_HOST_CACHE: dict[str, Host] = {}
+_HOST_CACHE_MAX = 4096
+
 
 def normalize_target_host(raw: str) -> Host:
-    """The destination in canonical form; an invalid host is a policy refusal, not an error."""
+    """The destination in canonical form; an invalid host is a policy refusal, not an error.
+
+    Memoized (bounded): normalization is pure, and clients ask for the same hosts over and over.
+    """
+    host = _HOST_CACHE.get(raw)
+    if host is not None:
+        return host
     try:
-        return normalize_host(raw)
+        host = normalize_host(raw)
     except InvalidHost as exc:
         raise Refused(Reason.HOST_NOT_ALLOWED, str(exc)) from None
+    if len(_HOST_CACHE) >= _HOST_CACHE_MAX:
+        _HOST_CACHE.clear()
+    _HOST_CACHE[raw] = host
+    return host
 
 
-def decide(gen: Generation, client: ClientIdentity, target: Target,
-           record: AccessRecord) -> Decision:
+def decide(
+    gen: Generation, client: ClientIdentity, target: Target, record: AccessRecord
+) -> Decision:
     """Name-level decision; records it; raises Refused unless allowed (or reported)."""
     try:
         policy = gen.policies.policy_for(client)
     except NeedsAuthentication:
-        raise Refused(Reason.AUTH_REQUIRED, "this proxy needs a user name and password") \
-            from None
+        raise Refused(Reason.AUTH_REQUIRED, "this proxy needs a user name and password") from None
     decision = policy.decide(target)
     _record(record, decision)
     if decision.verdict is Verdict.DENY:
@@ -72,8 +85,9 @@ async def addresses(ctx: ProxyContext, target: Target) -> tuple[IPAddress, ...]:
     return resolution.addresses
 
 
-def vet(gen: Generation, decision: Decision, found: tuple[IPAddress, ...],
-        record: AccessRecord) -> tuple[IPAddress, ...]:
+def vet(
+    gen: Generation, decision: Decision, found: tuple[IPAddress, ...], record: AccessRecord
+) -> tuple[IPAddress, ...]:
     """Address-level check; raises Refused(PRIVATE_ADDRESS) naming the offending address."""
     result = gen.policies.vet(decision, list(found))
     if result.refusal is not None:
@@ -82,8 +96,9 @@ def vet(gen: Generation, decision: Decision, found: tuple[IPAddress, ...],
     return result.addresses
 
 
-async def connect_any(ctx: ProxyContext, found: tuple[IPAddress, ...], port: int,
-                      record: AccessRecord) -> tuple[socket.socket, IPAddress]:
+async def connect_any(
+    ctx: ProxyContext, found: tuple[IPAddress, ...], port: int, record: AccessRecord
+) -> tuple[socket.socket, IPAddress]:
     """Connect to the first vetted address that answers (in resolver order: IPv4 first)."""
     last: UpstreamError | None = None
     for address in found:
@@ -100,8 +115,9 @@ async def connect_any(ctx: ProxyContext, found: tuple[IPAddress, ...], port: int
     raise last
 
 
-async def admit(ctx: ProxyContext, gen: Generation, client: ClientIdentity, target: Target,
-                record: AccessRecord) -> tuple[socket.socket, IPAddress]:
+async def admit(
+    ctx: ProxyContext, gen: Generation, client: ClientIdentity, target: Target, record: AccessRecord
+) -> tuple[socket.socket, IPAddress]:
     """The whole gate for one destination: a connected socket, or an exception to refuse with."""
     decision = decide(gen, client, target, record)
     found = await addresses(ctx, target)

@@ -36,16 +36,18 @@ def run_proxy(config_path: str | None, workers: int | None) -> int:
         from egressgate.proxy.workers import supervise
 
         return supervise(generation, config_path, count)
-    return uvloop.run(serve(generation, config_path))
+    return int(uvloop.run(serve(generation, config_path)))
 
 
-async def serve(generation: Generation, config_path: str | None,
-                reuse_port: bool = False) -> int:
+async def serve(generation: Generation, config_path: str | None, reuse_port: bool = False) -> int:
     from egressgate.proxy.server import ProxyServer
 
     if config_path is None:
-        emit("default-config", level="warning",
-             note="no --config given: using the built-in default, which allows no destination")
+        emit(
+            "default-config",
+            level="warning",
+            note="no --config given: using the built-in default, which allows no destination",
+        )
     server = ProxyServer(generation, config_path, reuse_port=reuse_port)
     await server.start()
     await server.wait_stopped()

@@ -14,15 +14,26 @@ REASON_HEADER = "X-Egressgate-Reason"
 POLICY_HEADER = "X-Egressgate-Policy"
 
 _PHRASES = {
-    400: "Bad Request", 403: "Forbidden", 407: "Proxy Authentication Required",
-    408: "Request Timeout", 414: "URI Too Long", 431: "Request Header Fields Too Large",
-    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    400: "Bad Request",
+    403: "Forbidden",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
     504: "Gateway Timeout",
 }
 
 
-def refusal_response(reason: Reason, host: str | None, detail: str = "",
-                     policy: str | None = None, realm: str | None = None) -> bytes:
+def refusal_response(
+    reason: Reason,
+    host: str | None,
+    detail: str = "",
+    policy: str | None = None,
+    realm: str | None = None,
+) -> bytes:
     """A full HTTP/1.1 response explaining `reason` for `host`."""
     status = reason.status
     lines = [f"egressgate: {status} {reason.value}"]

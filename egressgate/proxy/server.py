@@ -15,13 +15,14 @@ SIGHUP: reload. SIGUSR1: reopen the access log (logrotate).
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import ssl
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from egressgate.config.model import Config
+from egressgate.config.model import Config, ListenAddress
 from egressgate.errors import ConfigError
 from egressgate.net.listen import bind, bound_address
 from egressgate.net.resolver import Resolver
@@ -29,6 +30,7 @@ from egressgate.observe.accesslog import AccessLog
 from egressgate.observe.admin import AdminProtocol
 from egressgate.observe.events import emit
 from egressgate.observe.metrics import Metrics, MetricsCollector
+from egressgate.proxy.acceptor import Acceptor
 from egressgate.proxy.connection import ClientConnection
 from egressgate.proxy.context import ProxyContext
 from egressgate.proxy.upstream_pool import UpstreamPool
@@ -45,21 +47,35 @@ def tls_names(ssl_object: ssl.SSLObject | None) -> tuple[str, ...]:
     cert: Any = ssl_object.getpeercert()
     if not cert:
         return ()
-    names = [value for rdn in cert.get("subject", ()) for key, value in rdn
-             if key == "commonName"]
-    names += [value for kind, value in cert.get("subjectAltName", ())
-              if kind in ("DNS", "URI", "email", "IP Address")]
+    names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]
+    names += [
+        value
+        for kind, value in cert.get("subjectAltName", ())
+        if kind in ("DNS", "URI", "email", "IP Address")
+    ]
     return tuple(n.lower() for n in names)
 
 
 class ProxyServer:
-    def __init__(self, generation: Generation, config_path: str | None,
-                 reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        generation: Generation,
+        config_path: str | None,
+        reuse_port: bool = False,
+        announce: bool = True,
+        worker: int | None = None,
+        listen_override: ListenAddress | None = None,
+    ) -> None:
+        # A worker binds the port its supervisor reserved, and leaves admin to the supervisor.
+        self.listen_override = listen_override
+        self.announce = announce
+        self.worker = worker
         self.state = State(generation)
         self.config_path = config_path
         self.reuse_port = reuse_port
         self.metrics = Metrics()
         self._servers: list[asyncio.Server] = []
+        self._acceptor: Acceptor | None = None
         self._admin: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
         self._reloader: Reloader | None = None
@@ -74,32 +90,48 @@ class ProxyServer:
 
     async def start(self) -> None:
         config = self.state.current.config
-        loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         access_log = AccessLog(config.access_log, on_error=self._access_log_error)
-        resolver = Resolver(config.nameservers, config.hosts_file, config.limits.dns_timeout_s,
-                            on_lookup=self.metrics.observe_dns)
-        ctx = ProxyContext(self.state, resolver, access_log, self.metrics,
-                           UpstreamPool(config.limits.upstream_idle_s))
+        resolver = Resolver(
+            config.nameservers,
+            config.hosts_file,
+            config.limits.dns_timeout_s,
+            on_lookup=self.metrics.observe_dns,
+        )
+        ctx = ProxyContext(
+            self.state,
+            resolver,
+            access_log,
+            self.metrics,
+            UpstreamPool(config.limits.upstream_idle_s),
+        )
         self.ctx = ctx
-        sock = bind(config.listen, self.reuse_port)
-        self._servers.append(await loop.create_server(lambda: ClientConnection(ctx), sock=sock))
+        sock = bind(self.listen_override or config.listen, self.reuse_port)
+        self._acceptor = Acceptor(ctx, sock)
         self.addresses["proxy"] = bound_address(sock)
         self.addresses["tls_proxy"] = None
         if config.tls_listen is not None:
             await self._start_tls_listener(config, ctx)
         self.addresses["admin"] = None
-        if config.admin_listen is not None:
+        if config.admin_listen is not None and self.worker is None:
             await self._start_admin(config)
         self.state.accepting = True
         self._install_signals()
         if self.config_path is not None:
-            self._reloader = Reloader(self.state, self.config_path, self._reloaded,
-                                      self._reload_failed)
+            self._reloader = Reloader(
+                self.state, self.config_path, self._reloaded, self._reload_failed
+            )
             self._reloader.start_watching()
-        emit("listening", **self.addresses, config=config.source,
-             generation=self.state.current.number, sha256=self.state.current.sha256,
-             pid=__import__("os").getpid())
+        fields: dict[str, Any] = {
+            **self.addresses,
+            "config": config.source,
+            "generation": self.state.current.number,
+            "sha256": self.state.current.sha256,
+            "pid": os.getpid(),
+        }
+        if self.worker is not None:
+            fields["worker"] = self.worker
+        emit("listening" if self.announce else "worker-listening", **fields)
 
     async def _start_tls_listener(self, config: Config, ctx: ProxyContext) -> None:
         tls = config.tls_listen
@@ -108,15 +140,15 @@ class ProxyServer:
         context.load_cert_chain(tls.cert_file, tls.key_file)
         if tls.client_ca_file is not None:
             context.load_verify_locations(tls.client_ca_file)
-            context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert \
-                else ssl.CERT_OPTIONAL
+            context.verify_mode = (
+                ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
+            )
         sock = bind(tls.listen, self.reuse_port)
 
         def factory() -> ClientConnection:
             return _TlsClientConnection(ctx)
 
-        server = await asyncio.get_running_loop().create_server(factory, sock=sock,
-                                                                ssl=context)
+        server = await asyncio.get_running_loop().create_server(factory, sock=sock, ssl=context)
         self._servers.append(server)
         self.addresses["tls_proxy"] = bound_address(sock)
 
@@ -134,9 +166,13 @@ class ProxyServer:
 
     def _status(self) -> dict[str, object]:
         gen = self.state.current
-        return {"generation": gen.number, "sha256": gen.sha256, "draining": self.state.draining,
-                "connections": self.metrics.active_connections,
-                "tunnels": self.metrics.active_tunnels}
+        return {
+            "generation": gen.number,
+            "sha256": gen.sha256,
+            "draining": self.state.draining,
+            "connections": self.metrics.active_connections,
+            "tunnels": self.metrics.active_tunnels,
+        }
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -148,8 +184,12 @@ class ProxyServer:
     # ---- reload
     def reload(self, trigger: str = "api") -> bool:
         if self._reloader is None:
-            emit("reload-skipped", level="warning", trigger=trigger,
-                 why="running on the built-in default config: no file to reload")
+            emit(
+                "reload-skipped",
+                level="warning",
+                trigger=trigger,
+                why="running on the built-in default config: no file to reload",
+            )
             return False
         emit("reload-requested", trigger=trigger)
         return self._reloader.reload(trigger)
@@ -161,28 +201,44 @@ class ProxyServer:
         assert ctx is not None
         old_cfg, new_cfg = old.config, new.config
         if (old_cfg.nameservers, old_cfg.hosts_file, old_cfg.limits.dns_timeout_s) != (
-                new_cfg.nameservers, new_cfg.hosts_file, new_cfg.limits.dns_timeout_s):
+            new_cfg.nameservers,
+            new_cfg.hosts_file,
+            new_cfg.limits.dns_timeout_s,
+        ):
             previous = ctx.resolver
-            ctx.resolver = Resolver(new_cfg.nameservers, new_cfg.hosts_file,
-                                    new_cfg.limits.dns_timeout_s,
-                                    on_lookup=self.metrics.observe_dns)
+            ctx.resolver = Resolver(
+                new_cfg.nameservers,
+                new_cfg.hosts_file,
+                new_cfg.limits.dns_timeout_s,
+                on_lookup=self.metrics.observe_dns,
+            )
             # Lookups in flight on the old resolver finish within its timeout.
-            asyncio.get_running_loop().call_later(old_cfg.limits.dns_timeout_s + 1,
-                                                  previous.close)
+            asyncio.get_running_loop().call_later(old_cfg.limits.dns_timeout_s + 1, previous.close)
         if old_cfg.access_log != new_cfg.access_log:
             ctx.access_log.close()
             ctx.access_log = AccessLog(new_cfg.access_log, on_error=self._access_log_error)
         ctx.limits = new_cfg.limits
         ctx.pool.idle_s = new_cfg.limits.upstream_idle_s
-        emit("reloaded", generation=new.number, sha256=new.sha256,
-             restart_needed=restart_needed or None,
-             note=("these settings keep their old values until a restart: "
-                   + ", ".join(restart_needed)) if restart_needed else None)
+        emit(
+            "reloaded",
+            generation=new.number,
+            sha256=new.sha256,
+            restart_needed=restart_needed or None,
+            note=(
+                "these settings keep their old values until a restart: " + ", ".join(restart_needed)
+            )
+            if restart_needed
+            else None,
+        )
 
     def _reload_failed(self, error: ConfigError) -> None:
         self.metrics.reloads["failure"] += 1
-        emit("reload-failed", level="error", kept_generation=self.state.current.number,
-             errors=[str(issue) for issue in error.issues])
+        emit(
+            "reload-failed",
+            level="error",
+            kept_generation=self.state.current.number,
+            errors=[str(issue) for issue in error.issues],
+        )
 
     def _reopen_logs(self) -> None:
         if self.ctx is not None:
@@ -196,18 +252,25 @@ class ProxyServer:
         if self.state.draining:
             return
         self.state.draining = True
-        emit("draining", signal=why, connections=self.metrics.active_connections,
-             tunnels=self.metrics.active_tunnels)
+        emit(
+            "draining",
+            signal=why,
+            connections=self.metrics.active_connections,
+            tunnels=self.metrics.active_tunnels,
+        )
         from egressgate.net.tasks import spawn
 
         spawn(self._drain(), name="egressgate-drain")
 
     async def _drain(self) -> None:
         ctx = self.ctx
-        assert ctx is not None and self._stopped is not None
+        assert ctx is not None
+        assert self._stopped is not None
         limits = ctx.limits
         if limits.shutdown_delay_s > 0:
             await asyncio.sleep(limits.shutdown_delay_s)
+        if self._acceptor is not None:
+            self._acceptor.close()
         for server in self._servers:
             server.close()
         self.state.accepting = False

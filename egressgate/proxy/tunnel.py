@@ -1,37 +1,45 @@
 """CONNECT tunnels: port and policy check, the gate, "200", an optional SNI check, the relay.
 
-Plain listeners hand the client socket to the zero-copy relay (net/relay.py): the socket is
-duplicated and its asyncio transport aborted, so no transport keeps reading from it and an
-idle tunnel costs only the relay's few objects. TLS listeners keep the transport and use the
-transport pump (net/pump.py), because the bytes must be decrypted by the proxy.
+Two carriers share one Tunnel core:
+- RawTunnel: plain listeners. The acceptor hands over the raw client socket; the whole tunnel
+  runs on callbacks (connect, hello, splice relay) without a coroutine when the destination's
+  addresses are known (IP literal, hosts file, DNS cache) — the CONNECT-rate hot path.
+- TunnelExchange: CONNECT inside the TLS listener (an asyncio SSL transport, bytes must be
+  decrypted by the proxy), relayed with the transport pump (net/pump.py).
 
 SNI check (per policy, on by default): after "200", the first bytes from the client are read
 and, if they are a TLS ClientHello, its server name must be the CONNECT host and allowed by the
 policy (no domain fronting through an allowed name). A refused tunnel gets a TLS access_denied
-alert (an HTTP 403 is no longer possible after "200"). Tunnels that carry no TLS or no SNI are
-allowed or refused by the policy's `tunnels_without_sni`. The bytes read are relayed unchanged.
+alert (an HTTP 403 is no longer possible after "200") and a 403 line in the access log. Tunnels
+that carry no TLS or no SNI are allowed or refused by the policy's `tunnels_without_sni`. The
+bytes read for the check are relayed unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from egressgate.errors import ProxyFailure
+from egressgate.errors import ProxyFailure, Reason, Refused, UpstreamError
 from egressgate.http1.events import RequestHead
 from egressgate.http1.render import CONNECT_ESTABLISHED
 from egressgate.http1.semantics import parse_connect_target
+from egressgate.names.hostname import IPAddress, address_text
+from egressgate.net.connect import translate_os_error
 from egressgate.net.pump import TransportPump
 from egressgate.net.relay import Relay, RelayStats
 from egressgate.net.tasks import spawn
-from egressgate.policy.decision import Decision, Target, Verdict
+from egressgate.observe.record import AccessRecord
+from egressgate.policy.decision import ClientIdentity, Decision, Target, Verdict
 from egressgate.proxy import gate
 from egressgate.proxy.auth import authenticate
-from egressgate.proxy.refusal import TLS_ACCESS_DENIED_ALERT
+from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.refusal import TLS_ACCESS_DENIED_ALERT, refusal_response
 from egressgate.runtime.state import Generation
 from egressgate.tls.clienthello import MAX_HELLO_BYTES, HelloResult, read_sni
 
@@ -43,46 +51,353 @@ if TYPE_CHECKING:
 MAX_HELLO_WAIT_S = 5.0
 
 
-class TunnelExchange:
-    """One CONNECT request, then the tunnel it opens."""
+class _TunnelCore:
+    """Policy, gate and bookkeeping shared by both carriers."""
 
-    __slots__ = ("_relay", "conn", "ctx", "decision", "destination", "done", "gen", "head",
-                 "hello", "record", "rest", "started")
+    __slots__ = ("ctx", "decision", "destination", "done", "gen", "head", "record", "rest")
 
-    def __init__(self, conn: ClientConnection, head: RequestHead) -> None:
-        self.conn: ClientConnection | None = conn
-        self.ctx = conn.ctx
+    def __init__(self, ctx: ProxyContext, head: RequestHead, record: AccessRecord) -> None:
+        self.ctx = ctx
         self.head = head
-        self.record = conn.new_record("CONNECT", "tunnel")
+        self.record = record
         self.rest = b""
-        self.hello = b""
         self.done = False
-        self.started = time.monotonic()
-        self._relay: Relay | TransportPump | None = None
+
+    def admit(self, identity: ClientIdentity) -> str | None:
+        """Name-level checks. Returns the host text; raises ProxyFailure to refuse."""
+        record = self.record
+        target = parse_connect_target(self.head.target)
+        record.host = target.host
+        host = gate.normalize_target_host(target.host)
+        record.host, record.port = host.text, target.port
+        gen = self.ctx.state.current
+        user = authenticate(self.head.headers, gen.credentials)
+        if user is not None:
+            record.user = user
+            identity = replace(identity, user=user)
+        self.destination = Target(host, target.port, connect=True)
+        self.decision = gate.decide(gen, identity, self.destination, record)
+        self.gen: Generation = gen
+        return host.text
+
+    def sni_policy_applies(self) -> bool:
+        return self.gen.policies.policies[self.decision.policy].sni_check
+
+    def judge_hello(self, data: bytes, timed_out: bool) -> Decision | HelloResult | None:
+        """None: relay. A Decision: refuse. NEED_MORE: keep reading."""
+        policy = self.gen.policies.policies[self.decision.policy]
+        result = read_sni(data)
+        if result is HelloResult.NEED_MORE and not timed_out and len(data) < MAX_HELLO_BYTES:
+            return HelloResult.NEED_MORE
+        if isinstance(result, str):
+            self.record.sni = result
+            verdict = policy.decide_sni(self.destination.host, result)
+        elif timed_out and not data:
+            verdict = policy.no_sni("the client sent nothing (server-speaks-first protocol?)")
+        else:
+            why = {
+                HelloResult.NOT_TLS: "the tunnel does not carry TLS",
+                HelloResult.NO_SNI: "the TLS ClientHello has no server name",
+            }.get(
+                result if isinstance(result, HelloResult) else HelloResult.MALFORMED,
+                "the TLS ClientHello could not be read",
+            )
+            verdict = policy.no_sni(why)
+        if verdict is None:
+            return None
+        if verdict.verdict is Verdict.REPORT:
+            self.record.decision = "report"
+            self.record.reason = verdict.reason.value
+            self.record.detail = verdict.detail
+            return None
+        return verdict
+
+    def note_refusal(self, verdict: Decision) -> None:
+        record = self.record
+        record.decision = "deny"
+        record.reason = verdict.reason.value
+        record.status = verdict.reason.status
+        record.detail = verdict.detail
+
+    def tunnel_done(self, stats: RelayStats) -> None:
+        ctx = self.ctx
+        ctx.metrics.active_tunnels -= 1
+        ctx.tunnels.discard(self)
+        record = self.record
+        record.bytes_up += stats.bytes_up
+        record.bytes_down += stats.bytes_down
+        if stats.end not in ("eof", "refused") and record.detail is None:
+            record.detail = f"tunnel ended: {stats.end}"
+        self.finish_record()
+
+    def finish_record(self) -> None:
+        self.done = True
+        self.record.duration_ms = (time.time() - self.record.start) * 1000.0
+        self.ctx.finish(self.record)
+
+    def shutdown_idle(self) -> None:
+        pass
+
+
+class RawTunnel(_TunnelCore):
+    """A CONNECT on a plain listener, on raw sockets and callbacks."""
+
+    __slots__ = (
+        "_addresses",
+        "_attempt",
+        "_connect_timer",
+        "_hello",
+        "_hello_timer",
+        "_relay",
+        "client",
+        "identity",
+        "loop",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        ctx: ProxyContext,
+        client: socket.socket,
+        identity: ClientIdentity,
+        head: RequestHead,
+        rest: bytes,
+    ) -> None:
+        record = AccessRecord(time.time(), identity.address.compressed, "CONNECT", "tunnel")
+        super().__init__(ctx, head, record)
+        self.client = client
+        self.identity = identity
+        self.rest = rest
+        self.loop = asyncio.get_running_loop()
+        self.upstream: socket.socket | None = None
+        self._relay: Relay | None = None
+        self._addresses: tuple[IPAddress, ...] = ()
+        self._attempt = 0
+        self._connect_timer: asyncio.TimerHandle | None = None
+        self._hello_timer: asyncio.TimerHandle | None = None
+        self._hello = b""
+        ctx.tunnels.add(self)
+        ctx.metrics.active_tunnels += 1
 
     def start(self) -> None:
-        conn, record = self.conn, self.record
-        assert conn is not None
-        host_text: str | None = None
         try:
-            target = parse_connect_target(self.head.target)
-            host_text = target.host
-            host = gate.normalize_target_host(target.host)
-            record.host, record.port = host.text, target.port
-            host_text = host.text
-            gen = self.ctx.state.current
-            identity = conn.identity
-            assert identity is not None
-            user = authenticate(self.head.headers, gen.credentials)
-            if user is not None:
-                record.user = user
-                identity = replace(identity, user=user)
-            self.destination = Target(host, target.port, connect=True)
-            self.decision = gate.decide(gen, identity, self.destination, record)
-            self.gen = gen
+            self.admit(self.identity)
+            found = gate.known_addresses(self.ctx, self.destination)
+            if found is None:
+                spawn(self._resolve_then_connect(), name="egressgate-resolve")
+                return
+            self._addresses = gate.vet(self.gen, self.decision, found, self.record)
+        except ProxyFailure as exc:
+            self._refuse_http(exc)
+            return
+        self._connect_next()
+
+    async def _resolve_then_connect(self) -> None:
+        try:
+            found = await gate.addresses(self.ctx, self.destination)
+            self._addresses = gate.vet(self.gen, self.decision, found, self.record)
+        except ProxyFailure as exc:
+            self._refuse_http(exc)
+            return
+        if not self.done:
+            self._connect_next()
+
+    # ---- connecting, one vetted address after another
+    def _connect_next(self, last: UpstreamError | None = None) -> None:
+        if self._attempt >= len(self._addresses):
+            assert last is not None
+            self._refuse_http(last)
+            return
+        address = self._addresses[self._attempt]
+        self._attempt += 1
+        text = address_text(address)
+        self.record.address = text
+        port = self.destination.port
+        sock = socket.socket(
+            socket.AF_INET if address.version == 4 else socket.AF_INET6, socket.SOCK_STREAM
+        )
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.upstream = sock
+        error = sock.connect_ex((text, port))
+        if error == 0:
+            self._connected()
+        elif error == errno.EINPROGRESS:
+            self.loop.add_writer(sock.fileno(), self._connect_ready)
+            self._connect_timer = self.loop.call_later(
+                self.ctx.limits.connect_timeout_s, self._connect_expired
+            )
+        else:
+            self._connect_failed(OSError(error, "connect"))
+
+    def _connect_ready(self) -> None:
+        assert self.upstream is not None
+        self._stop_connect_wait()
+        error = self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self._connect_failed(OSError(error, os.strerror(error)))
+        else:
+            self._connected()
+
+    def _connect_expired(self) -> None:
+        self._stop_connect_wait()
+        self._connect_failed(TimeoutError(errno.ETIMEDOUT, "timed out"))
+
+    def _stop_connect_wait(self) -> None:
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
+            self._connect_timer = None
+        if self.upstream is not None:
+            self.loop.remove_writer(self.upstream.fileno())
+
+    def _connect_failed(self, exc: OSError) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+        address = self._addresses[self._attempt - 1]
+        error = translate_os_error(exc, f"{address_text(address)}:{self.destination.port}")
+        self.ctx.metrics.count_upstream_error(error.reason.value)
+        self._connect_next(error)
+
+    def _connected(self) -> None:
+        if self.done:
+            self._close_sockets()
+            return
+        self.record.status = 200
+        try:
+            self.client.send(CONNECT_ESTABLISHED)
+        except OSError:
+            self._end(RelayStats(0, 0, "reset"))
+            return
+        if self.sni_policy_applies():
+            self._start_hello()
+        else:
+            self._relay_now(self.rest)
+
+    # ---- SNI: read the client's first bytes before relaying
+    def _start_hello(self) -> None:
+        self._hello = self.rest
+        if self._hello and self._judge(False):
+            return
+        wait = min(MAX_HELLO_WAIT_S, self.ctx.limits.header_timeout_s)
+        self._hello_timer = self.loop.call_later(wait, self._judge, True)
+        self.loop.add_reader(self.client.fileno(), self._hello_readable)
+
+    def _hello_readable(self) -> None:
+        try:
+            chunk = self.client.recv(MAX_HELLO_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            self._hello += chunk
+            self._judge(False)
+        elif self._hello:
+            self._judge(True)  # judge what arrived before the client's EOF
+        else:
+            self._stop_hello(keep_reader=False)
+            self._end(RelayStats(0, 0, "eof"))
+
+    def _judge(self, timed_out: bool) -> bool:
+        outcome = self.judge_hello(self._hello, timed_out)
+        if outcome is HelloResult.NEED_MORE:
+            return False
+        if isinstance(outcome, Decision):
+            self._stop_hello(keep_reader=False)
+            self.note_refusal(outcome)
+            if self._hello[:1] == b"\x16":
+                try:
+                    self.client.send(TLS_ACCESS_DENIED_ALERT)
+                except OSError:
+                    pass
+            self._end(RelayStats(0, 0, "refused"))
+        else:
+            # The relay registers the same reader again: leaving ours in place saves two
+            # epoll_ctl calls per tunnel.
+            self._stop_hello(keep_reader=True)
+            self._relay_now(self._hello)
+        return True
+
+    def _stop_hello(self, keep_reader: bool) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
+        if not keep_reader:
+            self.loop.remove_reader(self.client.fileno())
+
+    # ---- relay and end
+    def _relay_now(self, first: bytes) -> None:
+        assert self.upstream is not None
+        relay = Relay(
+            self.client, self.upstream, self._end, self.ctx.limits.idle_timeout_s, initial_up=first
+        )
+        self._relay = relay
+        relay.start()
+
+    def _refuse_http(self, failure: ProxyFailure) -> None:
+        """Refuse before "200": an HTTP error response on the client socket."""
+        if self.done:
+            return
+        record = self.record
+        reason = failure.reason
+        record.reason = reason.value
+        record.status = reason.status
+        record.decision = "deny" if isinstance(failure, Refused) else "error"
+        record.detail = failure.detail or None
+        realm = None
+        if reason is Reason.AUTH_REQUIRED:
+            auth = self.ctx.state.current.config.auth
+            realm = auth.realm if auth is not None else None
+        try:
+            self.client.send(
+                refusal_response(reason, record.host, failure.detail, record.policy, realm)
+            )
+        except OSError:
+            pass
+        self._end(RelayStats(0, 0, "refused"))
+
+    def _close_sockets(self) -> None:
+        self.client.close()
+        if self.upstream is not None:
+            self.upstream.close()
+
+    def _end(self, stats: RelayStats) -> None:
+        if self.done:
+            return
+        if self._relay is None:
+            self._close_sockets()
+        self._relay = None
+        self.tunnel_done(stats)
+
+    def force_close(self) -> None:
+        if self._relay is not None:
+            self._relay.close()
+            return
+        self._stop_connect_wait()
+        self._stop_hello(keep_reader=False)
+        self._end(RelayStats(0, 0, "closed"))
+
+
+class TunnelExchange(_TunnelCore):
+    """A CONNECT inside the TLS listener: transports and the pump."""
+
+    __slots__ = ("_pump", "conn")
+
+    def __init__(self, conn: ClientConnection, head: RequestHead) -> None:
+        super().__init__(conn.ctx, head, conn.new_record("CONNECT", "tunnel"))
+        self.conn: ClientConnection | None = conn
+        self._pump: TransportPump | None = None
+
+    def start(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        assert conn.identity is not None
+        try:
+            self.admit(conn.identity)
         except ProxyFailure as exc:
             self.done = True
-            conn.refuse(exc, record, host_text)
+            conn.refuse(exc, self.record, self.record.host)
             return
         spawn(self._open(), name="egressgate-tunnel")
 
@@ -107,10 +422,9 @@ class TunnelExchange:
 
     def client_lost(self) -> None:
         if not self.done:
-            self.done = True
             self.record.status = 499
             self.record.detail = "client closed before the tunnel was open"
-            self._finish_record()
+            self.finish_record()
 
     async def _open(self) -> None:
         record = self.record
@@ -127,189 +441,104 @@ class TunnelExchange:
         if self.done or conn is None or conn.transport is None or conn.transport.is_closing():
             sock.close()
             return
-        record.status = 200
-        if conn.transport.get_extra_info("sslcontext") is not None:
-            await self._open_tls_side(conn, sock)
-        else:
-            self._open_raw(conn, sock)
-
-    # ---- plain listener: raw sockets and splice
-    def _open_raw(self, conn: ClientConnection, upstream: socket.socket) -> None:
-        transport = conn.transport
-        assert transport is not None
-        raw = transport.get_extra_info("socket")
-        client = socket.socket(fileno=os.dup(raw.fileno()))
-        client.setblocking(False)
-        transport.pause_reading()
-        conn.detach_for_tunnel()
-        conn.exchange = None
-        transport.abort()  # closes uvloop's fd only; our duplicate keeps the socket
-        self.conn = None
-        self.ctx.metrics.active_tunnels += 1
-        self.ctx.tunnels.add(self)
-        try:
-            client.send(CONNECT_ESTABLISHED)
-        except OSError:
-            client.close()
-            upstream.close()
-            self._tunnel_done(RelayStats(0, 0, "reset"))
-            return
-        policy = self.gen.policies.policies[self.decision.policy]
-        if policy.sni_check:
-            _HelloReader(self, client, upstream)
-        else:
-            self._relay_raw(client, upstream, self.rest)
-
-    def _relay_raw(self, client: socket.socket, upstream: socket.socket, first: bytes) -> None:
-        relay = Relay(client, upstream, self._tunnel_done, self.ctx.limits.idle_timeout_s,
-                      initial_up=first)
-        self._relay = relay
-        relay.start()
-
-    # ---- TLS listener: transports and the pump
-    async def _open_tls_side(self, conn: ClientConnection, upstream_sock: socket.socket) -> None:
-        transport = conn.transport
-        assert transport is not None
         loop = asyncio.get_running_loop()
         try:
-            up_transport, _ = await loop.create_connection(asyncio.Protocol, sock=upstream_sock)
+            upstream, _ = await loop.create_connection(asyncio.Protocol, sock=sock)
         except OSError:
-            upstream_sock.close()
-            transport.abort()
+            sock.close()
+            conn.force_close()
             return
+        transport = conn.transport
+        if transport is None:
+            upstream.close()
+            return
+        record.status = 200
         conn.detach_for_tunnel()
         conn.exchange = None
         self.conn = None
         self.ctx.metrics.active_tunnels += 1
         self.ctx.tunnels.add(self)
         transport.write(CONNECT_ESTABLISHED)
-        self._relay = TransportPump(transport, up_transport, self._tunnel_done,
-                                    self.ctx.limits.idle_timeout_s, initial_up=self.rest)
-
-    # ---- SNI
-    def judge_hello(self, data: bytes, timed_out: bool) -> Decision | None | HelloResult:
-        """None: relay. A Decision: refuse. NEED_MORE: keep reading."""
-        policy = self.gen.policies.policies[self.decision.policy]
-        result = read_sni(data)
-        if result is HelloResult.NEED_MORE and not timed_out and len(data) < MAX_HELLO_BYTES:
-            return HelloResult.NEED_MORE
-        if isinstance(result, str):
-            self.record.sni = result
-            verdict = policy.decide_sni(self.destination.host, result)
-        elif timed_out and not data:
-            verdict = policy.no_sni("the client sent nothing (server-speaks-first protocol?)")
+        if self.sni_policy_applies():
+            _TransportHello(self, transport, upstream)
         else:
-            why = {HelloResult.NOT_TLS: "the tunnel does not carry TLS",
-                   HelloResult.NO_SNI: "the TLS ClientHello has no server name"}.get(
-                result if isinstance(result, HelloResult) else HelloResult.MALFORMED,
-                "the TLS ClientHello could not be read")
-            verdict = policy.no_sni(why)
-        if verdict is None:
-            return None
-        if verdict.verdict is Verdict.REPORT:
-            self.record.decision = "report"
-            self.record.reason = verdict.reason.value
-            self.record.detail = verdict.detail
-            return None
-        return verdict
+            self._pump = TransportPump(
+                transport,
+                upstream,
+                self.tunnel_done,
+                self.ctx.limits.idle_timeout_s,
+                initial_up=self.rest,
+            )
 
-    def refuse_after_hello(self, client: socket.socket, upstream: socket.socket,
-                           verdict: Decision, was_tls: bool) -> None:
-        record = self.record
-        record.decision = "deny"
-        record.reason = verdict.reason.value
-        record.status = verdict.reason.status
-        record.detail = verdict.detail
+    def start_pump(
+        self, client: asyncio.Transport, upstream: asyncio.Transport, first: bytes
+    ) -> None:
+        self._pump = TransportPump(
+            client, upstream, self.tunnel_done, self.ctx.limits.idle_timeout_s, initial_up=first
+        )
+
+    def refuse_tls(
+        self,
+        client: asyncio.Transport,
+        upstream: asyncio.Transport,
+        verdict: Decision,
+        was_tls: bool,
+    ) -> None:
+        self.note_refusal(verdict)
         if was_tls:
-            try:
-                client.send(TLS_ACCESS_DENIED_ALERT)
-            except OSError:
-                pass
+            client.write(TLS_ACCESS_DENIED_ALERT)
         client.close()
         upstream.close()
-        self._tunnel_done(RelayStats(0, 0, "refused"))
-
-    def closed_before_hello(self, client: socket.socket, upstream: socket.socket) -> None:
-        client.close()
-        upstream.close()
-        self._tunnel_done(RelayStats(0, 0, "eof"))
-
-    # ---- end
-    def _tunnel_done(self, stats: RelayStats) -> None:
-        self.ctx.metrics.active_tunnels -= 1
-        self.ctx.tunnels.discard(self)
-        self._relay = None
-        record = self.record
-        record.bytes_up += stats.bytes_up
-        record.bytes_down += stats.bytes_down
-        if stats.end not in ("eof", "refused") and record.detail is None:
-            record.detail = f"tunnel ended: {stats.end}"
-        self._finish_record()
-
-    def _finish_record(self) -> None:
-        self.record.duration_ms = (time.time() - self.record.start) * 1000.0
-        self.ctx.finish(self.record)
-
-    # ---- draining (Closable)
-    def shutdown_idle(self) -> None:
-        pass
+        self.tunnel_done(RelayStats(0, 0, "refused"))
 
     def force_close(self) -> None:
-        if self._relay is not None:
-            self._relay.close()
+        if self._pump is not None:
+            self._pump.close()
 
 
-class _HelloReader:
-    """Reads the client's first tunnel bytes (raw socket) until the SNI can be judged."""
+class _TransportHello(asyncio.Protocol):
+    """Collects the first tunnel bytes from a transport until the SNI can be judged."""
 
-    __slots__ = ("client", "data", "exchange", "loop", "timer", "upstream")
-
-    def __init__(self, exchange: TunnelExchange, client: socket.socket,
-                 upstream: socket.socket) -> None:
-        self.exchange = exchange
+    def __init__(
+        self, tunnel: TunnelExchange, client: asyncio.Transport, upstream: asyncio.Transport
+    ) -> None:
+        self.tunnel = tunnel
         self.client = client
         self.upstream = upstream
-        self.data = exchange.rest
-        self.loop = asyncio.get_running_loop()
-        wait = min(MAX_HELLO_WAIT_S, exchange.ctx.limits.header_timeout_s)
-        self.timer = self.loop.call_later(wait, self._judge, True)
-        if self.data and self._judge(False):
-            return
-        self.loop.add_reader(client.fileno(), self._readable)
+        self.data = tunnel.rest
+        self.finished = False
+        wait = min(MAX_HELLO_WAIT_S, tunnel.ctx.limits.header_timeout_s)
+        self.timer = asyncio.get_running_loop().call_later(wait, self._judge, True)
+        client.set_protocol(self)
+        if not (self.data and self._judge(False)):
+            client.resume_reading()
 
-    def _readable(self) -> None:
-        try:
-            chunk = self.client.recv(MAX_HELLO_BYTES)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
-            if self.data:
-                self._judge(True)  # judge what arrived before the client's EOF
-            else:
-                self._stop()
-                self.exchange.closed_before_hello(self.client, self.upstream)
-            return
-        self.data += chunk
+    def data_received(self, data: bytes) -> None:
+        self.data += data
         self._judge(False)
 
-    def _judge(self, timed_out: bool) -> bool:
-        outcome = self.exchange.judge_hello(self.data, timed_out)
-        if outcome is HelloResult.NEED_MORE:
-            return False
-        if isinstance(outcome, Decision):
-            self._stop()
-            self.exchange.refuse_after_hello(self.client, self.upstream, outcome,
-                                             self.data[:1] == b"\x16")
-        else:
-            # The relay re-registers the same reader: leaving ours in place saves two
-            # epoll_ctl calls per tunnel.
-            self._stop(keep_reader=True)
-            self.exchange._relay_raw(self.client, self.upstream, self.data)  # noqa: SLF001
+    def eof_received(self) -> bool:
+        self._judge(True)
         return True
 
-    def _stop(self, keep_reader: bool = False) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.finished:
+            self.finished = True
+            self.timer.cancel()
+            self.upstream.close()
+            self.tunnel.tunnel_done(RelayStats(0, 0, "eof"))
+
+    def _judge(self, timed_out: bool) -> bool:
+        if self.finished:
+            return True
+        outcome = self.tunnel.judge_hello(self.data, timed_out)
+        if outcome is HelloResult.NEED_MORE:
+            return False
+        self.finished = True
         self.timer.cancel()
-        if not keep_reader:
-            self.loop.remove_reader(self.client.fileno())
+        if isinstance(outcome, Decision):
+            self.tunnel.refuse_tls(self.client, self.upstream, outcome, self.data[:1] == b"\x16")
+        else:
+            self.client.pause_reading()
+            self.tunnel.start_pump(self.client, self.upstream, self.data)
+        return True

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from egressgate.names.hostname import IPAddress
+from egressgate.names.hostname import IPAddress, address_text
 
 if TYPE_CHECKING:
     from egressgate.proxy.forward import UpstreamConnection
@@ -30,7 +30,7 @@ class UpstreamPool:
     def get(self, addresses: tuple[IPAddress, ...], port: int) -> UpstreamConnection | None:
         """An idle connection to one of `addresses` (all vetted), most recently used first."""
         for address in addresses:
-            idle = self._idle.get((str(address), port))
+            idle = self._idle.get((address_text(address), port))
             while idle:
                 conn = idle.pop()
                 self._count -= 1

@@ -30,8 +30,7 @@ def read_config(path: str) -> str:
         with open(path, encoding="utf-8") as handle:
             return handle.read()
     except OSError as exc:
-        raise ConfigError([ConfigIssue(path, None, None, f"cannot read: {exc.strerror}")]) \
-            from exc
+        raise ConfigError([ConfigIssue(path, None, None, f"cannot read: {exc.strerror}")]) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError([ConfigIssue(path, None, None, "not UTF-8 text")]) from exc
 
@@ -46,9 +45,13 @@ def load_generation(path: str, number: int) -> Generation:
 class Reloader:
     """Owns reloading for one process."""
 
-    def __init__(self, state: State, path: str,
-                 on_success: Callable[[Generation, Generation, list[str]], None],
-                 on_failure: Callable[[ConfigError], None]) -> None:
+    def __init__(
+        self,
+        state: State,
+        path: str,
+        on_success: Callable[[Generation, Generation, list[str]], None],
+        on_failure: Callable[[ConfigError], None],
+    ) -> None:
         self._state = state
         self._path = path
         self._on_success = on_success
@@ -78,8 +81,10 @@ class Reloader:
                 text = read_config(self._path)
             except ConfigError:
                 text = None
-            if text is None or hashlib.sha256(text.encode()).hexdigest() \
-                    != self._state.current.sha256:
+            if (
+                text is None
+                or hashlib.sha256(text.encode()).hexdigest() != self._state.current.sha256
+            ):
                 self.reload("file-change")
         self.start_watching()
 
@@ -92,8 +97,9 @@ class Reloader:
         except ConfigError as exc:
             self._on_failure(exc)
             return False
-        restart_needed = [name for name in RESTART_ONLY
-                          if getattr(new.config, name) != getattr(old.config, name)]
+        restart_needed = [
+            name for name in RESTART_ONLY if getattr(new.config, name) != getattr(old.config, name)
+        ]
         self._state.current = new
         self._on_success(old, new, restart_needed)
         return True

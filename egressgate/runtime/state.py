@@ -40,8 +40,16 @@ def load_credentials(auth: AuthConfig | None) -> dict[str, bytes]:
         text = os.environ.get(auth.users_env, "")
         where = f"${auth.users_env}"
         if not text:
-            raise ConfigError([ConfigIssue(where, None, None, "environment variable is empty "
-                                           "or unset (expected user:password lines)")])
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        where,
+                        None,
+                        None,
+                        "environment variable is empty or unset (expected user:password lines)",
+                    )
+                ]
+            )
     users: dict[str, bytes] = {}
     issues: list[ConfigIssue] = []
     for number, line in enumerate(text.splitlines(), start=1):

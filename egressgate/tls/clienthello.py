@@ -39,7 +39,7 @@ def read_sni(data: bytes) -> str | HelloResult:
     if len(handshake) < 4 + length:
         return HelloResult.NEED_MORE if len(data) < MAX_HELLO_BYTES else HelloResult.MALFORMED
     try:
-        return _server_name(handshake[4:4 + length])
+        return _server_name(handshake[4 : 4 + length])
     except (IndexError, ValueError):
         return HelloResult.MALFORMED
 
@@ -53,13 +53,13 @@ def _handshake_bytes(data: bytes) -> bytes | HelloResult:
             return HelloResult.MALFORMED
         if data[offset + 1] != 0x03:
             return HelloResult.NOT_TLS
-        length = int.from_bytes(data[offset + 3:offset + 5], "big")
+        length = int.from_bytes(data[offset + 3 : offset + 5], "big")
         if length == 0 or length > 18432:
             return HelloResult.MALFORMED
         if offset + 5 + length > len(data):
-            out += data[offset + 5:]
+            out += data[offset + 5 :]
             break
-        out += data[offset + 5:offset + 5 + length]
+        out += data[offset + 5 : offset + 5 + length]
         offset += 5 + length
         if len(out) >= 4 and len(out) >= 4 + int.from_bytes(out[1:4], "big"):
             break
@@ -73,20 +73,20 @@ def _handshake_bytes(data: bytes) -> bytes | HelloResult:
 def _server_name(body: bytes) -> str | HelloResult:
     pos = 2 + 32  # legacy_version, random
     pos += 1 + body[pos]  # legacy_session_id
-    pos += 2 + int.from_bytes(body[pos:pos + 2], "big")  # cipher_suites
+    pos += 2 + int.from_bytes(body[pos : pos + 2], "big")  # cipher_suites
     pos += 1 + body[pos]  # legacy_compression_methods
     if pos + 2 > len(body):
         return HelloResult.NO_SNI  # no extensions at all
-    end = pos + 2 + int.from_bytes(body[pos:pos + 2], "big")
+    end = pos + 2 + int.from_bytes(body[pos : pos + 2], "big")
     pos += 2
     if end > len(body):
         raise ValueError("extensions overrun")
     while pos + 4 <= end:
-        ext_type = int.from_bytes(body[pos:pos + 2], "big")
-        ext_len = int.from_bytes(body[pos + 2:pos + 4], "big")
+        ext_type = int.from_bytes(body[pos : pos + 2], "big")
+        ext_len = int.from_bytes(body[pos + 2 : pos + 4], "big")
         pos += 4
         if ext_type == _SERVER_NAME_EXT:
-            return _host_name(body[pos:pos + ext_len])
+            return _host_name(body[pos : pos + ext_len])
         pos += ext_len
     return HelloResult.NO_SNI
 
@@ -96,10 +96,10 @@ def _host_name(ext: bytes) -> str | HelloResult:
     pos = 2
     while pos + 3 <= 2 + list_len:
         name_type = ext[pos]
-        name_len = int.from_bytes(ext[pos + 1:pos + 3], "big")
+        name_len = int.from_bytes(ext[pos + 1 : pos + 3], "big")
         pos += 3
         if name_type == _HOST_NAME:
-            name = ext[pos:pos + name_len]
+            name = ext[pos : pos + name_len]
             if not name or len(name) != name_len:
                 raise ValueError("truncated server name")
             return name.decode("ascii")

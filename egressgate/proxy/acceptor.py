@@ -1,0 +1,199 @@
+"""Accepts plain (non-TLS) proxy connections itself and routes each by its first bytes.
+
+CONNECT requests stay on raw sockets end to end (proxy/tunnel.py RawTunnel → net/relay.py's
+splice relay): no asyncio transport, protocol object or task is created for them. Everything
+else is handed to an asyncio transport with ClientConnection (plain-HTTP forwarding, where
+keep-alive amortises the setup). Measured on the bench rig, building a uvloop transport for a
+tunnel and then detaching its socket cost more than the whole raw path.
+
+The first bytes are only peeked (MSG_PEEK) for the routing decision, so the transport path reads
+the request itself. The header timeout and the connection cap apply here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+
+from egressgate.errors import ProtocolError, Reason
+from egressgate.http1.events import RequestHead, TunnelStart
+from egressgate.http1.parser import RequestParser
+from egressgate.net.tasks import spawn
+from egressgate.observe.record import AccessRecord
+from egressgate.policy.decision import ClientIdentity
+from egressgate.proxy.connection import ClientConnection
+from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.refusal import refusal_response
+
+ACCEPTS_PER_EVENT = 64
+FIRST_READ_BYTES = 64 * 1024
+_CONNECT = b"CONNECT "
+
+
+class Acceptor:
+    """Owns one listening socket; accepts and routes connections."""
+
+    def __init__(self, ctx: ProxyContext, listener: socket.socket) -> None:
+        self.ctx = ctx
+        self.listener = listener
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(listener.fileno(), self._accept)
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.listener.fileno())
+        self.listener.close()
+
+    def _accept(self) -> None:
+        ctx = self.ctx
+        for _ in range(ACCEPTS_PER_EVENT):
+            try:
+                client, peer = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # EMFILE and friends: the next readiness event retries
+            client.setblocking(False)
+            if len(ctx.live) + len(ctx.tunnels) >= ctx.limits.max_connections or ctx.state.draining:
+                self._reject(client, peer)
+                continue
+            _FirstRead(ctx, client, peer)
+
+    def _reject(self, client: socket.socket, peer: tuple[str, int]) -> None:
+        draining = self.ctx.state.draining
+        reason = Reason.SHUTTING_DOWN if draining else Reason.TOO_MANY_CONNECTIONS
+        if not draining:
+            self.ctx.metrics.connections_rejected += 1
+        try:
+            client.send(refusal_response(reason, None))
+        except OSError:
+            pass
+        client.close()
+
+
+class _FirstRead:
+    """A new connection before we know what it is: waits (bounded) for its first bytes."""
+
+    __slots__ = ("ctx", "loop", "parser", "peer", "reading", "sock", "timer")
+
+    def __init__(self, ctx: ProxyContext, sock: socket.socket, peer: tuple[str, int]) -> None:
+        self.ctx = ctx
+        self.sock = sock
+        self.peer = peer
+        self.loop = asyncio.get_running_loop()
+        self.parser: RequestParser | None = None
+        ctx.live.add(self)
+        ctx.metrics.active_connections += 1
+        self.timer = self.loop.call_later(ctx.limits.header_timeout_s, self._timeout)
+        self.reading = True
+        self.loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        if self.parser is None:
+            try:
+                first = self.sock.recv(len(_CONNECT), socket.MSG_PEEK)
+            except BlockingIOError:
+                return
+            except OSError:
+                first = b""
+            if not first:
+                self._drop()
+                return
+            if not _CONNECT.startswith(first[: len(_CONNECT)]):
+                self._to_transport()
+                return
+            if len(first) < len(_CONNECT):
+                return  # "CONN" so far: wait for the rest of the method
+            limits = self.ctx.limits
+            self.parser = RequestParser(limits.max_request_line_bytes, limits.max_header_bytes)
+        self._read_connect()
+
+    def _read_connect(self) -> None:
+        assert self.parser is not None
+        try:
+            data = self.sock.recv(FIRST_READ_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop()
+            return
+        try:
+            events = self.parser.feed(data)
+        except ProtocolError as exc:
+            self._refuse(exc.reason, exc.detail)
+            return
+        head = next((e for e in events if isinstance(e, RequestHead)), None)
+        if head is None:
+            return  # the head is not complete yet
+        rest = b"".join(e.rest for e in events if isinstance(e, TunnelStart))
+        self._stop()
+        from egressgate.proxy.tunnel import RawTunnel
+
+        RawTunnel(self.ctx, self.sock, self._identity(), head, rest).start()
+
+    def _identity(self) -> ClientIdentity:
+        address = ipaddress.ip_address(self.peer[0].split("%", 1)[0])
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return ClientIdentity(address)
+
+    def _to_transport(self) -> None:
+        self._stop()
+        ctx, sock = self.ctx, self.sock
+        spawn(
+            self.loop.connect_accepted_socket(lambda: ClientConnection(ctx), sock),
+            name="egressgate-accept",
+        )
+
+    def _timeout(self) -> None:
+        self.timer.cancel()
+        if self.parser is not None and self.parser._head_seen:
+            self._refuse(
+                Reason.HEADER_TIMEOUT,
+                f"request head not complete in {self.ctx.limits.header_timeout_s:g}s",
+            )
+        else:
+            self._drop()
+
+    def _refuse(self, reason: Reason, detail: str) -> None:
+        self._stop()
+        record = AccessRecord(
+            time.time(),
+            self._identity().address.compressed,
+            "CONNECT",
+            "tunnel",
+            decision="error",
+            reason=reason.value,
+            status=reason.status,
+            detail=detail or None,
+        )
+        try:
+            self.sock.send(refusal_response(reason, None, detail))
+        except OSError:
+            pass
+        self.sock.close()
+        self.ctx.finish(record)
+
+    def _stop(self) -> None:
+        self.timer.cancel()
+        if self.reading:
+            self.reading = False
+            self.loop.remove_reader(self.sock.fileno())
+        if self in self.ctx.live:
+            self.ctx.live.discard(self)
+            self.ctx.metrics.active_connections -= 1
+
+    def _drop(self) -> None:
+        self._stop()
+        self.sock.close()
+
+    # Closable, for draining
+    def shutdown_idle(self) -> None:
+        if self.parser is None:
+            self._drop()
+
+    def force_close(self) -> None:
+        self._drop()

@@ -1,0 +1,277 @@
+"""`workers: N`: N proxy processes sharing the listen port (SO_REUSEPORT), one event loop each,
+under a small supervisor that owns the admin endpoint.
+
+- The supervisor reserves the listen address first (bound, not listening, SO_REUSEPORT), so a
+  port 0 resolves to one real port that every worker then binds; the kernel spreads new
+  connections across the workers' listening sockets.
+- Workers are forked before any event loop or thread exists. Each runs the ordinary server with
+  its admin listener off, and every METRICS_INTERVAL_S writes its metrics snapshot (and its
+  readiness) to a private state directory.
+- The supervisor serves /healthz, /readyz (every worker alive, ready, not draining) and /metrics
+  (the workers' snapshots summed, plus `egressgate_workers`).
+- SIGHUP is forwarded to every worker (each reloads the same file and reports it);
+  SIGTERM/SIGINT: readiness fails at once, the workers drain, the supervisor exits after them.
+  A worker that dies unexpectedly is restarted (at most once per RESTART_BACKOFF_S).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from typing import Any
+
+import uvloop
+from prometheus_client import CollectorRegistry
+
+from egressgate.config.model import ListenAddress
+from egressgate.net.listen import bind, bound_address
+from egressgate.observe.admin import AdminProtocol
+from egressgate.observe.events import emit
+from egressgate.observe.metrics import MetricsCollector, merge
+from egressgate.runtime.state import Generation
+
+METRICS_INTERVAL_S = 1.0
+STALE_AFTER_S = 5.0
+RESTART_BACKOFF_S = 1.0
+START_TIMEOUT_S = 20.0
+
+
+def supervise(generation: Generation, config_path: str | None, count: int) -> int:
+    """Run `count` workers and the supervisor; returns the exit status."""
+    config = generation.config
+    reserved = bind(config.listen, reuse_port=True, listen=False)
+    listen = ListenAddress.parse(bound_address(reserved))
+    state_dir = tempfile.mkdtemp(prefix="egressgate-workers-")
+    supervisor = _Supervisor(generation, config_path, count, listen, state_dir)
+    try:
+        for index in range(count):
+            supervisor.spawn(index)
+        if supervisor.is_worker:
+            return 0  # unreachable: a worker exits inside spawn()
+        return int(uvloop.run(supervisor.run()))
+    finally:
+        if not supervisor.is_worker:
+            reserved.close()
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+class _Supervisor:
+    def __init__(
+        self,
+        generation: Generation,
+        config_path: str | None,
+        count: int,
+        listen: ListenAddress,
+        state_dir: str,
+    ) -> None:
+        self.generation = generation
+        self.config_path = config_path
+        self.count = count
+        self.listen = listen
+        self.state_dir = state_dir
+        self.pids: dict[int, int] = {}  # index → pid
+        self.last_start: dict[int, float] = {}
+        self.is_worker = False
+        self.draining = False
+
+    # ---- workers
+    def spawn(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            self.is_worker = True
+            os._exit(
+                _worker_main(self.generation, self.config_path, self.listen, self.state_dir, index)
+            )
+        self.pids[index] = pid
+        self.last_start[index] = time.monotonic()
+
+    def _reap(self) -> None:
+        for index, pid in list(self.pids.items()):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done == 0:
+                continue
+            del self.pids[index]
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._snapshot_path(index))
+            if not self.draining:
+                emit(
+                    "worker-exited",
+                    level="error",
+                    worker=index,
+                    pid=pid,
+                    status=os.waitstatus_to_exitcode(status) if status else 0,
+                    action="restarting",
+                )
+                delay = max(
+                    0.0, RESTART_BACKOFF_S - (time.monotonic() - self.last_start.get(index, 0.0))
+                )
+                asyncio.get_running_loop().call_later(delay, self._restart, index)
+
+    def _poll_children(self) -> None:
+        # uvloop reserves SIGCHLD for its own subprocess support: poll instead.
+        self._reap()
+        asyncio.get_running_loop().call_later(0.2, self._poll_children)
+
+    def _restart(self, index: int) -> None:
+        if not self.draining and index not in self.pids:
+            self.spawn(index)
+
+    def _snapshot_path(self, index: int) -> str:
+        return os.path.join(self.state_dir, f"worker-{index}.json")
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        now = time.time()
+        found = []
+        for index in range(self.count):
+            try:
+                with open(self._snapshot_path(index), encoding="utf-8") as handle:
+                    snap = json.load(handle)
+            except (OSError, ValueError):
+                continue
+            if now - snap.get("written", 0) <= STALE_AFTER_S:
+                found.append(snap)
+        return found
+
+    def merged(self) -> dict[str, Any]:
+        snaps = self.snapshots()
+        total = merge(s["metrics"] for s in snaps)
+        total["workers"] = len(snaps)
+        return total
+
+    def ready(self) -> bool:
+        snaps = self.snapshots()
+        return not self.draining and len(snaps) == self.count and all(s.get("ready") for s in snaps)
+
+    def status(self) -> dict[str, object]:
+        snaps = self.snapshots()
+        return {
+            "workers": len(snaps),
+            "expected_workers": self.count,
+            "generations": sorted({s["metrics"]["config_generation"] for s in snaps}),
+            "draining": self.draining,
+        }
+
+    # ---- supervisor loop
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stopped = asyncio.Event()
+        self._poll_children()
+        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGUSR1, self._forward, signal.SIGUSR1)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop, stopped)
+        admin = await self._start_admin()
+        await self._wait_started()
+        fields: dict[str, Any] = {
+            "proxy": str(self.listen),
+            "admin": admin,
+            "tls_proxy": None,
+            "config": self.generation.config.source,
+            "generation": self.generation.number,
+            "sha256": self.generation.sha256,
+            "pid": os.getpid(),
+            "workers": self.count,
+        }
+        emit("listening", **fields)
+        await stopped.wait()
+        deadline = time.monotonic() + self.generation.config.limits.drain_timeout_s + 5
+        while self.pids and time.monotonic() < deadline:
+            self._reap()
+            await asyncio.sleep(0.05)
+        for pid in self.pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        emit("stopped", workers_killed=len(self.pids))
+        return 0
+
+    async def _start_admin(self) -> str | None:
+        address = self.generation.config.admin_listen
+        if address is None:
+            return None
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(MetricsCollector(self.merged))
+        sock = bind(address)
+
+        def factory() -> AdminProtocol:
+            return AdminProtocol(registry, self.ready, self.status)
+
+        await asyncio.get_running_loop().create_server(factory, sock=sock)
+        return bound_address(sock)
+
+    async def _wait_started(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and len(self.snapshots()) < self.count:
+            await asyncio.sleep(0.05)
+
+    def _forward(self, signum: int) -> None:
+        for pid in self.pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def _stop(self, stopped: asyncio.Event) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        emit("draining", workers=len(self.pids))
+        self._forward(signal.SIGTERM)
+        stopped.set()
+
+
+def _worker_main(
+    generation: Generation,
+    config_path: str | None,
+    listen: ListenAddress,
+    state_dir: str,
+    index: int,
+) -> int:
+    """Body of one forked worker: the ordinary server on the shared port, admin off."""
+    from egressgate.proxy.server import ProxyServer
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
+
+    async def main() -> int:
+        server = ProxyServer(
+            generation,
+            config_path,
+            reuse_port=True,
+            announce=False,
+            worker=index,
+            listen_override=listen,
+        )
+        await server.start()
+        path = os.path.join(state_dir, f"worker-{index}.json")
+        writer = asyncio.get_running_loop().call_soon(_write_snapshot, server, path)
+        await server.wait_stopped()
+        writer.cancel()
+        return 0
+
+    try:
+        return int(uvloop.run(main()))
+    except BaseException:  # noqa: BLE001 - a worker must never fall back into the parent's code
+        return 1
+
+
+def _write_snapshot(server: Any, path: str) -> None:
+    data = {
+        "written": time.time(),
+        "ready": server.state.ready,
+        "metrics": server.metrics.snapshot(),
+        "pid": os.getpid(),
+    }
+    tmp = path + ".tmp"
+    with contextlib.suppress(OSError):
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+        os.replace(tmp, path)
+    if not server.state.draining or server.state.accepting:
+        asyncio.get_running_loop().call_later(METRICS_INTERVAL_S, _write_snapshot, server, path)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install the test dependencies and run every check: format, lint, types, import layers, tests.
+# This is the README's second set-up command; .ci/run runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+
+# OS tools the tests drive as real clients (curl, openssl) and the e2e namespace test (ip, nft).
+# Installed only when missing and only when we may (root + apt); tests that need a missing tool
+# skip with a reason instead.
+need=()
+command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
+command -v ip >/dev/null || need+=(iproute2)
+command -v nft >/dev/null || need+=(nftables)
+command -v git >/dev/null || need+=(git)
+if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing OS packages: ${need[*]}"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") \
+    >/dev/null || echo "warning: could not install ${need[*]}; dependent tests will skip"
+fi
+
+"$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]'
+
+echo "== ruff format --check"; "$PYTHON" -m ruff format --check egressgate tests scripts
+echo "== ruff check";          "$PYTHON" -m ruff check egressgate tests scripts
+echo "== mypy";                "$PYTHON" -m mypy
+echo "== import layers";       lint-imports
+echo "== pytest"
+set +e
+"$PYTHON" -m pytest "$@"
+status=$?
+set -e
+if [ "$status" = 5 ]; then
+  echo "pytest collected no tests: treating as failure (a green run must have tested something)"
+  exit 1
+fi
+exit "$status"
