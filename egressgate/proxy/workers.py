@@ -209,7 +209,8 @@ class _Supervisor:
 
     async def _wait_started(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and len(self.snapshots()) < self.count:
+        # Polls files written by the worker processes: there is no in-process event to await.
+        while time.monotonic() < deadline and len(self.snapshots()) < self.count:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
     def _forward(self, signum: int) -> None:
@@ -257,7 +258,7 @@ def _worker_main(
 
     try:
         return int(uvloop.run(main()))
-    except BaseException:  # noqa: BLE001 - a worker must never fall back into the parent's code
+    except BaseException:  # a worker must never fall back into the parent's code
         return 1
 
 

@@ -680,14 +680,18 @@ def decide_no_proxy(rt: Runtime, value: str, target: Target) -> _Decision:
     rules = rt.no_proxy
     assert rules is not None, "only runtimes that read the environment have NO_PROXY rules"
     entries = [parse_entry(t) for t in split_value(value, rules)]
-    failure = _config_error(rt, rules, entries, target)
-    if failure is not None:
-        return failure
+    if rules.ipv6_target_error and entries and isinstance(target.ip, ipaddress.IPv6Address):
+        why = f"{rt.label} fails on IPv6-literal URLs whenever NO_PROXY is set (measured)"
+        return _Decision(Verdict.ERROR, why, "ipv6_target_error")
     builtin = _builtin_bypass(rt, target)
     if builtin is not None:
         return builtin
-    if value == "*" and rules.star:
-        return _Decision(Verdict.DIRECT, f"`*` ({RULE_TEXT['star']})", "star", "*")
+    star = _star(rules, value, entries)
+    if star is not None:
+        return star  # before entry errors: httpx stops reading the list at a `*`
+    failure = _config_error(rt, rules, entries, target)
+    if failure is not None:
+        return failure
     misses: list[str] = []
     caveats = list(_ruby_caveat(rt, target))
     for entry in entries:
@@ -701,12 +705,17 @@ def decide_no_proxy(rt: Runtime, value: str, target: Target) -> _Decision:
     return _Decision(Verdict.PROXY, _proxy_reason(value, entries, misses), None, None, tuple(caveats))
 
 
+def _star(rules: NoProxyRules, value: str, entries: Sequence[Entry]) -> _Decision | None:
+    if value == "*" and rules.star:
+        return _Decision(Verdict.DIRECT, f"`*`: {RULE_TEXT['star']}", "star", "*")
+    if rules.star and rules.star_mixed and any(e.kind is EntryKind.STAR for e in entries):
+        return _Decision(Verdict.DIRECT, f"entry `*`: {RULE_TEXT['star_mixed']}", "star_mixed", "*")
+    return None
+
+
 def _config_error(
     rt: Runtime, rules: NoProxyRules, entries: Sequence[Entry], target: Target
 ) -> _Decision | None:
-    if rules.ipv6_target_error and entries and isinstance(target.ip, ipaddress.IPv6Address):
-        why = f"{rt.label} fails on IPv6-literal URLs whenever NO_PROXY is set (measured)"
-        return _Decision(Verdict.ERROR, why, "ipv6_target_error")
     for entry in entries:
         rule = {EntryKind.IPV6_BRACKETED: "ipv6_bracketed", EntryKind.CIDR6: "ipv6_cidr"}.get(
             entry.kind
