@@ -51,7 +51,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_queue",
         "_reading_paused",
-        "_timer",
+        "deadline",
         "address",
         "client_text",
         "ctx",
@@ -76,7 +76,9 @@ class ClientConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.request_open = False  # the current exchange still receives request body events
         self._queue: deque[Event] = deque()
-        self._timer: asyncio.TimerHandle | None = None
+        # When the current wait (request head, or idle keep-alive) expires; checked by the
+        # server's sweeper (see `check_deadline`), not by a timer per request.
+        self.deadline = 0.0
         self._reading_paused = False
         self.write_paused = False
         self.tls_names = tls_names
@@ -241,16 +243,22 @@ class ClientConnection(asyncio.Protocol):
 
     # ---- timers
     def _arm_timer(self, delay_s: float) -> None:
-        self._cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(delay_s, self._on_timer)
+        self.deadline = time.monotonic() + delay_s
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadline = 0.0
+
+    def check_deadline(self, now: float) -> None:
+        """Called about twice a second by the sweeper: enforce head and keep-alive timeouts,
+        and the current exchange's response timeout."""
+        if self.deadline and now >= self.deadline:
+            self.deadline = 0.0
+            self._on_timer()
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.check_deadline(now)
 
     def _on_timer(self) -> None:
-        self._timer = None
         if self.state is not ConnState.HEAD:
             return
         if self.parser_mid_head():

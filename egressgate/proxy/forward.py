@@ -53,7 +53,7 @@ HEALTH_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Lengt
 class UpstreamConnection(asyncio.Protocol):
     """An HTTP/1.1 connection to one vetted address; serves one exchange at a time."""
 
-    __slots__ = ("exchange", "idle_timer", "key", "parser", "pool", "transport")
+    __slots__ = ("exchange", "idle_since", "key", "parser", "pool", "transport")
 
     def __init__(self, pool: UpstreamPool, key: PoolKey) -> None:
         self.pool = pool
@@ -61,7 +61,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = ResponseParser()
         self.transport: asyncio.Transport | None = None
         self.exchange: HttpExchange | None = None
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # monotonic time it entered the pool (0: in use)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; same interface.
@@ -87,9 +87,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool.remove(self)
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
         exchange, self.exchange = self.exchange, None
         self.transport = None
         if exchange is not None:
@@ -107,14 +104,12 @@ class UpstreamConnection(asyncio.Protocol):
     def usable(self) -> bool:
         return self.transport is not None and not self.transport.is_closing()
 
-    def enter_pool(self, timer: asyncio.TimerHandle) -> None:
+    def enter_pool(self, now: float) -> None:
         self.exchange = None
-        self.idle_timer = timer
+        self.idle_since = now
 
     def leave_pool(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        self.idle_since = 0.0
 
     def close(self) -> None:
         if self.transport is not None:
@@ -131,7 +126,7 @@ class HttpExchange:
     __slots__ = (
         "_early_body",
         "_early_size",
-        "_response_timer",
+        "response_deadline",
         "chunk_response",
         "chunked_request",
         "conn",
@@ -166,7 +161,7 @@ class HttpExchange:
         self.is_head = head.method == b"HEAD"
         self.upgrade: bytes | None = None
         self.done = False
-        self._response_timer: asyncio.TimerHandle | None = None
+        self.response_deadline = 0.0  # checked by the sweeper via check_deadline()
 
     # ---- request side
     def start(self) -> None:
@@ -332,24 +327,21 @@ class HttpExchange:
 
     # ---- response side
     def _arm_response_timer(self) -> None:
-        if self._response_timer is None and self.response_head is None:
-            self._response_timer = asyncio.get_running_loop().call_later(
-                self.ctx.limits.response_timeout_s, self._response_timeout
-            )
+        if not self.response_deadline and self.response_head is None:
+            self.response_deadline = time.monotonic() + self.ctx.limits.response_timeout_s
 
     def _cancel_response_timer(self) -> None:
-        if self._response_timer is not None:
-            self._response_timer.cancel()
-            self._response_timer = None
+        self.response_deadline = 0.0
 
-    def _response_timeout(self) -> None:
-        self._response_timer = None
-        self.upstream_failed(
-            UpstreamError(
-                Reason.UPSTREAM_TIMEOUT,
-                f"no response within {self.ctx.limits.response_timeout_s:g}s",
+    def check_deadline(self, now: float) -> None:
+        if self.response_deadline and now >= self.response_deadline:
+            self.response_deadline = 0.0
+            self.upstream_failed(
+                UpstreamError(
+                    Reason.UPSTREAM_TIMEOUT,
+                    f"no response within {self.ctx.limits.response_timeout_s:g}s",
+                )
             )
-        )
 
     def response_event(self, event: Event) -> None:
         if isinstance(event, bytes):

@@ -414,6 +414,9 @@ class TunnelExchange(_TunnelCore):
     def client_eof(self) -> None:
         pass
 
+    def check_deadline(self, now: float) -> None:
+        pass  # the tunnel's own timers apply once it is open
+
     def client_write_paused(self) -> None:
         pass
 

@@ -2,12 +2,13 @@
 
 Only connections whose last response completed cleanly and allowed keep-alive come back here.
 An idle connection that the origin closes, or that sends anything unasked, leaves the pool.
-Bounded per key and in total; idle connections expire after `upstream_idle_s`.
+Bounded per key and in total; idle connections expire after `upstream_idle_s` (checked by
+the server's sweeper, not by a timer per connection).
 """
 
 from __future__ import annotations
 
-import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from egressgate.names.hostname import IPAddress, address_text
@@ -46,7 +47,17 @@ class UpstreamPool:
             return
         idle.append(conn)
         self._count += 1
-        conn.enter_pool(asyncio.get_running_loop().call_later(self.idle_s, conn.close))
+        conn.enter_pool(time.monotonic())
+
+    def expire(self, now: float) -> None:
+        """Close connections idle for longer than idle_s (called by the server's sweeper)."""
+        limit = now - self.idle_s
+        for idle in self._idle.values():
+            stale = [c for c in idle if c.idle_since < limit]
+            for conn in stale:
+                idle.remove(conn)
+                self._count -= 1
+                conn.close()
 
     def remove(self, conn: UpstreamConnection) -> None:
         idle = self._idle.get(conn.key)
