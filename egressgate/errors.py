@@ -174,6 +174,10 @@ class ConfigError(EgressgateError):
         super().__init__("\n".join(str(i) for i in issues))
 
 
+class StartupError(EgressgateError):
+    """The proxy cannot start for a reason outside the config text (a port in use, say)."""
+
+
 class ProxyFailure(EgressgateError):
     """A request or tunnel ends with an HTTP error response described by `reason`."""
 

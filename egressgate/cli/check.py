@@ -13,6 +13,7 @@ from egressgate.config.default import builtin_default
 from egressgate.config.load import load_config_file
 from egressgate.config.model import Config, ListenAddress
 from egressgate.errors import ConfigError
+from egressgate.runtime.state import load_credentials
 
 EPILOG = """\
 examples:
@@ -64,6 +65,8 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         config = load_config_file(args.config) if args.config else builtin_default()
+        if not args.live:
+            check_referenced_files(config)
     except ConfigError as exc:
         for issue in exc.issues:
             print(f"{issue}", file=sys.stderr)
@@ -82,6 +85,18 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     print("egressgate check: healthy")
     return 0
+
+
+def check_referenced_files(config: Config) -> None:
+    """Raise ConfigError if `run` would refuse the users file.
+
+    The loader only checks that it exists (and loads the TLS listener's material itself), so
+    without this `check` said "valid" while `run` refused to start on a users_file line that is
+    not user:password (runtime/state.py). users_env is left alone: the variable is often set
+    only where the proxy runs, not where configs are checked.
+    """
+    if config.auth is not None and config.auth.users_file is not None:
+        load_credentials(config.auth)
 
 
 def _probe_host(address: ListenAddress) -> str:

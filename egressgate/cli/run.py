@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from egressgate.config.default import BUILTIN_DEFAULT_YAML
-from egressgate.errors import ConfigError
+from egressgate.errors import ConfigError, StartupError
 
 EPILOG = """\
 examples:
@@ -59,3 +59,6 @@ def _run(args: argparse.Namespace) -> int:
         for issue in exc.issues:
             print(f"egressgate: config error: {issue}", file=sys.stderr)
         return 2
+    except StartupError as exc:
+        print(f"egressgate: cannot start: {exc}", file=sys.stderr)
+        return 1

@@ -32,6 +32,15 @@ class NoSniAction(StrEnum):
     DENY = "deny"
 
 
+def _is_ascii_number(text: str) -> bool:
+    """ASCII digits only.
+
+    Fix (unit tests, test_model.py): str.isdigit() is also true for "٤٤٣" (Arabic-Indic
+    digits, which int() reads as 443) and for "²" (which int() refuses with a raw message).
+    """
+    return text.isascii() and text.isdigit()
+
+
 @dataclass(frozen=True, slots=True)
 class ListenAddress:
     """Where a listener binds: host (IPv4, IPv6 without brackets, or a name) and port (0 = any)."""
@@ -55,7 +64,7 @@ class ListenAddress:
             if ":" in host:
                 raise ValueError(f"{text!r}: write IPv6 addresses in brackets, like [::]:3128")
             host = host or "0.0.0.0"
-        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        if not _is_ascii_number(port_text) or not 0 <= int(port_text) <= 65535:
             raise ValueError(f"{text!r}: port must be a number from 0 to 65535")
         return cls(host, int(port_text))
 
@@ -75,7 +84,7 @@ class PortRange:
         """Parse 443, "443" or "1024-65535"."""
         text = str(value).strip()
         low_text, dash, high_text = text.partition("-")
-        if not low_text.isdigit() or (dash and not high_text.isdigit()):
+        if not _is_ascii_number(low_text) or (dash and not _is_ascii_number(high_text)):
             raise ValueError(f"{value!r}: a port is a number (443) or a range (1024-65535)")
         low = int(low_text)
         high = int(high_text) if dash else low

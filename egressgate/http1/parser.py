@@ -91,14 +91,31 @@ class RequestParser:
         # incomplete after a whole feed, so a head that arrived complete in one read was never
         # checked against max_header_bytes. Count the header lines themselves as well.
         self._header_bytes += len(name) + len(value) + 4  # "name: value\r\n"
-        if self._header_bytes > self._max_head:
+        self._check_head_size(self._head_size())
+        self._headers.append((name.lower(), name, value))
+
+    def _head_size(self) -> int:
+        """The head parsed so far, as written canonically: "METHOD SP target SP HTTP/x.y CRLF"
+        plus the header lines (the final CRLF is added by on_headers_complete).
+
+        Fix (unit tests, test_parser.py): head_bytes used to be `_head_seen`, the size of the
+        whole *feed* (bodies and later pipelined requests included, and 0 for the second head
+        of a read), so it changed with the way the stream was split; and the request line did
+        not count towards max_header_bytes when a head arrived in one read, although it did
+        when the head was split. This size is the same however the bytes arrive.
+        """
+        return len(self._parser.get_method()) + self._url_len + 12 + self._header_bytes
+
+    def _check_head_size(self, size: int) -> None:
+        if size > self._max_head:
             raise ProtocolError(
                 Reason.HEADERS_TOO_LARGE, f"header block exceeds {self._max_head} bytes"
             )
-        self._headers.append((name.lower(), name, value))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
+        head_bytes = self._head_size() + 2
+        self._check_head_size(head_bytes)
         self._events.append(
             RequestHead(
                 parser.get_method(),
@@ -106,7 +123,7 @@ class RequestParser:
                 parser.get_http_version(),
                 self._headers,
                 parser.should_keep_alive(),
-                self._head_seen,
+                head_bytes,
             )
         )
         self._in_head = False
@@ -180,7 +197,10 @@ class ResponseParser:
             if lname == b"content-length":
                 length = int(value)
             elif lname == b"transfer-encoding":
-                chunked = value.strip().lower().endswith(b"chunked")
+                # Fix (unit tests, test_parser.py): the *final coding* must be chunked (RFC 9112
+                # §6.3); endswith() also took "xchunked", which llhttp reads close-delimited, so
+                # the head said chunked while the body was not (a normal close became a reset).
+                chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
         self._events.append(
             ResponseHead(
                 parser.get_status_code(),

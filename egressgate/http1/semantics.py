@@ -104,6 +104,14 @@ def _split_authority(authority: str, default_port: int | None) -> tuple[str, int
         host, sep, port_text = authority.rpartition(":")
         if not sep:
             host, port_text = authority, ""
+        if ":" in host:
+            # Fix (unit tests, test_semantics.py): "::1:443" or "a:80:80" was split at the last
+            # colon. RFC 3986 §3.2.2: "A host identified by an Internet Protocol literal
+            # address, version 6 or later, is distinguished by enclosing the IP literal within
+            # square brackets" — without them the port is ambiguous, so refuse.
+            raise ProtocolError(
+                Reason.BAD_REQUEST, f"IPv6 address without brackets in {authority!r}"
+            )
     if not host:
         raise ProtocolError(Reason.BAD_REQUEST, "empty host in request target")
     if not port_text:

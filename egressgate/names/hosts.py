@@ -23,7 +23,10 @@ def parse_hosts(text: str) -> tuple[dict[str, tuple[IPAddress, ...]], list[Hosts
     """Parse hosts-file text; returns (name → addresses, errors)."""
     table: dict[str, list[IPAddress]] = {}
     errors: list[HostsLineError] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # Fix (unit tests, test_hosts.py): str.splitlines() also breaks at \f, \v, \x1c-\x1e, \x85,
+    # U+2028 and U+2029, so one such character (in a comment, say) shifted every later line
+    # number and could split a line in two. A hosts file's lines end at LF (or CRLF).
+    for number, raw in enumerate(text.split("\n"), start=1):
         fields = raw.split("#", 1)[0].split()
         if not fields:
             continue

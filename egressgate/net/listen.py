@@ -5,12 +5,21 @@ from __future__ import annotations
 import socket
 
 from egressgate.config.model import ListenAddress
+from egressgate.errors import StartupError
 
 BACKLOG = 4096
 
 
 def bind(address: ListenAddress, reuse_port: bool = False, listen: bool = True) -> socket.socket:
-    """A bound (and by default listening) non-blocking TCP socket."""
+    """A bound (and by default listening) non-blocking TCP socket; StartupError if it cannot."""
+    try:
+        return _bind(address, reuse_port, listen)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise StartupError(f"cannot listen on {address}: {why}") from exc
+
+
+def _bind(address: ListenAddress, reuse_port: bool, listen: bool) -> socket.socket:
     infos = socket.getaddrinfo(
         address.host,
         address.port,

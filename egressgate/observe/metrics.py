@@ -79,14 +79,16 @@ class Metrics:
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able copy of every value (for aggregation across worker processes)."""
+        # Fix (unit tests, test_metrics.py): the dicts and bucket lists were the live ones, so a
+        # "snapshot" kept changing as requests were counted (and a caller could corrupt them).
         return {
             "requests": [[*k, v] for k, v in self.requests.items()],
-            "bytes_up": self.bytes_up,
-            "bytes_down": self.bytes_down,
-            "upstream_errors": self.upstream_errors,
-            "reloads": self.reloads,
-            "dns_counts": self.dns_counts,
-            "dns_sums": self.dns_sums,
+            "bytes_up": dict(self.bytes_up),
+            "bytes_down": dict(self.bytes_down),
+            "upstream_errors": dict(self.upstream_errors),
+            "reloads": dict(self.reloads),
+            "dns_counts": {result: list(counts) for result, counts in self.dns_counts.items()},
+            "dns_sums": dict(self.dns_sums),
             "access_log_errors": self.access_log_errors,
             "connections_rejected": self.connections_rejected,
             "active_connections": self.active_connections,

@@ -6,8 +6,8 @@ else is handed to an asyncio transport with ClientConnection (plain-HTTP forward
 keep-alive amortises the setup). Measured on the bench rig, building a uvloop transport for a
 tunnel and then detaching its socket cost more than the whole raw path.
 
-The first bytes are only peeked (MSG_PEEK) for the routing decision, so the transport path reads
-the request itself. The header timeout and the connection cap apply here too.
+The first bytes are read here and handed on: to the tunnel's parser, or to ClientConnection as
+the start of its stream. The header timeout and the connection cap apply here too.
 """
 
 from __future__ import annotations
@@ -55,13 +55,13 @@ class Acceptor:
             except OSError:
                 return  # EMFILE and friends: the next readiness event retries
             client.setblocking(False)
-            if len(ctx.live) + len(ctx.tunnels) >= ctx.limits.max_connections or ctx.state.draining:
+            if ctx.state.closing or len(ctx.live) + len(ctx.tunnels) >= ctx.limits.max_connections:
                 self._reject(client, peer)
                 continue
             _FirstRead(ctx, client, peer)
 
     def _reject(self, client: socket.socket, peer: tuple[str, int]) -> None:
-        draining = self.ctx.state.draining
+        draining = self.ctx.state.closing
         reason = Reason.SHUTTING_DOWN if draining else Reason.TOO_MANY_CONNECTIONS
         if not draining:
             self.ctx.metrics.connections_rejected += 1
@@ -75,7 +75,7 @@ class Acceptor:
 class _FirstRead:
     """A new connection before we know what it is: waits (bounded) for its first bytes."""
 
-    __slots__ = ("ctx", "loop", "parser", "peer", "reading", "sock", "timer")
+    __slots__ = ("ctx", "loop", "parser", "peer", "prefix", "reading", "sock", "timer")
 
     def __init__(self, ctx: ProxyContext, sock: socket.socket, peer: tuple[str, int]) -> None:
         self.ctx = ctx
@@ -83,6 +83,7 @@ class _FirstRead:
         self.peer = peer
         self.loop = asyncio.get_running_loop()
         self.parser: RequestParser | None = None
+        self.prefix = b""  # bytes read while they are still a prefix of "CONNECT "
         ctx.live.add(self)
         ctx.metrics.active_connections += 1
         self.timer = self.loop.call_later(ctx.limits.header_timeout_s, self._timeout)
@@ -90,36 +91,34 @@ class _FirstRead:
         self.loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
-        if self.parser is None:
-            try:
-                first = self.sock.recv(len(_CONNECT), socket.MSG_PEEK)
-            except BlockingIOError:
-                return
-            except OSError:
-                first = b""
-            if not first:
-                self._drop()
-                return
-            if not _CONNECT.startswith(first[: len(_CONNECT)]):
-                self._to_transport()
-                return
-            if len(first) < len(_CONNECT):
-                return  # "CONN" so far: wait for the rest of the method
-            limits = self.ctx.limits
-            self.parser = RequestParser(limits.max_request_line_bytes, limits.max_header_bytes)
-        self._read_connect()
-
-    def _read_connect(self) -> None:
-        assert self.parser is not None
+        # Read for real (no MSG_PEEK): a peek leaves a partial "CONN" readable, so the loop
+        # would spin until the rest arrived. Bytes read before the route is known are
+        # handed on, to the tunnel's parser or to the transport path.
         try:
             data = self.sock.recv(FIRST_READ_BYTES)
-        except BlockingIOError:
+        except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
         if not data:
             self._drop()
             return
+        if self.parser is None:
+            prefix = self.prefix + data if self.prefix else data
+            if not prefix.startswith(_CONNECT):
+                if _CONNECT.startswith(prefix):
+                    self.prefix = prefix  # "CONN" so far: wait for the rest of the method
+                else:
+                    self._to_transport(prefix)
+                return
+            self.prefix = b""
+            limits = self.ctx.limits
+            self.parser = RequestParser(limits.max_request_line_bytes, limits.max_header_bytes)
+            data = prefix
+        self._feed_connect(data)
+
+    def _feed_connect(self, data: bytes) -> None:
+        assert self.parser is not None
         try:
             events = self.parser.feed(data)
         except ProtocolError as exc:
@@ -140,17 +139,19 @@ class _FirstRead:
             address = address.ipv4_mapped
         return ClientIdentity(address)
 
-    def _to_transport(self) -> None:
+    def _to_transport(self, first_bytes: bytes) -> None:
         self._stop()
         ctx, sock = self.ctx, self.sock
         spawn(
-            self.loop.connect_accepted_socket(lambda: ClientConnection(ctx), sock),
+            self.loop.connect_accepted_socket(
+                lambda: ClientConnection(ctx, first_bytes=first_bytes), sock
+            ),
             name="egressgate-accept",
         )
 
     def _timeout(self) -> None:
         self.timer.cancel()
-        if self.parser is not None and self.parser._head_seen:
+        if self.prefix or (self.parser is not None and self.parser._head_seen):
             self._refuse(
                 Reason.HEADER_TIMEOUT,
                 f"request head not complete in {self.ctx.limits.header_timeout_s:g}s",
@@ -192,7 +193,7 @@ class _FirstRead:
 
     # Closable, for draining
     def shutdown_idle(self) -> None:
-        if self.parser is None:
+        if self.parser is None and not self.prefix:
             self._drop()
 
     def force_close(self) -> None:

@@ -51,11 +51,12 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_queue",
         "_reading_paused",
-        "deadline",
         "address",
         "client_text",
         "ctx",
+        "deadline",
         "exchange",
+        "first_bytes",
         "identity",
         "parser",
         "peer_port",
@@ -67,8 +68,12 @@ class ClientConnection(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, ctx: ProxyContext, tls_names: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, ctx: ProxyContext, tls_names: tuple[str, ...] = (), first_bytes: bytes = b""
+    ) -> None:
         self.ctx = ctx
+        # Bytes the acceptor already read while routing the connection (see acceptor.py).
+        self.first_bytes = first_bytes
         limits = ctx.limits
         self.parser = RequestParser(limits.max_request_line_bytes, limits.max_header_bytes)
         self.state = ConnState.HEAD
@@ -101,8 +106,9 @@ class ClientConnection(asyncio.Protocol):
         self.peer_port = peer[1] if isinstance(peer, tuple) else 0
         self.identity = ClientIdentity(self.address, None, self.tls_names)
         ctx = self.ctx
-        if len(ctx.live) + len(ctx.tunnels) >= ctx.limits.max_connections or ctx.state.draining:
-            reason = Reason.SHUTTING_DOWN if ctx.state.draining else Reason.TOO_MANY_CONNECTIONS
+        closing = ctx.state.closing
+        if closing or len(ctx.live) + len(ctx.tunnels) >= ctx.limits.max_connections:
+            reason = Reason.SHUTTING_DOWN if closing else Reason.TOO_MANY_CONNECTIONS
             ctx.metrics.connections_rejected += reason is Reason.TOO_MANY_CONNECTIONS
             self.transport.write(refusal_response(reason, None))
             self.transport.close()
@@ -111,6 +117,9 @@ class ClientConnection(asyncio.Protocol):
         ctx.live.add(self)
         ctx.metrics.active_connections += 1
         self._arm_timer(ctx.limits.header_timeout_s)
+        if self.first_bytes:
+            first, self.first_bytes = self.first_bytes, b""
+            self.data_received(first)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state is ConnState.TUNNEL:
@@ -211,7 +220,7 @@ class ClientConnection(asyncio.Protocol):
         self.request_open = False
         if self.state is not ConnState.BUSY:
             return
-        if not keep_alive or self.ctx.state.draining:
+        if not keep_alive or self.ctx.state.closing:
             self.close()
             return
         self.state = ConnState.HEAD

@@ -126,7 +126,6 @@ class HttpExchange:
     __slots__ = (
         "_early_body",
         "_early_size",
-        "response_deadline",
         "chunk_response",
         "chunked_request",
         "conn",
@@ -137,6 +136,7 @@ class HttpExchange:
         "keep_alive",
         "record",
         "request_complete",
+        "response_deadline",
         "response_head",
         "response_open",
         "upgrade",
@@ -352,7 +352,10 @@ class HttpExchange:
         elif isinstance(event, ResponseHead):
             self._response_head(event)
         elif event is END:
-            if self.response_head is not None and self.response_open:
+            head = self.response_head
+            # httptools completes a 101 message before raising the upgrade: the TunnelStart
+            # that follows switches protocols, so this END must not finish the exchange.
+            if head is not None and self.response_open and head.status != 101:
                 self._response_end()
         elif isinstance(event, TunnelStart):
             self._switch_protocols(event.rest)

@@ -37,7 +37,9 @@ def refusal_response(
     """A full HTTP/1.1 response explaining `reason` for `host`."""
     status = reason.status
     lines = [f"egressgate: {status} {reason.value}"]
-    lines.append(f"host: {host}" if host else "host: (none)")
+    # Fix (unit tests, test_refusal.py): the host went into the body uncleaned, so a host with
+    # CR/LF (a SNI or an unparsable target) could forge extra "field: value" lines in it.
+    lines.append(f"host: {_clean(host)}" if host else "host: (none)")
     lines.append(f"reason: {reason.text}")
     if detail:
         lines.append(f"detail: {_clean(detail)}")
@@ -51,7 +53,7 @@ def refusal_response(
     if policy:
         head.append(f"{POLICY_HEADER}: {_clean(policy)}")
     if status == 407:
-        head.append(f'Proxy-Authenticate: Basic realm="{_clean(realm or "egressgate")}"')
+        head.append(f"Proxy-Authenticate: Basic realm={_quoted(realm or 'egressgate')}")
     head += ["Connection: close", "", ""]
     return "\r\n".join(head).encode("latin-1", "replace") + body
 
@@ -59,6 +61,15 @@ def refusal_response(
 def _clean(text: str) -> str:
     """No CR/LF or control characters from hostnames or details can reach the response."""
     return "".join(c if c.isprintable() else "?" for c in text)[:300]
+
+
+def _quoted(text: str) -> str:
+    """RFC 9110 §5.6.4 quoted-string: `"` and `\\` are escaped with a backslash.
+
+    Fix (unit tests, test_refusal.py): a realm containing `"` ended the quoted-string early.
+    """
+    escaped = _clean(text).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
 
 
 # A TLS alert record (RFC 8446 §6): fatal (2), access_denied (49), sent instead of an HTTP 403

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 import signal
 import ssl
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -288,11 +288,11 @@ class ProxyServer:
         limits = ctx.limits
         if limits.shutdown_delay_s > 0:
             await asyncio.sleep(limits.shutdown_delay_s)
+        self.state.accepting = False
         if self._acceptor is not None:
             self._acceptor.close()
         for server in self._servers:
             server.close()
-        self.state.accepting = False
         if self._reloader is not None:
             self._reloader.stop()
         loop = asyncio.get_running_loop()

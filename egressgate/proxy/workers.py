@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from typing import Any
@@ -40,15 +42,23 @@ METRICS_INTERVAL_S = 1.0
 STALE_AFTER_S = 5.0
 RESTART_BACKOFF_S = 1.0
 START_TIMEOUT_S = 20.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def supervise(generation: Generation, config_path: str | None, count: int) -> int:
     """Run `count` workers and the supervisor; returns the exit status."""
     config = generation.config
+    # Every socket is bound before the first fork: a port in use is one clear error and
+    # leaves no worker behind.
     reserved = bind(config.listen, reuse_port=True, listen=False)
+    try:
+        admin = bind(config.admin_listen) if config.admin_listen is not None else None
+    except BaseException:
+        reserved.close()
+        raise
     listen = ListenAddress.parse(bound_address(reserved))
     state_dir = tempfile.mkdtemp(prefix="egressgate-workers-")
-    supervisor = _Supervisor(generation, config_path, count, listen, state_dir)
+    supervisor = _Supervisor(generation, config_path, count, listen, state_dir, admin)
     try:
         for index in range(count):
             supervisor.spawn(index)
@@ -57,7 +67,10 @@ def supervise(generation: Generation, config_path: str | None, count: int) -> in
         return int(uvloop.run(supervisor.run()))
     finally:
         if not supervisor.is_worker:
+            supervisor.kill_all()
             reserved.close()
+            if admin is not None:
+                admin.close()
             shutil.rmtree(state_dir, ignore_errors=True)
 
 
@@ -69,8 +82,10 @@ class _Supervisor:
         count: int,
         listen: ListenAddress,
         state_dir: str,
+        admin: socket.socket | None,
     ) -> None:
         self.generation = generation
+        self.admin = admin
         self.config_path = config_path
         self.count = count
         self.listen = listen
@@ -82,14 +97,28 @@ class _Supervisor:
 
     # ---- workers
     def spawn(self, index: int) -> None:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             self.is_worker = True
+            if self.admin is not None:
+                self.admin.close()  # the supervisor's; this process must not hold it
+            _die_with_parent(parent)
             os._exit(
                 _worker_main(self.generation, self.config_path, self.listen, self.state_dir, index)
             )
         self.pids[index] = pid
         self.last_start[index] = time.monotonic()
+
+    def kill_all(self) -> None:
+        """Last resort on the way out: no worker may outlive its supervisor."""
+        for pid in self.pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in self.pids.values():
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self.pids.clear()
 
     def _reap(self) -> None:
         for index, pid in list(self.pids.items()):
@@ -187,19 +216,17 @@ class _Supervisor:
         while self.pids and time.monotonic() < deadline:
             self._reap()
             await asyncio.sleep(0.05)
-        for pid in self.pids.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        emit("stopped", workers_killed=len(self.pids))
+        killed = len(self.pids)
+        self.kill_all()
+        emit("stopped", workers_killed=killed)
         return 0
 
     async def _start_admin(self) -> str | None:
-        address = self.generation.config.admin_listen
-        if address is None:
+        sock = self.admin
+        if sock is None:
             return None
         registry = CollectorRegistry(auto_describe=True)
         registry.register(MetricsCollector(self.merged))
-        sock = bind(address)
 
         def factory() -> AdminProtocol:
             return AdminProtocol(registry, self.ready, self.status)
@@ -225,6 +252,18 @@ class _Supervisor:
         emit("draining", workers=len(self.pids))
         self._forward(signal.SIGTERM)
         stopped.set()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGTERM this worker when the supervisor dies (so it drains and exits
+    instead of serving on as an orphan), then close the race where it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the supervisor's kill_all() remains
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def _worker_main(

@@ -88,3 +88,11 @@ class State:
     @property
     def ready(self) -> bool:
         return self.accepting and not self.draining
+
+    @property
+    def closing(self) -> bool:
+        """Draining with the listeners closed: new connections and keep-alive end now.
+
+        Between SIGTERM and that point (limits.shutdown_delay_s) the proxy is unready but
+        still serves everyone, because load balancers keep routing to it for a while."""
+        return self.draining and not self.accepting

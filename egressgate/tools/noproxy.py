@@ -59,7 +59,10 @@ class Severity(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class NoProxyRules:
-    """How one runtime matches NO_PROXY entries; field meanings in docs/clients.md."""
+    """How one runtime matches NO_PROXY entries; field meanings in docs/clients.md.
+
+    `case_insensitive` is true for every measured runtime: the engine lowercases both sides.
+    """
 
     exact: bool
     subdomain: bool
@@ -280,13 +283,13 @@ def make_target(
     ip = _ip_or_none(text)
     if ip is not None:
         text = str(ip)
+    elif not _HOST_RE.fullmatch(text):
+        raise ValueError(f"not a host name or IP address: {host!r}")
     resolved = tuple(ipaddress.ip_address(str(a)) for a in addresses)
     return Target(host=text, port=port, scheme=scheme, ip=ip, addresses=resolved)
 
 
-def parse_target(
-    text: str, *, scheme: str | None = None, addresses: Iterable[str] = ()
-) -> Target:
+def parse_target(text: str, *, scheme: str | None = None, addresses: Iterable[str] = ()) -> Target:
     """Parse HOST, HOST:PORT, [IPv6]:PORT, a bare IPv6 address or a URL into a Target."""
     raw = text.strip()
     if "://" in raw:
@@ -301,6 +304,10 @@ def parse_target(
         )
     host, port = _split_host_port(raw)
     return make_target(host, port, scheme=scheme or "http", addresses=addresses)
+
+
+# Permissive on purpose (underscores, IDN labels): only characters no URL host can hold fail.
+_HOST_RE = re.compile(r"[^\s:/\\@\[\]?#,]+")
 
 
 def _split_host_port(raw: str) -> tuple[str, int | None]:
@@ -362,6 +369,7 @@ class Entry:
 _NAME_RE = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?")
 
 
+@functools.lru_cache(maxsize=4096)  # pure; explain() parses each value once per runtime
 def parse_entry(raw: str) -> Entry:
     """Classify one entry (already split out of the value, whitespace as the runtime left it)."""
     text = raw.lower()
@@ -530,6 +538,8 @@ def _flag(rules: NoProxyRules, rule: str) -> bool:
 
 
 def _check_entry(rules: NoProxyRules, entry: Entry, target: Target) -> _Check:
+    if entry.port is not None and entry.port != target.effective_port:
+        return _IRRELEVANT  # no runtime matches a different port
     host_check = _check_host_part(rules, entry, target)
     if not host_check.matched or entry.port is None:
         return host_check
@@ -542,9 +552,13 @@ def _check_host_part(rules: NoProxyRules, entry: Entry, target: Target) -> _Chec
         return _check_name(rules, entry, target)
     if kind is EntryKind.STAR:
         return _Check(rules.star and rules.star_mixed, "star_mixed")
-    if kind in (EntryKind.IPV4, EntryKind.CIDR4, EntryKind.IPV6_BRACKETED):
-        return _check_address(rules, entry, target)
-    if kind in (EntryKind.IPV6, EntryKind.CIDR6):
+    if kind in (
+        EntryKind.IPV4,
+        EntryKind.CIDR4,
+        EntryKind.IPV6,
+        EntryKind.IPV6_BRACKETED,
+        EntryKind.CIDR6,
+    ):
         return _check_address(rules, entry, target)
     if kind is EntryKind.UNTRIMMED:
         return _check_untrimmed(entry, target)
@@ -612,8 +626,6 @@ def _covers(entry: Entry, address: IPAddress) -> bool:
 
 
 def _check_port(rules: NoProxyRules, entry: Entry, target: Target) -> _Check:
-    if entry.port != target.effective_port:
-        return _IRRELEVANT
     if rules.host_port == "never":
         return _Check(False, "host_port_never")
     implicit = target.port is None or (
@@ -675,7 +687,7 @@ class _Decision:
     caveats: tuple[str, ...] = ()
 
 
-def decide_no_proxy(rt: Runtime, value: str, target: Target) -> _Decision:
+def _decide_no_proxy(rt: Runtime, value: str, target: Target) -> _Decision:
     """Direct or proxy for `target` given NO_PROXY=`value`, assuming a proxy is configured."""
     rules = rt.no_proxy
     assert rules is not None, "only runtimes that read the environment have NO_PROXY rules"
@@ -702,7 +714,9 @@ def decide_no_proxy(rt: Runtime, value: str, target: Target) -> _Decision:
         misses.extend(_explain_miss(rules, entry, target, check))
         if check.note:
             caveats.append(f"`{entry.raw}`: {check.note}")
-    return _Decision(Verdict.PROXY, _proxy_reason(value, entries, misses), None, None, tuple(caveats))
+    return _Decision(
+        Verdict.PROXY, _proxy_reason(value, entries, misses), None, None, tuple(caveats)
+    )
 
 
 def _star(rules: NoProxyRules, value: str, entries: Sequence[Entry]) -> _Decision | None:
@@ -732,9 +746,11 @@ def _config_error(
 
 
 def _builtin_bypass(rt: Runtime, target: Target) -> _Decision | None:
-    if rt.builtin_bypass == "literal":
-        if target.host == "localhost" or (target.ip is not None and target.ip.is_loopback):
-            return _Decision(Verdict.DIRECT, RULE_TEXT["builtin"], "builtin")
+    loopback_literal = target.host == "localhost" or (
+        target.ip is not None and target.ip.is_loopback
+    )
+    if rt.builtin_bypass == "literal" and loopback_literal:
+        return _Decision(Verdict.DIRECT, RULE_TEXT["builtin"], "builtin")
     if rt.builtin_bypass == "resolved":
         first = _resolved_first(target)
         if first is not None and first.is_loopback:
@@ -765,7 +781,7 @@ def _explain_miss(rules: NoProxyRules, entry: Entry, target: Target, check: _Che
     """Why an entry the plain reading would match did not match in this runtime."""
     if check.rule == "":
         return []
-    if check.rule == "whitespace" or check.rule.startswith("host_port"):
+    if check.rule in ("whitespace", "resolves_names") or check.rule.startswith("host_port"):
         return [f"`{entry.raw}`: {MISS_TEXT[check.rule]}"]
     if not _check_entry(INTENT, entry, target).matched:
         return []  # the plain reading would not match either (e.g. `*.d` vs the apex)
@@ -836,40 +852,51 @@ def explain_env(
     if isinstance(target, str):
         target = parse_target(target)
     wanted = set(only) if only is not None else None
-    return [
-        _verdict_env(rt, env, target) for rt in runtimes() if wanted is None or rt.id in wanted
-    ]
+    return [_verdict_env(rt, env, target) for rt in runtimes() if wanted is None or rt.id in wanted]
 
 
 def _verdict_env(rt: Runtime, env: Mapping[str, str], target: Target) -> RuntimeVerdict:
-    base = {"runtime": rt.id, "label": rt.label, "version": rt.version}
     if not rt.reads_env or rt.variables is None:
-        note = rt.env_note or "reads no proxy variable"
-        return RuntimeVerdict(**base, verdict=Verdict.IGNORES_ENV, reason=note)
-    if target.scheme == "http" and "REQUEST_METHOD" in env and rt.variables.cgi_guard == "error":
-        if _first_set(env, rt.variables.http):
-            why = "refuses to use HTTP_PROXY in a CGI environment (REQUEST_METHOD is set)"
-            return RuntimeVerdict(**base, verdict=Verdict.ERROR, reason=why, rule="cgi_guard")
+        return _make_verdict(rt, _Decision(Verdict.IGNORES_ENV, rt.env_note or "reads no variable"))
+    cgi = "REQUEST_METHOD" in env and target.scheme == "http"
+    if cgi and rt.variables.cgi_guard == "error" and _first_set(env, rt.variables.http):
+        why = "refuses to use HTTP_PROXY in a CGI environment (REQUEST_METHOD is set)"
+        return _make_verdict(rt, _Decision(Verdict.ERROR, why, "cgi_guard"))
     found = _proxy_variable(rt, env, target.scheme)
     if found is None:
         names = ", ".join(_names_for(rt, target.scheme)) or "none"
         why = f"no proxy variable it reads is set (for {target.scheme}:// it reads {names})"
-        return RuntimeVerdict(**base, verdict=Verdict.DIRECT, reason=why, rule="no_proxy_variable")
+        return _make_verdict(rt, _Decision(Verdict.DIRECT, why, "no_proxy_variable"))
     proxy_var, proxy_value = found
     no_proxy = _first_set(env, rt.variables.no_proxy)
     np_var, np_value = no_proxy if no_proxy else (None, "")
-    decision = decide_no_proxy(rt, np_value, target)
+    decision = _decide_no_proxy(rt, np_value, target)
     if decision.verdict is Verdict.PROXY:
         decision = _proxy_url_problem(rt, proxy_value, target.scheme) or decision
+    return _make_verdict(rt, decision, proxy_var, np_var)
+
+
+def _make_verdict(
+    rt: Runtime,
+    decision: _Decision,
+    proxy_variable: str | None = None,
+    no_proxy_variable: str | None = None,
+) -> RuntimeVerdict:
+    basis = dict(rt.basis).get(decision.rule or "", "")
+    caveats = decision.caveats
+    if basis.startswith("source"):
+        caveats = (*caveats, f"rule `{decision.rule}` is not measured for {rt.label}: {basis}")
     return RuntimeVerdict(
-        **base,
+        runtime=rt.id,
+        label=rt.label,
+        version=rt.version,
         verdict=decision.verdict,
         reason=decision.reason,
         rule=decision.rule,
         entry=decision.entry,
-        proxy_variable=proxy_var,
-        no_proxy_variable=np_var,
-        caveats=decision.caveats,
+        proxy_variable=proxy_variable,
+        no_proxy_variable=no_proxy_variable,
+        caveats=caveats,
     )
 
 
@@ -948,11 +975,16 @@ def env_readers() -> list[Runtime]:
 
 
 def _who(predicate: Callable[[NoProxyRules], bool]) -> tuple[str, ...]:
-    return tuple(rt.id for rt in env_readers() if predicate(rt.no_proxy))
+    return tuple(rt.id for rt in env_readers() if rt.no_proxy and predicate(rt.no_proxy))
 
 
 def _names(ids: Sequence[str]) -> str:
     return ", ".join(ids)
+
+
+def _by(*clauses: tuple[Sequence[str], str]) -> str:
+    """'text by a, b; other text by c' for the clauses whose runtime list is not empty."""
+    return "; ".join(f"{text} by {_names(ids)}" for ids, text in clauses if ids)
 
 
 def lint(value: str) -> list[Finding]:
@@ -986,7 +1018,7 @@ def _lint_whitespace(value: str) -> list[Finding]:
     )
     fix = "remove every space: " + ",".join(trimmed)
     if wrong:
-        message = f"spaces around entries: {_names(wrong)} read them as part of the entry"
+        message = "spaces around entries: " + _by((wrong, "read as part of the entry"))
         return [Finding(Severity.ERROR, "whitespace", message, fix, value, wrong)]
     message = "spaces in the value: the measured runtimes trim them, but nothing guarantees it"
     return [Finding(Severity.WARNING, "whitespace", message, fix, value)]
@@ -998,11 +1030,11 @@ def _lint_star(value: str, entries: Sequence[Entry]) -> list[Finding]:
         return []
     if value.strip() == "*":
         wrong = _who(lambda r: not r.star)
-        message = f"`*` (bypass everything) is ignored by {_names(wrong)}"
+        message = "`*` (bypass everything): " + _by((wrong, "ignored"))
         fix = "unset the proxy variables instead of NO_PROXY=*"
         return [Finding(Severity.ERROR, "star", message, fix, "*", wrong)]
     wrong = _who(lambda r: not (r.star and r.star_mixed))
-    message = f"`*` among other entries: {_names(wrong)} honour `*` only as the whole value"
+    message = "`*` among other entries: " + _by((wrong, "honoured only as the whole value"))
     fix = "use `*` alone, or unset the proxy variables"
     return [Finding(Severity.ERROR, "star-mixed", message, fix, "*", wrong)]
 
@@ -1023,23 +1055,24 @@ def _lint_name(entry: Entry, entries: Sequence[Entry]) -> list[Finding]:
         fix = f"add `.{entry.host}` to cover subdomains in every runtime"
         if entry.host in CLUSTER_SUFFIXES:
             message = (
-                f"`{entry.host}` without a leading dot: {_names(exact_only)} match it exactly, "
-                "so service names under it go to the proxy"
+                f"`{entry.host}` without a leading dot: "
+                + _by((exact_only, "matched only exactly"))
+                + ", so service names under it go to the proxy"
             )
             found.append(
                 Finding(Severity.ERROR, "suffix-without-dot", message, fix, entry.raw, exact_only)
             )
         else:
             message = (
-                f"`{entry.host}`: {_names(exact_only)} match only this exact host, the others "
-                "also its subdomains"
+                f"`{entry.host}`: "
+                + _by((exact_only, "matched only as this exact host"))
+                + " (the others also match its subdomains)"
             )
             found.append(Finding(Severity.INFO, "plain-name", message, fix, entry.raw, exact_only))
     loose = _who(lambda r: r.plain_suffix)
     if loose and "." in entry.host:
-        message = (
-            f"`{entry.host}`: {_names(loose)} also match names that merely end with it "
-            f"(e.g. not{entry.host})"
+        message = f"`{entry.host}`: " + _by(
+            (loose, f"also matched against names that merely end with it (e.g. not{entry.host})")
         )
         fix = f"use `.{entry.host}` (and `{entry.host}` only if the apex itself is needed)"
         found.append(Finding(Severity.INFO, "plain-suffix", message, fix, entry.raw, loose))
@@ -1052,14 +1085,14 @@ def _lint_dotted(entry: Entry, entries: Sequence[Entry]) -> list[Finding]:
     if entry.host in CLUSTER_SUFFIXES:
         return []  # nobody calls the bare suffix itself
     no_apex = _who(lambda r: not r.dot_apex)
-    message = f"`{entry.raw}` does not cover `{entry.host}` itself in {_names(no_apex)}"
+    message = f"`{entry.raw}`: " + _by((no_apex, f"not applied to `{entry.host}` itself"))
     fix = f"add `{entry.host}` if the domain itself should bypass the proxy too"
     return [Finding(Severity.INFO, "dot-apex", message, fix, entry.raw, no_apex)]
 
 
 def _lint_wildcard(entry: Entry, entries: Sequence[Entry]) -> list[Finding]:
     literal = _who(lambda r: not r.wildcard_subdomain)
-    message = f"`{entry.raw}`: {_names(literal)} read `*.` literally and never match it"
+    message = f"`{entry.raw}`: " + _by((literal, "read literally and never matched"))
     fix = f"write `.{entry.host}` (understood everywhere)"
     return [Finding(Severity.ERROR, "wildcard", message, fix, entry.raw, literal)]
 
@@ -1072,9 +1105,8 @@ def _lint_cidr4(entry: Entry, entries: Sequence[Entry]) -> list[Finding]:
         return []  # the addresses are listed individually too: every runtime is covered
     ignore = _who(lambda r: r.cidr == "ignored")
     cut = _who(lambda r: r.cidr == "first_address")
-    message = (
-        f"`{entry.raw}`: {_names(ignore)} ignore CIDRs; {_names(cut)} reduce it to the single "
-        f"address {entry.address}"
+    message = f"`{entry.raw}`: " + _by(
+        (ignore, "ignored"), (cut, f"reduced to the single address {entry.address}")
     )
     fix = "also list the individual addresses workloads reach by IP (API server, node IPs)"
     if hosts:
@@ -1085,8 +1117,9 @@ def _lint_cidr4(entry: Entry, entries: Sequence[Entry]) -> list[Finding]:
 def _lint_cidr6(entry: Entry, entries: Sequence[Entry]) -> list[Finding]:
     broken = _who(lambda r: r.ipv6_cidr == "error")
     message = (
-        f"`{entry.raw}`: an IPv6 CIDR makes {_names(broken)} fail every request (InvalidURL); "
-        "most other runtimes ignore IPv6 CIDRs"
+        f"`{entry.raw}`: "
+        + _by((broken, "every request fails (InvalidURL, checked)"))
+        + "; most other runtimes ignore IPv6 CIDRs"
     )
     fix = "list the individual IPv6 addresses instead"
     return [Finding(Severity.ERROR, "ipv6-cidr", message, fix, entry.raw, broken)]
@@ -1095,9 +1128,8 @@ def _lint_cidr6(entry: Entry, entries: Sequence[Entry]) -> list[Finding]:
 def _lint_ipv6(entry: Entry, entries: Sequence[Entry]) -> list[Finding]:
     miss = _who(lambda r: r.ipv6_bare not in ("match", None))
     broken = _who(lambda r: r.ipv6_target_error)
-    message = (
-        f"`{entry.raw}`: not matched by {_names(miss)}; {_names(broken)} fail on IPv6-literal "
-        "URLs whenever NO_PROXY is set"
+    message = f"`{entry.raw}`: " + _by(
+        (miss, "not matched"), (broken, "IPv6-literal URLs fail whenever NO_PROXY is set")
     )
     fix = "keep it (this is the most portable form); prefer names over IPv6 literals in URLs"
     return [Finding(Severity.INFO, "ipv6", message, fix, entry.raw, miss + broken)]
@@ -1106,9 +1138,8 @@ def _lint_ipv6(entry: Entry, entries: Sequence[Entry]) -> list[Finding]:
 def _lint_ipv6_bracketed(entry: Entry, entries: Sequence[Entry]) -> list[Finding]:
     broken = _who(lambda r: r.ipv6_bracketed == "error")
     miss = _who(lambda r: r.ipv6_bracketed == "no_match")
-    message = (
-        f"`{entry.raw}`: makes {_names(broken)} fail every request (InvalidURL) and is not "
-        f"matched by {_names(miss)}"
+    message = f"`{entry.raw}`: " + _by(
+        (broken, "every request fails (InvalidURL)"), (miss, "not matched")
     )
     fix = f"write it without brackets: `{entry.host}`"
     return [Finding(Severity.ERROR, "ipv6-brackets", message, fix, entry.raw, broken + miss)]
@@ -1117,9 +1148,8 @@ def _lint_ipv6_bracketed(entry: Entry, entries: Sequence[Entry]) -> list[Finding
 def _lint_port(entry: Entry) -> list[Finding]:
     never = _who(lambda r: r.host_port == "never")
     explicit = _who(lambda r: r.host_port == "explicit_port")
-    message = (
-        f"`{entry.raw}`: {_names(never)} never match host:port entries; {_names(explicit)} "
-        "match only URLs that spell out the port"
+    message = f"`{entry.raw}`: " + _by(
+        (never, "never matched"), (explicit, "matched only for URLs that spell out the port")
     )
     fix = f"drop the port: `{entry.raw.rsplit(':', 1)[0]}`"
     return [Finding(Severity.ERROR, "host-port", message, fix, entry.raw, never + explicit)]
@@ -1171,15 +1201,14 @@ def _lint_loopback(value: str, entries: Sequence[Entry]) -> list[Finding]:
     for have, missing in pairs:
         if have in hosts and missing not in hosts:
             proxied = _proxied(f"http://{missing}/", value)
-            message = (
-                f"`{have}` without `{missing}`: {_names(proxied)} send http://{missing}/ to the "
-                "proxy"
+            message = f"`{have}` without `{missing}`: " + _by(
+                (proxied, f"http://{missing}/ is sent to the proxy")
             )
             fix = f"add `{missing}`"
             found.append(Finding(Severity.WARNING, "loopback-pair", message, fix, have, proxied))
     if not hosts & {"localhost", "127.0.0.1"}:
         proxied = _proxied("http://127.0.0.1/", value)
-        message = f"no loopback entry: {_names(proxied)} send localhost traffic to the proxy"
+        message = "no loopback entry: " + _by((proxied, "loopback traffic is sent to the proxy"))
         fix = "add `localhost,127.0.0.1,::1`"
         found.append(Finding(Severity.WARNING, "no-loopback", message, fix, None, proxied))
     elif "::1" not in hosts:

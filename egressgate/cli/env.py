@@ -1,0 +1,120 @@
+"""`egressgate env`: print the proxy settings that point an application at egressgate.
+
+Owns the command line only: arguments, output format, warnings on stderr (inside the document
+for --format json) and exit status. What goes into the variables, and why, is
+egressgate.tools.proxy_env.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from egressgate.tools import noproxy
+from egressgate.tools.proxy_env import FORMATS, ProxyEnvError, build_env, render
+
+DESCRIPTION = """\
+Print HTTP_PROXY/HTTPS_PROXY/NO_PROXY (in both letter cases, same value, no spaces) and the
+Java system properties that make applications send their traffic through egressgate.
+
+The NO_PROXY value is built to mean the same in every runtime measured in reference/noproxy
+(curl, wget, git, pip, Python urllib/requests/httpx/aiohttp, Go, Node undici/axios/
+global-agent, Ruby): localhost, 127.0.0.1, ::1, .svc, .cluster.local, then your extra hosts
+(a suffix such as .corp.example or *.corp.example is written as `corp.example,.corp.example`,
+which every runtime reads as "the domain and everything under it"), then each --cluster-cidr
+and, because wget, urllib, aiohttp, undici and global-agent ignore CIDRs (and httpx keeps only
+the first address), each of its addresses when it has at most 256. Larger CIDRs get a warning
+naming the runtimes that will not honour them.
+
+Java ignores the variables: JAVA_TOOL_OPTIONS carries -Dhttp.proxyHost, -Dhttp.proxyPort,
+-Dhttps.proxyHost, -Dhttps.proxyPort and -Dhttp.nonProxyHosts (Java's `|`-separated list with
+`*.suffix` globs).
+
+Check any value with `egressgate noproxy explain` and `egressgate noproxy lint`.
+"""
+
+EPILOG = """\
+examples:
+  # a shell (bash, zsh): set the variables in the current shell
+  eval "$(egressgate env --proxy http://egressgate.internal:3128)"
+
+  # a Kubernetes container: paste under spec.containers[].env
+  egressgate env --proxy http://egressgate.egress.svc:3128 --format k8s \\
+      --cluster-cidr 10.96.0.0/12 --cluster-cidr 10.244.0.0/16 --no-proxy 10.96.0.1
+
+  # docker run: an env file (values taken literally), or -e flags (shell-quoted: use eval)
+  egressgate env --proxy http://172.17.0.1:3128 --format env-file > proxy.env
+  docker run --env-file proxy.env IMAGE
+  eval "docker run $(egressgate env --proxy http://172.17.0.1:3128 --format docker) IMAGE"
+
+  # a docker compose .env file, extra internal domain
+  egressgate env --proxy http://egress:3128 --no-proxy .corp.example --format dotenv > .env
+
+exit status: 0 printed (warnings, if any, on stderr); 2 unusable proxy URL, entry or CIDR.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "env",
+        help="print HTTP_PROXY/NO_PROXY/Java settings that point apps at egressgate",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--proxy",
+        required=True,
+        metavar="URL",
+        help="egressgate's address as the apps reach it: http://HOST:PORT",
+    )
+    parser.add_argument(
+        "--no-proxy",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="EXTRA",
+        help="more hosts, .suffixes, IPs or CIDRs that should not use the proxy "
+        "(repeatable; commas also separate)",
+    )
+    parser.add_argument(
+        "--cluster-cidr",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="CIDR",
+        help="pod/service/node CIDRs to bypass (repeatable)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="shell",
+        help="shell: export lines; dotenv: KEY=value (compose); k8s: a container env: list; "
+        "docker: -e flags; env-file: for docker --env-file; json (default: shell)",
+    )
+    parser.add_argument(
+        "--no-java",
+        action="store_true",
+        help="leave out JAVA_TOOL_OPTIONS (the JVM prints a line on stderr when it is set)",
+    )
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        env = build_env(args.proxy, args.no_proxy, args.cluster_cidr)
+    except ProxyEnvError as exc:
+        print(f"egressgate env: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render(env, args.format, java=not args.no_java))
+    if args.format != "json":
+        for warning in env.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if env.warnings:
+            info = noproxy.matrix_info()
+            print(
+                f"(client behaviour measured {info.measured_at} on {info.platform}; "
+                "see docs/clients.md)",
+                file=sys.stderr,
+            )
+    return 0

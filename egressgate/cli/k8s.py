@@ -1,0 +1,312 @@
+"""`egressgate k8s render`: print Kubernetes manifests for egressgate from a config file.
+
+Owns the command line only: arguments, reading and validating the config, printing the YAML on
+stdout and errors and advisories on stderr, exit status. What the manifests contain, and why, is
+egressgate.tools.k8s_render.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+
+from egressgate.config.default import BUILTIN_DEFAULT_YAML, builtin_default
+from egressgate.config.load import load_config_text
+from egressgate.config.model import Config
+from egressgate.errors import ConfigError, ConfigIssue
+from egressgate.tools import k8s_render
+from egressgate.tools.k8s_render import RenderError, RenderOptions
+
+K8S_DESCRIPTION = "Kubernetes tooling: render the manifests that run egressgate in a cluster."
+
+RENDER_DESCRIPTION = f"""\
+Render everything egressgate needs on Kubernetes, from your config file, as one YAML stream for
+`kubectl apply -f -`:
+
+  ConfigMap            your config, verbatim (mounted at {k8s_render.CONFIG_PATH})
+  Deployment           >= 2 hardened replicas spread across nodes, probes on the admin port
+  Service              ClusterIP on the proxy port (never NodePort/LoadBalancer)
+  PodDisruptionBudget  at most one proxy pod evicted at a time
+  HorizontalPodAutoscaler  on CPU (leave out with --no-hpa)
+  NetworkPolicy x2     the app may reach ONLY the proxy and DNS; the proxy accepts only the
+                       app and reaches only DNS and the internet (no cluster ranges, no
+                       169.254.0.0/16 metadata)
+  ConfigMap            <name>-client-env: HTTP(S)_PROXY/NO_PROXY for the app (envFrom)
+
+The config is validated first; without --config the built-in default (allows nothing) is used.
+A hosts_file next to the config goes into the same ConfigMap (it resolves the same way in the
+pod); credentials (auth users_file, TLS keys) never do: put those in Secrets.
+Notes about things to do by hand (files to mount, a label to add to the app) go to stderr.
+See docs/kubernetes.md.
+"""
+
+RENDER_EPILOG = """\
+examples:
+  kubectl create namespace egressgate
+  egressgate k8s render --config egress.yaml --app-label app=my-app --app-namespace shop \\
+      | kubectl apply -f -
+
+  # EKS with custom networking (pods in 100.64.0.0/10) and NodeLocal DNSCache
+  egressgate k8s render -c egress.yaml --app-label app=my-app \\
+      --cluster-cidr 100.64.0.0/10 --dns-cidr 169.254.20.10/32 > egressgate.yaml
+
+  # then, in the app's container spec:
+  #   envFrom: [{configMapRef: {name: egressgate-client-env}}]
+
+exit status: 0 rendered; 2 invalid config or options (every problem is listed on stderr).
+"""
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "k8s",
+        help="Kubernetes manifests (k8s render)",
+        description=K8S_DESCRIPTION,
+    )
+    commands = parser.add_subparsers(dest="k8s_command", metavar="SUBCOMMAND")
+    parser.set_defaults(handler=_usage(parser))
+    render = commands.add_parser(
+        "render",
+        help="print Deployment, Service, NetworkPolicies... for a config",
+        description=RENDER_DESCRIPTION,
+        epilog=RENDER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_render_arguments(render)
+    render.set_defaults(handler=_run)
+
+
+def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    # `egressgate k8s` alone: show the subcommands, exit 2 (a usage error).
+    def handler(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return handler
+
+
+def _add_render_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = RenderOptions()
+    where = parser.add_argument_group("what and where")
+    where.add_argument("--config", "-c", metavar="FILE", help="egressgate config file")
+    where.add_argument(
+        "--namespace", "-n", default=defaults.namespace, help="namespace of the proxy (%(default)s)"
+    )
+    where.add_argument(
+        "--name", default=defaults.name, help="name of the proxy's objects (%(default)s)"
+    )
+    where.add_argument(
+        "--image", default=defaults.image, help="container image (%(default)s)", metavar="IMAGE"
+    )
+    where.add_argument(
+        "--replicas",
+        type=int,
+        default=defaults.replicas,
+        metavar="N",
+        help="replicas, at least 2; the HPA minimum (%(default)s)",
+    )
+    app = parser.add_argument_group("the application")
+    app.add_argument(
+        "--app-label",
+        action="append",
+        type=_label,
+        default=[],
+        metavar="KEY=VALUE",
+        help="label of the app's pods (repeatable; all must match). Default: "
+        f"{k8s_render.DEFAULT_CLIENT_LABEL}=<name>, which you add to the app's pods",
+    )
+    app.add_argument(
+        "--app-namespace",
+        metavar="NS",
+        help="namespace the app runs in (default: the proxy's)",
+    )
+    network = parser.add_argument_group("cluster network")
+    network.add_argument(
+        "--cluster-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="pod or service range, added to "
+        + ", ".join(k8s_render.DEFAULT_CLUSTER_CIDRS)
+        + " (repeatable): excluded from the proxy's egress, put in NO_PROXY",
+    )
+    network.add_argument(
+        "--no-proxy",
+        action="append",
+        default=[],
+        metavar="EXTRA",
+        help="more hosts, .suffixes or IPs the app reaches directly, for NO_PROXY (repeatable; "
+        "the app's NetworkPolicy still allows only the proxy and DNS)",
+    )
+    network.add_argument(
+        "--dns-namespace",
+        default=defaults.dns_namespace,
+        metavar="NS",
+        help="namespace of the cluster DNS pods (%(default)s)",
+    )
+    network.add_argument(
+        "--dns-label",
+        action="append",
+        type=_label,
+        default=[],
+        metavar="KEY=VALUE",
+        help="label of the cluster DNS pods (repeatable; default k8s-app=kube-dns)",
+    )
+    network.add_argument(
+        "--dns-port",
+        type=int,
+        default=defaults.dns_port,
+        metavar="PORT",
+        help="port the DNS pods listen on (%(default)s; OpenShift: 5353)",
+    )
+    network.add_argument(
+        "--dns-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="DNS servers that are not pods, e.g. NodeLocal DNSCache 169.254.20.10/32",
+    )
+    network.add_argument(
+        "--metrics-namespace",
+        metavar="NS",
+        help="only pods of this namespace may reach the admin port (default: any pod)",
+    )
+    network.add_argument(
+        "--metrics-label",
+        action="append",
+        type=_label,
+        default=[],
+        metavar="KEY=VALUE",
+        help="only pods with this label may reach the admin port (repeatable)",
+    )
+    network.add_argument(
+        "--service-metrics-port",
+        action="store_true",
+        help="also expose the admin port on the Service, named 'metrics'",
+    )
+    _add_sizing_arguments(parser, defaults)
+
+
+def _add_sizing_arguments(parser: argparse.ArgumentParser, defaults: RenderOptions) -> None:
+    sizing = parser.add_argument_group("sizing (requests default to 100m CPU and 128Mi per worker)")
+    sizing.add_argument("--cpu-request", metavar="QTY")
+    sizing.add_argument("--cpu-limit", metavar="QTY", help="none by default (throttling hurts)")
+    sizing.add_argument("--memory-request", metavar="QTY")
+    sizing.add_argument("--memory-limit", metavar="QTY", help="default 256Mi per worker")
+    sizing.add_argument(
+        "--prestop-sleep",
+        type=int,
+        default=defaults.prestop_sleep_s,
+        metavar="SECONDS",
+        help="preStop sleep before SIGTERM while endpoints update (%(default)s; 0: none, for "
+        "Kubernetes < 1.30)",
+    )
+    sizing.add_argument("--no-hpa", action="store_true", help="fixed --replicas, no autoscaler")
+    sizing.add_argument(
+        "--hpa-max",
+        type=int,
+        default=defaults.hpa_max_replicas,
+        metavar="N",
+        help="autoscaler maximum (%(default)s)",
+    )
+    sizing.add_argument(
+        "--hpa-cpu-target",
+        type=int,
+        default=defaults.hpa_cpu_target_percent,
+        metavar="PERCENT",
+        help="autoscaler CPU target, %% of the request (%(default)s)",
+    )
+
+
+def _label(text: str) -> tuple[str, str]:
+    try:
+        return k8s_render.parse_label(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _options(args: argparse.Namespace) -> RenderOptions:
+    defaults = RenderOptions()
+    return RenderOptions(
+        namespace=args.namespace,
+        name=args.name,
+        app_labels=dict(args.app_label),
+        app_namespace=args.app_namespace,
+        replicas=args.replicas,
+        image=args.image,
+        cluster_cidrs=tuple(args.cluster_cidr),
+        no_proxy=tuple(args.no_proxy),
+        dns_namespace=args.dns_namespace,
+        dns_labels=dict(args.dns_label) or dict(defaults.dns_labels),
+        dns_port=args.dns_port,
+        dns_cidrs=tuple(args.dns_cidr),
+        cpu_request=args.cpu_request,
+        cpu_limit=args.cpu_limit,
+        memory_request=args.memory_request,
+        memory_limit=args.memory_limit,
+        prestop_sleep_s=args.prestop_sleep,
+        hpa=not args.no_hpa,
+        hpa_max_replicas=args.hpa_max,
+        hpa_cpu_target_percent=args.hpa_cpu_target,
+        metrics_namespace=args.metrics_namespace,
+        metrics_labels=dict(args.metrics_label),
+        service_metrics_port=args.service_metrics_port,
+    )
+
+
+def _load(path: str | None) -> tuple[Config, str]:
+    """The config and its exact text (what the ConfigMap will carry). Raises ConfigError."""
+    if path is None:
+        return builtin_default(), BUILTIN_DEFAULT_YAML
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(path, None, None, f"cannot read: {exc.strerror}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigIssue(path, None, None, "not UTF-8 text")]) from exc
+    # Validate the very text that is shipped; relative paths resolve next to the file, as
+    # they will next to /etc/egressgate/egress.yaml in the pod.
+    return load_config_text(text, path, base_dir=os.path.dirname(os.path.abspath(path))), text
+
+
+def _files_next_to_config(config: Config, path: str | None) -> dict[str, str]:
+    """The config's hosts_file when it sits next to the config file (`hosts_file: hosts`): in
+    the pod it then resolves to /etc/egressgate/hosts, a key of the same ConfigMap."""
+    if path is None or config.hosts_file is None:
+        return {}
+    directory, _, name = config.hosts_file.rpartition("/")
+    if directory != os.path.dirname(os.path.abspath(path)):
+        return {}
+    with open(config.hosts_file, encoding="utf-8") as handle:  # the loader just parsed it
+        return {name: handle.read()}
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        config, text = _load(args.config)
+        extra_files = _files_next_to_config(config, args.config)
+    except ConfigError as exc:
+        _print_lines((str(issue) for issue in exc.issues), "")
+        print(f"egressgate k8s render: {len(exc.issues)} config error(s)", file=sys.stderr)
+        return 2
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"egressgate k8s render: cannot read the hosts_file: {exc}", file=sys.stderr)
+        return 2
+    options = replace(_options(args), extra_config_files=extra_files)
+    try:
+        objects = k8s_render.render(config, text, options)
+    except RenderError as exc:
+        _print_lines(exc.problems, "egressgate k8s render: ")
+        return 2
+    sys.stdout.write(k8s_render.to_yaml(objects))
+    _print_lines(k8s_render.advisories(config, options), "egressgate k8s render: note: ")
+    return 0
+
+
+def _print_lines(lines: Iterable[str], prefix: str) -> None:
+    for line in lines:
+        print(f"{prefix}{line}", file=sys.stderr)
