@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,11 +35,18 @@ Issue = tuple[int | None, int | None, str]
 
 @pytest.fixture
 def files(tmp_path: Path) -> Path:
-    """A directory with the files configs refer to (contents matter only for hosts files)."""
+    """A directory with the files configs refer to.
+
+    The TLS material is real (the loader checks that it loads); the users file is a placeholder.
+    """
     (tmp_path / "hosts").write_text("10.0.0.5 db.internal\n::1 local6\n")
     (tmp_path / "bad.hosts").write_text("# ok\n10.0.0.5 db.internal\nnot-an-ip name\n")
-    for name in ("cert.pem", "key.pem", "ca.pem", "users"):
-        (tmp_path / name).write_text("placeholder\n")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("proxy.test")
+    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    leaf.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    (tmp_path / "users").write_text("placeholder\n")
     (tmp_path / "logs").mkdir()
     return tmp_path
 
