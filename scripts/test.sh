@@ -15,6 +15,7 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 command -v git >/dev/null || need+=(git)
+command -v squid >/dev/null || [ -x /usr/sbin/squid ] || need+=(squid)   # import-squid tests compare with `squid -k parse`
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "installing OS packages: ${need[*]}"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") \

@@ -21,6 +21,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import trustme
 import yaml
 
 from egressgate.config.default import BUILTIN_DEFAULT_YAML, builtin_default
@@ -510,8 +511,10 @@ def test_exec_probes_when_the_kubelet_cannot_reach_an_admin_listener(admin: str)
 
 
 def test_tls_listener_is_a_second_proxy_port(tmp_path: Path) -> None:
-    for name in ("cert.pem", "key.pem"):
-        (tmp_path / name).write_text("placeholder\n")
+    # Real material: the config loader checks that the pair loads.
+    leaf = trustme.CA().issue_cert("proxy.test")
+    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    leaf.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
     text = "tls_listen: {listen: '0.0.0.0:3129', cert_file: cert.pem, key_file: key.pem}\n"
     objects = _render(text, base_dir=tmp_path)
     assert _named_port(_container(objects), "proxy-tls") == 3129
