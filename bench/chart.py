@@ -69,13 +69,15 @@ def main() -> int:
     width = 0.8 / len(series)
     for i, (name, row) in enumerate(series.items()):
         xs = [j + i * width - 0.4 + width / 2 for j in range(len(labels))]
-        values = [v if v is not None else 1e-3 for v in row]
+        # No bar for a metric the target has no figure for (NaN is not drawn); its "n/a"
+        # label sits on the Squid line instead of a fake bar at the bottom of the log scale.
+        values = [v if v is not None else float("nan") for v in row]
         bars = ax.bar(xs, values, width, label=name)
         for bar, value in zip(bars, row, strict=True):
             text = "n/a" if value is None else f"{value:.2f}x"
             ax.annotate(
                 text,
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                (bar.get_x() + bar.get_width() / 2, 1.0 if value is None else bar.get_height()),
                 ha="center",
                 va="bottom",
                 fontsize=7,
