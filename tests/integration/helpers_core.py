@@ -31,6 +31,7 @@ from tests.support.clients import (
     RawResult,
     open_connect_tunnel,
     parse_responses,
+    read_to_end,
 )
 from tests.support.dns import DnsServer
 from tests.support.origin import Origin, RawOrigin
@@ -184,28 +185,8 @@ def send_raw(
                 sock.sendall(piece)
             except (BrokenPipeError, ConnectionResetError):
                 break
-        received = bytearray()
-        closed = reset = timed_out = False
         deadline = time.monotonic() + total_timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
-            sock.settimeout(min(read_timeout, remaining))
-            try:
-                chunk = sock.recv(256 * 1024)
-            except TimeoutError:
-                timed_out = True
-                break
-            except ConnectionResetError:
-                reset = True
-                break
-            if not chunk:
-                closed = True
-                break
-            received += chunk
-    return RawResult(bytes(received), closed, reset, timed_out)
+        return read_to_end(sock, read_timeout=read_timeout, deadline=deadline)
 
 
 class _HasResponse(Protocol):
@@ -279,28 +260,7 @@ def tunnel_request(
 
 def read_until_close(sock: socket.socket, timeout: float = 10.0) -> RawResult:
     """Read from `sock` until EOF/reset or `timeout` seconds in total."""
-    deadline = time.monotonic() + timeout
-    data = bytearray()
-    closed = reset = timed_out = False
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            timed_out = True
-            break
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(256 * 1024)
-        except TimeoutError:
-            timed_out = True
-            break
-        except ConnectionResetError:
-            reset = True
-            break
-        if not chunk:
-            closed = True
-            break
-        data += chunk
-    return RawResult(bytes(data), closed, reset, timed_out)
+    return read_to_end(sock, read_timeout=timeout, deadline=time.monotonic() + timeout)
 
 
 def connect_refusal(proxy: ProxyProcess, authority: str) -> ParsedResponse:

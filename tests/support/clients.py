@@ -335,8 +335,6 @@ def raw_request(
     half-close, and read until the peer closes, `read_timeout` passes with nothing new, or
     `total_timeout` / `max_bytes` is reached."""
     pieces = [data] if isinstance(data, bytes | bytearray) else list(data)
-    received = bytearray()
-    closed = reset = timed_out = False
     deadline = time.monotonic() + total_timeout
     with socket.create_connection(address, timeout=min(read_timeout, total_timeout)) as sock:
         try:
@@ -345,25 +343,39 @@ def raw_request(
             if half_close:
                 sock.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
+            return RawResult(b"", False, True, False)
+        return read_to_end(sock, read_timeout=read_timeout, deadline=deadline, max_bytes=max_bytes)
+
+
+def read_to_end(
+    sock: socket.socket,
+    *,
+    read_timeout: float,
+    deadline: float,
+    max_bytes: int = 64 * 1024 * 1024,
+) -> RawResult:
+    """Read from `sock` until the peer closes or resets, `read_timeout` passes with nothing new,
+    the monotonic `deadline` is reached, or `max_bytes` have arrived (every bound is checked)."""
+    received = bytearray()
+    closed = reset = timed_out = False
+    while len(received) < max_bytes:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            timed_out = True
+            break
+        sock.settimeout(min(read_timeout, remaining))
+        try:
+            chunk = sock.recv(256 * 1024)
+        except TimeoutError:
+            timed_out = True
+            break
+        except ConnectionResetError:
             reset = True
-        while not reset and len(received) < max_bytes:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
-            sock.settimeout(min(read_timeout, remaining))
-            try:
-                chunk = sock.recv(256 * 1024)
-            except TimeoutError:
-                timed_out = True
-                break
-            except ConnectionResetError:
-                reset = True
-                break
-            if not chunk:
-                closed = True
-                break
-            received += chunk
+            break
+        if not chunk:
+            closed = True
+            break
+        received += chunk
     return RawResult(bytes(received), closed, reset, timed_out)
 
 
