@@ -11,8 +11,11 @@ Pipes come from a small shared pool and are held only while bytes sit in them (o
 tunnel would exhaust the per-user pipe quota and cost memory for every idle tunnel). If no pipe
 can be had, that direction falls back to recv/send for the chunk.
 
-Everything is callback-driven on the event loop (add_reader/add_writer): no coroutine and no
-task per tunnel, which keeps an idle tunnel to a few hundred bytes of Python objects.
+Everything is callback-driven from the private edge-triggered epoll (net/reactor.py): no
+coroutine, no task and no interest change per chunk, which keeps an idle tunnel to a few hundred
+bytes of Python objects. Both sockets must already be in the reactor; the relay takes over their
+handlers. Edge-triggered means each direction reads until EAGAIN and remembers whether its source
+may still hold bytes (`ready`) while it waits for the destination to drain.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from egressgate.net.reactor import READABLE, WRITABLE, Reactor
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 PIPE_SIZE = 1 << 20  # 1 MiB: fewer syscalls per byte on bulk transfers (F_SETPIPE_SZ)
@@ -95,12 +100,13 @@ class _Direction:
         "paused",
         "pending",
         "pipe",
+        "ready",
         "src",
         "src_fd",
     )
 
     def __init__(
-        self, owner: Relay, src: socket.socket, dst: socket.socket, pending: bytes
+        self, owner: Relay, src: socket.socket, dst: socket.socket, pending: bytes, ready: bool
     ) -> None:
         self.owner = owner
         self.src = src
@@ -113,22 +119,31 @@ class _Direction:
         self.moved = 0
         self.eof = False
         self.done = False
-        self.paused = False
+        self.paused = False  # waiting for dst to take bytes
+        self.ready = ready  # src may hold unread bytes (edge-triggered: no event will repeat it)
 
     def start(self) -> None:
-        if self.pending and not self._write_pending():
-            self._pause()
+        try:
+            if self.pending and not self._write_pending():
+                self._pause()
+                return
+        except OSError as exc:
+            self.owner.fail(exc)
             return
-        self.owner.loop.add_reader(self.src_fd, self.on_readable)
+        self.pump()
 
-    def on_readable(self) -> None:
-        self.owner.touch()
+    def pump(self) -> None:
+        """Move bytes while src has them and dst takes them (bounded per call, for fairness)."""
+        if self.paused or self.eof or self.done:
+            return
         try:
             for _ in range(ROUNDS_PER_EVENT):
-                if not self._read_once() or not self._flush():
+                if not self.ready or not self._read_once() or not self._flush():
                     return
         except OSError as exc:
             self.owner.fail(exc)
+            return
+        self.owner.loop.call_soon(self.pump)  # still readable: continue after the others
 
     def _read_once(self) -> bool:
         """Move bytes src → pipe. False when there is nothing more to do right now."""
@@ -139,6 +154,7 @@ class _Direction:
         try:
             n = os.splice(self.src_fd, self.pipe[1], CHUNK, flags=SPLICE_FLAGS)
         except BlockingIOError:
+            self.ready = False
             self._release_pipe_if_empty()
             return False
         if n == 0:
@@ -153,6 +169,7 @@ class _Direction:
         try:
             data = self.src.recv(256 * 1024)
         except BlockingIOError:
+            self.ready = False
             return False
         if not data:
             self._on_eof()
@@ -196,14 +213,12 @@ class _Direction:
             self.pipe = None
 
     def _pause(self) -> None:
-        """Back-pressure: stop reading src until dst drains."""
+        """Back-pressure: src is not read until dst reports it can take bytes again."""
         if not self.paused:
             self.paused = True
-            self.owner.loop.remove_reader(self.src_fd)
-            self.owner.loop.add_writer(self.dst_fd, self.on_writable)
+            self.owner.reactor.want_writable(self.dst_fd)
 
     def on_writable(self) -> None:
-        self.owner.touch()
         try:
             if not self._flush():
                 return
@@ -211,15 +226,13 @@ class _Direction:
             self.owner.fail(exc)
             return
         self.paused = False
-        self.owner.loop.remove_writer(self.dst_fd)
         if self.eof:
             self._finish()
         else:
-            self.owner.loop.add_reader(self.src_fd, self.on_readable)
+            self.pump()
 
     def _on_eof(self) -> None:
         self.eof = True
-        self.owner.loop.remove_reader(self.src_fd)
         if not self.paused:
             self._finish()
 
@@ -233,9 +246,8 @@ class _Direction:
         self.owner.direction_done()
 
     def stop(self) -> None:
-        loop = self.owner.loop
-        loop.remove_reader(self.src_fd)
-        loop.remove_writer(self.dst_fd)
+        self.done = True
+        self.paused = False
         if self.pipe is not None:
             if self.in_pipe:
                 _POOL.discard(self.pipe)
@@ -245,7 +257,11 @@ class _Direction:
 
 
 class Relay:
-    """Relays between `client` and `upstream` until both directions end; then closes both."""
+    """Relays between `client` and `upstream` until both directions end; then closes both.
+
+    `client_ready` / `upstream_ready`: whether that socket may already hold unread bytes (False
+    only when the caller drained it, e.g. a short recv): edge-triggered events will not repeat.
+    """
 
     __slots__ = (
         "_down",
@@ -257,36 +273,57 @@ class Relay:
         "idle_timeout_s",
         "last_activity",
         "loop",
+        "reactor",
         "upstream",
     )
 
     def __init__(
         self,
+        reactor: Reactor,
         client: socket.socket,
         upstream: socket.socket,
         on_done: Callable[[RelayStats], None],
         idle_timeout_s: float,
         initial_up: bytes = b"",
         initial_down: bytes = b"",
+        client_ready: bool = True,
+        upstream_ready: bool = True,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.reactor = reactor
         self.client = client
         self.upstream = upstream
         self._on_done: Callable[[RelayStats], None] | None = on_done
         self.idle_timeout_s = idle_timeout_s
         self.last_activity = time.monotonic()
         self.end = "eof"
-        self._up = _Direction(self, client, upstream, initial_up)
-        self._down = _Direction(self, upstream, client, initial_down)
+        self._up = _Direction(self, client, upstream, initial_up, client_ready)
+        self._down = _Direction(self, upstream, client, initial_down, upstream_ready)
         self._idle_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        self._up.start()
-        self._down.start()
+        self.reactor.set_handler(self._up.src_fd, self._on_client_event)
+        self.reactor.set_handler(self._down.src_fd, self._on_upstream_event)
         self._idle_timer = self.loop.call_later(self.idle_timeout_s, self._check_idle)
+        self._up.start()
+        if self._on_done is not None:
+            self._down.start()
 
-    def touch(self) -> None:
+    def _on_client_event(self, events: int) -> None:
         self.last_activity = time.monotonic()
+        if events & WRITABLE and self._down.paused:
+            self._down.on_writable()
+        if events & READABLE:
+            self._up.ready = True
+            self._up.pump()
+
+    def _on_upstream_event(self, events: int) -> None:
+        self.last_activity = time.monotonic()
+        if events & WRITABLE and self._up.paused:
+            self._up.on_writable()
+        if events & READABLE:
+            self._down.ready = True
+            self._down.pump()
 
     def _check_idle(self) -> None:
         idle = time.monotonic() - self.last_activity
@@ -314,6 +351,8 @@ class Relay:
         self._down.stop()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        self.reactor.forget(self._up.src_fd)
+        self.reactor.forget(self._down.src_fd)
         self.client.close()
         self.upstream.close()
         on_done, self._on_done = self._on_done, None

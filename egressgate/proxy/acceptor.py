@@ -7,7 +7,9 @@ keep-alive amortises the setup). Measured on the bench rig, building a uvloop tr
 tunnel and then detaching its socket cost more than the whole raw path.
 
 The first bytes are read here and handed on: to the tunnel's parser, or to ClientConnection as
-the start of its stream. The header timeout and the connection cap apply here too.
+the start of its stream. The header timeout and the connection cap apply here too. New client
+sockets are watched through the private edge-triggered epoll (net/reactor.py), not the loop's
+add_reader: each add_reader/remove_reader pair costs uvloop several syscalls per connection.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from egressgate.errors import ProtocolError, Reason
 from egressgate.http1.events import RequestHead, TunnelStart
 from egressgate.http1.parser import RequestParser
+from egressgate.net.reactor import CLOSING, READABLE
 from egressgate.net.tasks import spawn
 from egressgate.observe.record import AccessRecord
 from egressgate.policy.decision import ClientIdentity
@@ -29,6 +32,7 @@ from egressgate.proxy.refusal import refusal_response
 
 ACCEPTS_PER_EVENT = 64
 FIRST_READ_BYTES = 64 * 1024
+MAX_FIRST_READS = 4  # full reads per event before yielding to other connections
 _CONNECT = b"CONNECT "
 
 
@@ -75,63 +79,95 @@ class Acceptor:
 class _FirstRead:
     """A new connection before we know what it is: waits (bounded) for its first bytes."""
 
-    __slots__ = ("ctx", "loop", "parser", "peer", "prefix", "reading", "sock", "timer")
+    __slots__ = (
+        "closing",
+        "ctx",
+        "fd",
+        "loop",
+        "parser",
+        "peer",
+        "prefix",
+        "ready",
+        "sock",
+        "timer",
+    )
 
     def __init__(self, ctx: ProxyContext, sock: socket.socket, peer: tuple[str, int]) -> None:
         self.ctx = ctx
         self.sock = sock
+        self.fd = sock.fileno()
         self.peer = peer
         self.loop = asyncio.get_running_loop()
         self.parser: RequestParser | None = None
         self.prefix = b""  # bytes read while they are still a prefix of "CONNECT "
+        self.ready = False  # the socket may hold more bytes than we have read (edge-triggered)
+        self.closing = False  # the peer's FIN (or an error) is known to wait behind the bytes
         ctx.live.add(self)
         ctx.metrics.active_connections += 1
         self.timer = self.loop.call_later(ctx.limits.header_timeout_s, self._timeout)
-        self.reading = True
-        self.loop.add_reader(sock.fileno(), self._readable)
+        # Adding reports the current state: bytes that are already there raise an event at once.
+        ctx.reactor.add(self.fd, self._on_event)
+
+    def _on_event(self, events: int) -> None:
+        if events & CLOSING:
+            self.closing = True
+        if events & READABLE:
+            self._readable()
 
     def _readable(self) -> None:
-        # Read for real (no MSG_PEEK): a peek leaves a partial "CONN" readable, so the loop
-        # would spin until the rest arrived. Bytes read before the route is known are
-        # handed on, to the tunnel's parser or to the transport path.
-        try:
-            data = self.sock.recv(FIRST_READ_BYTES)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._drop()
-            return
+        # Read for real (no MSG_PEEK): bytes read before the route is known are handed on, to
+        # the tunnel's parser or to the transport path. Edge-triggered: read until a short read.
+        for _ in range(MAX_FIRST_READS):
+            try:
+                data = self.sock.recv(FIRST_READ_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._drop()
+                return
+            # A short read emptied the socket of bytes (not of a pending EOF); a full one may
+            # have left bytes behind.
+            self.ready = self.closing or len(data) == FIRST_READ_BYTES
+            if not self._route(data) or len(data) < FIRST_READ_BYTES:
+                return
+        self.loop.call_soon(self._readable)  # a flood of bytes: continue after the others
+
+    def _route(self, data: bytes) -> bool:
+        """Handle bytes read; True while this object still owns the socket and wants more."""
         if self.parser is None:
             prefix = self.prefix + data if self.prefix else data
             if not prefix.startswith(_CONNECT):
                 if _CONNECT.startswith(prefix):
                     self.prefix = prefix  # "CONN" so far: wait for the rest of the method
-                else:
-                    self._to_transport(prefix)
-                return
+                    return True
+                self._to_transport(prefix)
+                return False
             self.prefix = b""
             limits = self.ctx.limits
             self.parser = RequestParser(limits.max_request_line_bytes, limits.max_header_bytes)
             data = prefix
-        self._feed_connect(data)
+        return self._feed_connect(data)
 
-    def _feed_connect(self, data: bytes) -> None:
+    def _feed_connect(self, data: bytes) -> bool:
         assert self.parser is not None
         try:
             events = self.parser.feed(data)
         except ProtocolError as exc:
             self._refuse(exc.reason, exc.detail)
-            return
+            return False
         head = next((e for e in events if isinstance(e, RequestHead)), None)
         if head is None:
-            return  # the head is not complete yet
+            return True  # the head is not complete yet
         rest = b"".join(e.rest for e in events if isinstance(e, TunnelStart))
         self._stop()
         from egressgate.proxy.tunnel import RawTunnel
 
-        RawTunnel(self.ctx, self.sock, self._identity(), head, rest).start()
+        RawTunnel(
+            self.ctx, self.sock, self._identity(), head, rest, self.ready, self.closing
+        ).start()
+        return False
 
     def _identity(self) -> ClientIdentity:
         address = ipaddress.ip_address(self.peer[0].split("%", 1)[0])
@@ -142,6 +178,7 @@ class _FirstRead:
     def _to_transport(self, first_bytes: bytes) -> None:
         self._stop()
         ctx, sock = self.ctx, self.sock
+        ctx.reactor.remove(self.fd)  # the transport's own loop registration takes over
         spawn(
             self.loop.connect_accepted_socket(
                 lambda: ClientConnection(ctx, first_bytes=first_bytes), sock
@@ -175,21 +212,22 @@ class _FirstRead:
             self.sock.send(refusal_response(reason, None, detail))
         except OSError:
             pass
-        self.sock.close()
+        self._close()
         self.ctx.finish(record)
 
     def _stop(self) -> None:
         self.timer.cancel()
-        if self.reading:
-            self.reading = False
-            self.loop.remove_reader(self.sock.fileno())
         if self in self.ctx.live:
             self.ctx.live.discard(self)
             self.ctx.metrics.active_connections -= 1
 
+    def _close(self) -> None:
+        self.ctx.reactor.forget(self.fd)
+        self.sock.close()
+
     def _drop(self) -> None:
         self._stop()
-        self.sock.close()
+        self._close()
 
     # Closable, for draining
     def shutdown_idle(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from egressgate.config.model import Limits
+from egressgate.net.reactor import Reactor
 from egressgate.net.resolver import Resolver
 from egressgate.observe.accesslog import AccessLog
 from egressgate.observe.metrics import Metrics
@@ -26,7 +27,17 @@ class Closable(Protocol):
 
 
 class ProxyContext:
-    __slots__ = ("access_log", "limits", "live", "metrics", "pool", "resolver", "state", "tunnels")
+    __slots__ = (
+        "access_log",
+        "limits",
+        "live",
+        "metrics",
+        "pool",
+        "reactor",
+        "resolver",
+        "state",
+        "tunnels",
+    )
 
     def __init__(
         self,
@@ -35,12 +46,14 @@ class ProxyContext:
         access_log: AccessLog,
         metrics: Metrics,
         pool: UpstreamPool,
+        reactor: Reactor,
     ) -> None:
         self.state = state
         self.resolver = resolver
         self.access_log = access_log
         self.metrics = metrics
         self.pool = pool
+        self.reactor = reactor  # raw sockets of the plain listener's tunnels (net/reactor.py)
         self.limits: Limits = state.current.config.limits
         self.live: set[Closable] = set()
         self.tunnels: set[Closable] = set()

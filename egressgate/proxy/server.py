@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from egressgate.config.model import Config, ListenAddress
 from egressgate.errors import ConfigError
 from egressgate.net.listen import bind, bound_address
+from egressgate.net.reactor import Reactor
 from egressgate.net.resolver import Resolver
 from egressgate.observe.accesslog import AccessLog
 from egressgate.observe.admin import AdminProtocol
@@ -107,6 +108,7 @@ class ProxyServer:
             access_log,
             self.metrics,
             UpstreamPool(config.limits.upstream_idle_s),
+            Reactor(asyncio.get_running_loop()),
         )
         self.ctx = ctx
         sock = bind(self.listen_override or config.listen, self.reuse_port)
@@ -313,6 +315,7 @@ class ProxyServer:
             self._admin.close()
         ctx.access_log.close()
         ctx.resolver.close()
+        ctx.reactor.close()
         emit("stopped", forced_closed=left)
         self._stopped.set()
 

@@ -2,8 +2,9 @@
 
 Two carriers share one Tunnel core:
 - RawTunnel: plain listeners. The acceptor hands over the raw client socket; the whole tunnel
-  runs on callbacks (connect, hello, splice relay) without a coroutine when the destination's
-  addresses are known (IP literal, hosts file, DNS cache) — the CONNECT-rate hot path.
+  runs on callbacks from the private edge-triggered epoll (connect, hello, splice relay) without
+  a coroutine when the destination's addresses are known (IP literal, hosts file, DNS cache) —
+  the CONNECT-rate hot path.
 - TunnelExchange: CONNECT inside the TLS listener (an asyncio SSL transport, bytes must be
   decrypted by the proxy), relayed with the transport pump (net/pump.py).
 
@@ -32,6 +33,7 @@ from egressgate.http1.semantics import parse_connect_target
 from egressgate.names.hostname import IPAddress, address_text
 from egressgate.net.connect import translate_os_error
 from egressgate.net.pump import TransportPump
+from egressgate.net.reactor import CLOSING, READABLE, WRITABLE
 from egressgate.net.relay import Relay, RelayStats
 from egressgate.net.tasks import spawn
 from egressgate.observe.record import AccessRecord
@@ -140,7 +142,12 @@ class _TunnelCore:
 
 
 class RawTunnel(_TunnelCore):
-    """A CONNECT on a plain listener, on raw sockets and callbacks."""
+    """A CONNECT on a plain listener, on raw sockets in the reactor (net/reactor.py).
+
+    Both sockets stay in the edge-triggered reactor from accept (client) and socket creation
+    (upstream) to close; each phase only swaps the handler. Edge-triggered events do not
+    repeat, so `client_ready` / `upstream_ready` remember whether a socket may hold unread bytes.
+    """
 
     __slots__ = (
         "_addresses",
@@ -150,9 +157,14 @@ class RawTunnel(_TunnelCore):
         "_hello_timer",
         "_relay",
         "client",
+        "client_closing",
+        "client_fd",
+        "client_ready",
         "identity",
         "loop",
+        "reactor",
         "upstream",
+        "upstream_ready",
     )
 
     def __init__(
@@ -162,14 +174,21 @@ class RawTunnel(_TunnelCore):
         identity: ClientIdentity,
         head: RequestHead,
         rest: bytes,
+        client_ready: bool = True,
+        client_closing: bool = False,
     ) -> None:
         record = AccessRecord(time.time(), identity.address.compressed, "CONNECT", "tunnel")
         super().__init__(ctx, head, record)
         self.client = client
+        self.client_fd = client.fileno()
+        self.client_ready = client_ready
+        self.client_closing = client_closing
         self.identity = identity
         self.rest = rest
         self.loop = asyncio.get_running_loop()
+        self.reactor = ctx.reactor
         self.upstream: socket.socket | None = None
+        self.upstream_ready = False
         self._relay: Relay | None = None
         self._addresses: tuple[IPAddress, ...] = ()
         self._attempt = 0
@@ -180,6 +199,7 @@ class RawTunnel(_TunnelCore):
         ctx.metrics.active_tunnels += 1
 
     def start(self) -> None:
+        self.reactor.set_handler(self.client_fd, self._client_waiting)
         try:
             self.admit(self.identity)
             found = gate.known_addresses(self.ctx, self.destination)
@@ -202,6 +222,18 @@ class RawTunnel(_TunnelCore):
         if not self.done:
             self._connect_next()
 
+    def _client_waiting(self, events: int) -> None:
+        """Client events before we read from it (early bytes, or its EOF): remember them."""
+        if events & CLOSING:
+            self.client_closing = True
+        if events & READABLE:
+            self.client_ready = True
+
+    def _upstream_waiting(self, events: int) -> None:
+        """Upstream events before the relay (a server-speaks-first banner): remember them."""
+        if events & READABLE:
+            self.upstream_ready = True
+
     # ---- connecting, one vetted address after another
     def _connect_next(self, last: UpstreamError | None = None) -> None:
         if self._attempt >= len(self._addresses):
@@ -213,53 +245,61 @@ class RawTunnel(_TunnelCore):
         text = address_text(address)
         self.record.address = text
         port = self.destination.port
+        # SOCK_NONBLOCK at creation: no separate ioctl, and Python treats it as non-blocking.
         sock = socket.socket(
-            socket.AF_INET if address.version == 4 else socket.AF_INET6, socket.SOCK_STREAM
+            socket.AF_INET if address.version == 4 else socket.AF_INET6,
+            socket.SOCK_STREAM | socket.SOCK_NONBLOCK,
         )
-        sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.upstream = sock
+        self.upstream_ready = False
         error = sock.connect_ex((text, port))
-        if error == 0:
-            self._connected()
-        elif error == errno.EINPROGRESS:
-            self.loop.add_writer(sock.fileno(), self._connect_ready)
-            self._connect_timer = self.loop.call_later(
-                self.ctx.limits.connect_timeout_s, self._connect_expired
-            )
+        if error == 0 or error == errno.EINPROGRESS:
+            # Writable (or error/hang-up) reports the end of the connect.
+            self.reactor.add(sock.fileno(), self._connect_event, writable=True)
+            if error == 0:
+                self._connected()
+            else:
+                self._connect_timer = self.loop.call_later(
+                    self.ctx.limits.connect_timeout_s, self._connect_expired
+                )
         else:
             self._connect_failed(OSError(error, "connect"))
 
-    def _connect_ready(self) -> None:
-        assert self.upstream is not None
-        self._stop_connect_wait()
+    def _connect_event(self, events: int) -> None:
+        if events & READABLE:
+            self.upstream_ready = True
+        if not events & WRITABLE or self.upstream is None:
+            return
         error = self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
+            self._stop_connect_wait()
             self._connect_failed(OSError(error, os.strerror(error)))
-        else:
-            self._connected()
+            return
+        # A connecting TCP socket is not writable: this is the end of the connect (events of a
+        # closed socket whose fd number was reused never reach here, see Reactor._dispatch).
+        self._stop_connect_wait()
+        self._connected()
 
     def _connect_expired(self) -> None:
-        self._stop_connect_wait()
+        self._connect_timer = None
         self._connect_failed(TimeoutError(errno.ETIMEDOUT, "timed out"))
 
     def _stop_connect_wait(self) -> None:
         if self._connect_timer is not None:
             self._connect_timer.cancel()
             self._connect_timer = None
-        if self.upstream is not None:
-            self.loop.remove_writer(self.upstream.fileno())
 
     def _connect_failed(self, exc: OSError) -> None:
-        if self.upstream is not None:
-            self.upstream.close()
-            self.upstream = None
+        self._close_upstream()
         address = self._addresses[self._attempt - 1]
         error = translate_os_error(exc, f"{address_text(address)}:{self.destination.port}")
         self.ctx.metrics.count_upstream_error(error.reason.value)
         self._connect_next(error)
 
     def _connected(self) -> None:
+        assert self.upstream is not None
+        self.reactor.set_handler(self.upstream.fileno(), self._upstream_waiting)
         if self.done:
             self._close_sockets()
             return
@@ -281,30 +321,48 @@ class RawTunnel(_TunnelCore):
             return
         wait = min(MAX_HELLO_WAIT_S, self.ctx.limits.header_timeout_s)
         self._hello_timer = self.loop.call_later(wait, self._judge, True)
-        self.loop.add_reader(self.client.fileno(), self._hello_readable)
+        self.reactor.set_handler(self.client_fd, self._hello_event)
+        if self.client_ready:
+            self._hello_readable()
+
+    def _hello_event(self, events: int) -> None:
+        if events & CLOSING:
+            self.client_closing = True
+        if events & READABLE:
+            self.client_ready = True
+            self._hello_readable()
 
     def _hello_readable(self) -> None:
         try:
             chunk = self.client.recv(MAX_HELLO_BYTES)
         except BlockingIOError:
+            self.client_ready = False
             return
         except OSError:
             chunk = b""
+        # A short read emptied the socket of bytes: the next bytes will raise a new event, but
+        # an EOF already announced (CLOSING) will not.
+        full = len(chunk) == MAX_HELLO_BYTES
+        self.client_ready = full or self.client_closing
         if chunk:
             self._hello += chunk
-            self._judge(False)
+            if not self._judge(False) and full:
+                self.loop.call_soon(self._hello_readable)
         elif self._hello:
+            self.client_ready = True  # the EOF is still there for the relay to see
             self._judge(True)  # judge what arrived before the client's EOF
         else:
-            self._stop_hello(keep_reader=False)
+            self._stop_hello()
             self._end(RelayStats(0, 0, "eof"))
 
     def _judge(self, timed_out: bool) -> bool:
+        if self.done or self._relay is not None:
+            return True
         outcome = self.judge_hello(self._hello, timed_out)
         if outcome is HelloResult.NEED_MORE:
             return False
+        self._stop_hello()
         if isinstance(outcome, Decision):
-            self._stop_hello(keep_reader=False)
             self.note_refusal(outcome)
             if self._hello[:1] == b"\x16":
                 try:
@@ -313,24 +371,27 @@ class RawTunnel(_TunnelCore):
                     pass
             self._end(RelayStats(0, 0, "refused"))
         else:
-            # The relay registers the same reader again: leaving ours in place saves two
-            # epoll_ctl calls per tunnel.
-            self._stop_hello(keep_reader=True)
             self._relay_now(self._hello)
         return True
 
-    def _stop_hello(self, keep_reader: bool) -> None:
+    def _stop_hello(self) -> None:
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
-        if not keep_reader:
-            self.loop.remove_reader(self.client.fileno())
+        self.reactor.set_handler(self.client_fd, self._client_waiting)
 
     # ---- relay and end
     def _relay_now(self, first: bytes) -> None:
         assert self.upstream is not None
         relay = Relay(
-            self.client, self.upstream, self._end, self.ctx.limits.idle_timeout_s, initial_up=first
+            self.reactor,
+            self.client,
+            self.upstream,
+            self._end,
+            self.ctx.limits.idle_timeout_s,
+            initial_up=first,
+            client_ready=self.client_ready,
+            upstream_ready=self.upstream_ready,
         )
         self._relay = relay
         relay.start()
@@ -357,15 +418,22 @@ class RawTunnel(_TunnelCore):
             pass
         self._end(RelayStats(0, 0, "refused"))
 
-    def _close_sockets(self) -> None:
-        self.client.close()
+    def _close_upstream(self) -> None:
         if self.upstream is not None:
+            self.reactor.forget(self.upstream.fileno())
             self.upstream.close()
+            self.upstream = None
+
+    def _close_sockets(self) -> None:
+        self.reactor.forget(self.client_fd)
+        self.client.close()
+        self._close_upstream()
 
     def _end(self, stats: RelayStats) -> None:
         if self.done:
             return
         if self._relay is None:
+            self._stop_connect_wait()
             self._close_sockets()
         self._relay = None
         self.tunnel_done(stats)
@@ -375,7 +443,9 @@ class RawTunnel(_TunnelCore):
             self._relay.close()
             return
         self._stop_connect_wait()
-        self._stop_hello(keep_reader=False)
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
         self._end(RelayStats(0, 0, "closed"))
 
 
