@@ -28,6 +28,8 @@ READABLE = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLER
 # Events that mean the peer closed or the socket failed: the next read returns 0 or an error
 # even after a short read that "emptied" the socket (that EOF raises no further edge).
 CLOSING = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+# Events that mean the socket failed (for a connecting socket: the connect failed).
+FAILED = select.EPOLLERR | select.EPOLLHUP
 # Events that mean "a write will not block" (or will fail at once).
 WRITABLE = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 _EDGE = select.EPOLLET | select.EPOLLRDHUP
@@ -39,10 +41,12 @@ Handler = Callable[[int], None]
 class Reactor:
     """fd → handler(events) over one epoll; at most one handler per fd."""
 
-    __slots__ = ("_dead", "_epoll", "_handlers", "_loop", "_masks")
+    __slots__ = ("_dead", "_epoll", "_handlers", "_masks", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # Public so raw-path objects need not call asyncio.get_running_loop(), which on
+        # Python 3.11 costs a getpid() syscall (its fork check) every time.
+        self.loop = loop
         self._epoll = select.epoll()
         self._handlers: dict[int, Handler] = {}
         self._masks: dict[int, int] = {}
@@ -100,14 +104,14 @@ class Reactor:
                 try:
                     handler(mask)
                 except Exception as exc:  # one broken handler must not lose the batch's events
-                    self._loop.call_exception_handler(
+                    self.loop.call_exception_handler(
                         {"message": "egressgate reactor handler failed", "exception": exc}
                     )
         finally:
             self._dead = None
 
     def close(self) -> None:
-        self._loop.remove_reader(self._epoll.fileno())
+        self.loop.remove_reader(self._epoll.fileno())
         self._epoll.close()
         self._handlers.clear()
         self._masks.clear()

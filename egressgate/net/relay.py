@@ -238,11 +238,14 @@ class _Direction:
 
     def _finish(self) -> None:
         """All bytes delivered after EOF: pass the half-close on."""
-        try:
-            self.dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
         self.done = True
+        if not self.owner.both_done():
+            try:
+                self.dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        # else: the relay closes both sockets now, and a close sends the same FIN (both
+        # receive queues are empty, both sources having reported EOF): one syscall saved.
         self.owner.direction_done()
 
     def stop(self) -> None:
@@ -289,7 +292,7 @@ class Relay:
         client_ready: bool = True,
         upstream_ready: bool = True,
     ) -> None:
-        self.loop = asyncio.get_running_loop()
+        self.loop = reactor.loop
         self.reactor = reactor
         self.client = client
         self.upstream = upstream
@@ -332,6 +335,9 @@ class Relay:
             self.close()
         else:
             self._idle_timer = self.loop.call_later(self.idle_timeout_s - idle, self._check_idle)
+
+    def both_done(self) -> bool:
+        return self._up.done and self._down.done
 
     def direction_done(self) -> None:
         if self._up.done and self._down.done:

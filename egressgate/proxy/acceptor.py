@@ -36,6 +36,25 @@ MAX_FIRST_READS = 4  # full reads per event before yielding to other connections
 _CONNECT = b"CONNECT "
 
 
+# Clients are few and reconnect often: parse each peer address once, not per connection.
+_IDENTITIES: dict[str, ClientIdentity] = {}
+MAX_CACHED_IDENTITIES = 4096
+
+
+def client_identity(peer_host: str) -> ClientIdentity:
+    """The identity of a plain-listener client by its socket address (v4-mapped v6 → v4)."""
+    identity = _IDENTITIES.get(peer_host)
+    if identity is None:
+        address = ipaddress.ip_address(peer_host.split("%", 1)[0])
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        identity = ClientIdentity(address)
+        if len(_IDENTITIES) >= MAX_CACHED_IDENTITIES:
+            _IDENTITIES.clear()  # bounded: a scan from many addresses cannot grow it
+        _IDENTITIES[peer_host] = identity
+    return identity
+
+
 class Acceptor:
     """Owns one listening socket; accepts and routes connections."""
 
@@ -97,7 +116,7 @@ class _FirstRead:
         self.sock = sock
         self.fd = sock.fileno()
         self.peer = peer
-        self.loop = asyncio.get_running_loop()
+        self.loop = ctx.reactor.loop
         self.parser: RequestParser | None = None
         self.prefix = b""  # bytes read while they are still a prefix of "CONNECT "
         self.ready = False  # the socket may hold more bytes than we have read (edge-triggered)
@@ -170,10 +189,7 @@ class _FirstRead:
         return False
 
     def _identity(self) -> ClientIdentity:
-        address = ipaddress.ip_address(self.peer[0].split("%", 1)[0])
-        if address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return ClientIdentity(address)
+        return client_identity(self.peer[0])
 
     def _to_transport(self, first_bytes: bytes) -> None:
         self._stop()

@@ -33,7 +33,7 @@ from egressgate.http1.semantics import parse_connect_target
 from egressgate.names.hostname import IPAddress, address_text
 from egressgate.net.connect import translate_os_error
 from egressgate.net.pump import TransportPump
-from egressgate.net.reactor import CLOSING, READABLE, WRITABLE
+from egressgate.net.reactor import CLOSING, FAILED, READABLE, WRITABLE
 from egressgate.net.relay import Relay, RelayStats
 from egressgate.net.tasks import spawn
 from egressgate.observe.record import AccessRecord
@@ -185,7 +185,7 @@ class RawTunnel(_TunnelCore):
         self.client_closing = client_closing
         self.identity = identity
         self.rest = rest
-        self.loop = asyncio.get_running_loop()
+        self.loop = ctx.reactor.loop
         self.reactor = ctx.reactor
         self.upstream: socket.socket | None = None
         self.upstream_ready = False
@@ -271,11 +271,14 @@ class RawTunnel(_TunnelCore):
             self.upstream_ready = True
         if not events & WRITABLE or self.upstream is None:
             return
-        error = self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if error:
-            self._stop_connect_wait()
-            self._connect_failed(OSError(error, os.strerror(error)))
-            return
+        # Linux reports a failed connect as EPOLLERR (with HUP); only then is SO_ERROR worth a
+        # syscall. A plain EPOLLOUT is a completed connect.
+        if events & FAILED:
+            error = self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                self._stop_connect_wait()
+                self._connect_failed(OSError(error, os.strerror(error)))
+                return
         # A connecting TCP socket is not writable: this is the end of the connect (events of a
         # closed socket whose fd number was reused never reach here, see Reactor._dispatch).
         self._stop_connect_wait()
