@@ -101,6 +101,7 @@ class _FirstRead:
     __slots__ = (
         "closing",
         "ctx",
+        "deadline",
         "fd",
         "loop",
         "parser",
@@ -108,7 +109,6 @@ class _FirstRead:
         "prefix",
         "ready",
         "sock",
-        "timer",
     )
 
     def __init__(self, ctx: ProxyContext, sock: socket.socket, peer: tuple[str, int]) -> None:
@@ -123,7 +123,8 @@ class _FirstRead:
         self.closing = False  # the peer's FIN (or an error) is known to wait behind the bytes
         ctx.live.add(self)
         ctx.metrics.active_connections += 1
-        self.timer = self.loop.call_later(ctx.limits.header_timeout_s, self._timeout)
+        # Enforced by the server's sweeper (it walks ctx.live), not a loop timer per connection.
+        self.deadline = time.monotonic() + ctx.limits.header_timeout_s
         # Adding reports the current state: bytes that are already there raise an event at once.
         ctx.reactor.add(self.fd, self._on_event)
 
@@ -202,8 +203,12 @@ class _FirstRead:
             name="egressgate-accept",
         )
 
+    def check_deadline(self, now: float) -> None:
+        if self.deadline and now >= self.deadline:
+            self._timeout()
+
     def _timeout(self) -> None:
-        self.timer.cancel()
+        self.deadline = 0.0
         if self.prefix or (self.parser is not None and self.parser._head_seen):
             self._refuse(
                 Reason.HEADER_TIMEOUT,
@@ -232,7 +237,7 @@ class _FirstRead:
         self.ctx.finish(record)
 
     def _stop(self) -> None:
-        self.timer.cancel()
+        self.deadline = 0.0
         if self in self.ctx.live:
             self.ctx.live.discard(self)
             self.ctx.metrics.active_connections -= 1

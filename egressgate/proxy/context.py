@@ -26,9 +26,14 @@ class Closable(Protocol):
     def force_close(self) -> None: ...
 
 
+class HasDeadline(Protocol):
+    def check_deadline(self, now: float) -> None: ...
+
+
 class ProxyContext:
     __slots__ = (
         "access_log",
+        "deadlines",
         "limits",
         "live",
         "metrics",
@@ -57,6 +62,9 @@ class ProxyContext:
         self.limits: Limits = state.current.config.limits
         self.live: set[Closable] = set()
         self.tunnels: set[Closable] = set()
+        # Raw-path tunnels waiting on a connect or a ClientHello: the server's sweeper checks
+        # their deadlines (a set add/discard instead of a loop timer per phase per tunnel).
+        self.deadlines: set[HasDeadline] = set()
 
     def finish(self, record: AccessRecord) -> None:
         """Log and count one finished request or tunnel."""

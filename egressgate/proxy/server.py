@@ -182,6 +182,8 @@ class ProxyServer:
             check = getattr(conn, "check_deadline", None)
             if check is not None:
                 check(now)
+        for waiting in list(ctx.deadlines):
+            waiting.check_deadline(now)
         ctx.pool.expire(now)
         self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL_S, self._sweep)
 

@@ -23,6 +23,7 @@ import errno
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -152,14 +153,14 @@ class RawTunnel(_TunnelCore):
     __slots__ = (
         "_addresses",
         "_attempt",
-        "_connect_timer",
         "_hello",
-        "_hello_timer",
+        "_on_deadline",
         "_relay",
         "client",
         "client_closing",
         "client_fd",
         "client_ready",
+        "deadline",
         "identity",
         "loop",
         "reactor",
@@ -192,8 +193,10 @@ class RawTunnel(_TunnelCore):
         self._relay: Relay | None = None
         self._addresses: tuple[IPAddress, ...] = ()
         self._attempt = 0
-        self._connect_timer: asyncio.TimerHandle | None = None
-        self._hello_timer: asyncio.TimerHandle | None = None
+        # The current phase's deadline (connect, ClientHello), checked by the server's sweeper
+        # while this tunnel is in ctx.deadlines; 0: none.
+        self.deadline = 0.0
+        self._on_deadline: Callable[[], object] | None = None
         self._hello = b""
         ctx.tunnels.add(self)
         ctx.metrics.active_tunnels += 1
@@ -260,9 +263,7 @@ class RawTunnel(_TunnelCore):
             if error == 0:
                 self._connected()
             else:
-                self._connect_timer = self.loop.call_later(
-                    self.ctx.limits.connect_timeout_s, self._connect_expired
-                )
+                self._arm(self.ctx.limits.connect_timeout_s, self._connect_expired)
         else:
             self._connect_failed(OSError(error, "connect"))
 
@@ -284,14 +285,28 @@ class RawTunnel(_TunnelCore):
         self._stop_connect_wait()
         self._connected()
 
+    def _arm(self, delay_s: float, action: Callable[[], object]) -> None:
+        self.deadline = time.monotonic() + delay_s
+        self._on_deadline = action
+        self.ctx.deadlines.add(self)
+
+    def _disarm(self) -> None:
+        if self.deadline:
+            self.deadline = 0.0
+            self._on_deadline = None
+            self.ctx.deadlines.discard(self)
+
+    def check_deadline(self, now: float) -> None:
+        action = self._on_deadline
+        if self.deadline and now >= self.deadline and action is not None:
+            self._disarm()
+            action()
+
     def _connect_expired(self) -> None:
-        self._connect_timer = None
         self._connect_failed(TimeoutError(errno.ETIMEDOUT, "timed out"))
 
     def _stop_connect_wait(self) -> None:
-        if self._connect_timer is not None:
-            self._connect_timer.cancel()
-            self._connect_timer = None
+        self._disarm()
 
     def _connect_failed(self, exc: OSError) -> None:
         self._close_upstream()
@@ -323,7 +338,7 @@ class RawTunnel(_TunnelCore):
         if self._hello and self._judge(False):
             return
         wait = min(MAX_HELLO_WAIT_S, self.ctx.limits.header_timeout_s)
-        self._hello_timer = self.loop.call_later(wait, self._judge, True)
+        self._arm(wait, self._hello_expired)
         self.reactor.set_handler(self.client_fd, self._hello_event)
         if self.client_ready:
             self._hello_readable()
@@ -358,6 +373,9 @@ class RawTunnel(_TunnelCore):
             self._stop_hello()
             self._end(RelayStats(0, 0, "eof"))
 
+    def _hello_expired(self) -> None:
+        self._judge(True)
+
     def _judge(self, timed_out: bool) -> bool:
         if self.done or self._relay is not None:
             return True
@@ -378,9 +396,7 @@ class RawTunnel(_TunnelCore):
         return True
 
     def _stop_hello(self) -> None:
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
-            self._hello_timer = None
+        self._disarm()
         self.reactor.set_handler(self.client_fd, self._client_waiting)
 
     # ---- relay and end
@@ -445,10 +461,7 @@ class RawTunnel(_TunnelCore):
         if self._relay is not None:
             self._relay.close()
             return
-        self._stop_connect_wait()
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
-            self._hello_timer = None
+        self._disarm()
         self._end(RelayStats(0, 0, "closed"))
 
 
