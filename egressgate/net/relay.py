@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from egressgate.net.rawsocket import RawSocket
 from egressgate.net.reactor import READABLE, WRITABLE, Reactor
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
@@ -106,7 +107,7 @@ class _Direction:
     )
 
     def __init__(
-        self, owner: Relay, src: socket.socket, dst: socket.socket, pending: bytes, ready: bool
+        self, owner: Relay, src: RawSocket, dst: RawSocket, pending: bytes, ready: bool
     ) -> None:
         self.owner = owner
         self.src = src
@@ -283,8 +284,8 @@ class Relay:
     def __init__(
         self,
         reactor: Reactor,
-        client: socket.socket,
-        upstream: socket.socket,
+        client: RawSocket,
+        upstream: RawSocket,
         on_done: Callable[[RelayStats], None],
         idle_timeout_s: float,
         initial_up: bytes = b"",

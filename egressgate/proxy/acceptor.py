@@ -18,10 +18,12 @@ import asyncio
 import ipaddress
 import socket
 import time
+from typing import cast
 
 from egressgate.errors import ProtocolError, Reason
 from egressgate.http1.events import RequestHead, TunnelStart
 from egressgate.http1.parser import RequestParser
+from egressgate.net.rawsocket import RawAcceptor, RawSocket
 from egressgate.net.reactor import CLOSING, READABLE
 from egressgate.net.tasks import spawn
 from egressgate.observe.record import AccessRecord
@@ -61,6 +63,7 @@ class Acceptor:
     def __init__(self, ctx: ProxyContext, listener: socket.socket) -> None:
         self.ctx = ctx
         self.listener = listener
+        self.raw = RawAcceptor(listener)
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(listener.fileno(), self._accept)
 
@@ -70,20 +73,20 @@ class Acceptor:
 
     def _accept(self) -> None:
         ctx = self.ctx
+        accept = self.raw.accept
         for _ in range(ACCEPTS_PER_EVENT):
             try:
-                client, peer = self.listener.accept()
+                client, peer = accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return  # EMFILE and friends: the next readiness event retries
-            client.setblocking(False)
             if ctx.state.closing or len(ctx.live) + len(ctx.tunnels) >= ctx.limits.max_connections:
                 self._reject(client, peer)
                 continue
             _FirstRead(ctx, client, peer)
 
-    def _reject(self, client: socket.socket, peer: tuple[str, int]) -> None:
+    def _reject(self, client: RawSocket, peer: tuple[str, int]) -> None:
         draining = self.ctx.state.closing
         reason = Reason.SHUTTING_DOWN if draining else Reason.TOO_MANY_CONNECTIONS
         if not draining:
@@ -111,7 +114,7 @@ class _FirstRead:
         "sock",
     )
 
-    def __init__(self, ctx: ProxyContext, sock: socket.socket, peer: tuple[str, int]) -> None:
+    def __init__(self, ctx: ProxyContext, sock: RawSocket, peer: tuple[str, int]) -> None:
         self.ctx = ctx
         self.sock = sock
         self.fd = sock.fileno()
@@ -196,9 +199,10 @@ class _FirstRead:
         self._stop()
         ctx, sock = self.ctx, self.sock
         ctx.reactor.remove(self.fd)  # the transport's own loop registration takes over
+        # The loops only use socket methods the C type has (typeshed asks for socket.socket).
         spawn(
             self.loop.connect_accepted_socket(
-                lambda: ClientConnection(ctx, first_bytes=first_bytes), sock
+                lambda: ClientConnection(ctx, first_bytes=first_bytes), cast(socket.socket, sock)
             ),
             name="egressgate-accept",
         )

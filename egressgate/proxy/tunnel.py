@@ -34,6 +34,7 @@ from egressgate.http1.semantics import parse_connect_target
 from egressgate.names.hostname import IPAddress, address_text
 from egressgate.net.connect import translate_os_error
 from egressgate.net.pump import TransportPump
+from egressgate.net.rawsocket import RawSocket, nonblocking_stream
 from egressgate.net.reactor import CLOSING, FAILED, READABLE, WRITABLE
 from egressgate.net.relay import Relay, RelayStats
 from egressgate.net.tasks import spawn
@@ -171,7 +172,7 @@ class RawTunnel(_TunnelCore):
     def __init__(
         self,
         ctx: ProxyContext,
-        client: socket.socket,
+        client: RawSocket,
         identity: ClientIdentity,
         head: RequestHead,
         rest: bytes,
@@ -188,7 +189,7 @@ class RawTunnel(_TunnelCore):
         self.rest = rest
         self.loop = ctx.reactor.loop
         self.reactor = ctx.reactor
-        self.upstream: socket.socket | None = None
+        self.upstream: RawSocket | None = None
         self.upstream_ready = False
         self._relay: Relay | None = None
         self._addresses: tuple[IPAddress, ...] = ()
@@ -248,11 +249,7 @@ class RawTunnel(_TunnelCore):
         text = address_text(address)
         self.record.address = text
         port = self.destination.port
-        # SOCK_NONBLOCK at creation: no separate ioctl, and Python treats it as non-blocking.
-        sock = socket.socket(
-            socket.AF_INET if address.version == 4 else socket.AF_INET6,
-            socket.SOCK_STREAM | socket.SOCK_NONBLOCK,
-        )
+        sock = nonblocking_stream(address.version == 6)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.upstream = sock
         self.upstream_ready = False
