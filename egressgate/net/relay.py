@@ -8,8 +8,10 @@ Why splice: relaying through Python buffers costs a copy in and a copy out plus 
 per chunk; measured on the bench rig, asyncio streams reach ~0.4x Squid on bulk tunnels and
 Protocol pumping ~1.6x, while splice(2) moves pages socket → pipe → socket inside the kernel.
 Pipes come from a small shared pool and are held only while bytes sit in them (one pipe per
-tunnel would exhaust the per-user pipe quota and cost memory for every idle tunnel). If no pipe
-can be had, that direction falls back to recv/send for the chunk.
+tunnel would exhaust the per-user pipe quota and cost memory for every idle tunnel). Each
+direction starts with recv/send (a short recv proves the socket drained, saving the EAGAIN
+round-trip that splice needs, and most tunnels carry small exchanges) and switches to splice
+after the first full 64 KiB read. If no pipe can be had, a direction stays on recv/send.
 
 Everything is callback-driven from the private edge-triggered epoll (net/reactor.py): no
 coroutine, no task and no interest change per chunk, which keeps an idle tunnel to a few hundred
@@ -30,11 +32,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from egressgate.net.rawsocket import RawSocket
-from egressgate.net.reactor import READABLE, WRITABLE, Reactor
+from egressgate.net.reactor import CLOSING, READABLE, WRITABLE, Reactor
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 PIPE_SIZE = 1 << 20  # 1 MiB: fewer syscalls per byte on bulk transfers (F_SETPIPE_SZ)
 CHUNK = PIPE_SIZE
+# A direction starts by copying through Python: a recv shorter than this proves the socket empty
+# (so no EAGAIN round-trip is needed, and no pipe is taken) for the small exchanges most tunnels
+# are; the first full read switches the direction to splice for good.
+COPY_CHUNK = 64 * 1024
 MAX_POOLED_PIPES = 16
 # Per readiness event, how many splice rounds before yielding to other connections (fairness).
 ROUNDS_PER_EVENT = 8
@@ -91,6 +97,8 @@ class _Direction:
     """One direction src → dst: read with splice into a pooled pipe, write out of it."""
 
     __slots__ = (
+        "bulk",
+        "closing",
         "done",
         "dst",
         "dst_fd",
@@ -107,7 +115,13 @@ class _Direction:
     )
 
     def __init__(
-        self, owner: Relay, src: RawSocket, dst: RawSocket, pending: bytes, ready: bool
+        self,
+        owner: Relay,
+        src: RawSocket,
+        dst: RawSocket,
+        pending: bytes,
+        ready: bool,
+        closing: bool,
     ) -> None:
         self.owner = owner
         self.src = src
@@ -122,6 +136,8 @@ class _Direction:
         self.done = False
         self.paused = False  # waiting for dst to take bytes
         self.ready = ready  # src may hold unread bytes (edge-triggered: no event will repeat it)
+        self.closing = closing  # src's EOF is known to wait behind its bytes (EPOLLRDHUP seen)
+        self.bulk = False  # splice from now on (a copy read came back full)
 
     def start(self) -> None:
         try:
@@ -149,6 +165,8 @@ class _Direction:
     def _read_once(self) -> bool:
         """Move bytes src → pipe. False when there is nothing more to do right now."""
         if self.pipe is None:
+            if not self.bulk:
+                return self._copy_once()
             self.pipe = _POOL.get()
             if self.pipe is None:
                 return self._copy_once()
@@ -166,15 +184,21 @@ class _Direction:
         return True
 
     def _copy_once(self) -> bool:
-        """Fallback without a pipe: one recv/send round through Python."""
+        """One recv/send round through Python (before bulk, or without a pipe)."""
         try:
-            data = self.src.recv(256 * 1024)
+            data = self.src.recv(COPY_CHUNK)
         except BlockingIOError:
             self.ready = False
             return False
         if not data:
             self._on_eof()
             return False
+        if len(data) == COPY_CHUNK:
+            self.bulk = True  # more may wait: splice the rest
+        else:
+            # A short TCP read emptied the receive queue: the next bytes raise a new event.
+            # Only an EOF already announced must still be read.
+            self.ready = self.closing
         self.pending = data
         if not self._write_pending():
             self._pause()
@@ -265,6 +289,8 @@ class Relay:
 
     `client_ready` / `upstream_ready`: whether that socket may already hold unread bytes (False
     only when the caller drained it, e.g. a short recv): edge-triggered events will not repeat.
+    `client_closing` / `upstream_closing`: whether the caller saw that socket's EOF announced
+    (EPOLLRDHUP): it must still be read after the bytes, and no event will repeat it either.
     """
 
     __slots__ = (
@@ -292,6 +318,8 @@ class Relay:
         initial_down: bytes = b"",
         client_ready: bool = True,
         upstream_ready: bool = True,
+        client_closing: bool = False,
+        upstream_closing: bool = False,
     ) -> None:
         self.loop = reactor.loop
         self.reactor = reactor
@@ -301,8 +329,10 @@ class Relay:
         self.idle_timeout_s = idle_timeout_s
         self.last_activity = time.monotonic()
         self.end = "eof"
-        self._up = _Direction(self, client, upstream, initial_up, client_ready)
-        self._down = _Direction(self, upstream, client, initial_down, upstream_ready)
+        self._up = _Direction(self, client, upstream, initial_up, client_ready, client_closing)
+        self._down = _Direction(
+            self, upstream, client, initial_down, upstream_ready, upstream_closing
+        )
         self._idle_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -318,6 +348,8 @@ class Relay:
         if events & WRITABLE and self._down.paused:
             self._down.on_writable()
         if events & READABLE:
+            if events & CLOSING:
+                self._up.closing = True
             self._up.ready = True
             self._up.pump()
 
@@ -326,6 +358,8 @@ class Relay:
         if events & WRITABLE and self._up.paused:
             self._up.on_writable()
         if events & READABLE:
+            if events & CLOSING:
+                self._down.closing = True
             self._down.ready = True
             self._down.pump()
 

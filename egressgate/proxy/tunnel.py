@@ -166,6 +166,7 @@ class RawTunnel(_TunnelCore):
         "loop",
         "reactor",
         "upstream",
+        "upstream_closing",
         "upstream_ready",
     )
 
@@ -191,6 +192,7 @@ class RawTunnel(_TunnelCore):
         self.reactor = ctx.reactor
         self.upstream: RawSocket | None = None
         self.upstream_ready = False
+        self.upstream_closing = False
         self._relay: Relay | None = None
         self._addresses: tuple[IPAddress, ...] = ()
         self._attempt = 0
@@ -235,6 +237,8 @@ class RawTunnel(_TunnelCore):
 
     def _upstream_waiting(self, events: int) -> None:
         """Upstream events before the relay (a server-speaks-first banner): remember them."""
+        if events & CLOSING:
+            self.upstream_closing = True
         if events & READABLE:
             self.upstream_ready = True
 
@@ -253,6 +257,7 @@ class RawTunnel(_TunnelCore):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.upstream = sock
         self.upstream_ready = False
+        self.upstream_closing = False
         error = sock.connect_ex((text, port))
         if error == 0 or error == errno.EINPROGRESS:
             # Writable (or error/hang-up) reports the end of the connect.
@@ -265,6 +270,8 @@ class RawTunnel(_TunnelCore):
             self._connect_failed(OSError(error, "connect"))
 
     def _connect_event(self, events: int) -> None:
+        if events & CLOSING:
+            self.upstream_closing = True
         if events & READABLE:
             self.upstream_ready = True
         if not events & WRITABLE or self.upstream is None:
@@ -408,6 +415,8 @@ class RawTunnel(_TunnelCore):
             initial_up=first,
             client_ready=self.client_ready,
             upstream_ready=self.upstream_ready,
+            client_closing=self.client_closing,
+            upstream_closing=self.upstream_closing,
         )
         self._relay = relay
         relay.start()

@@ -422,6 +422,49 @@ def test_bytes_sent_together_with_the_connect_request_are_relayed(
             assert received == b"HTTP/1.1 200 Connection established\r\n\r\nearly bytes"
 
 
+def test_bytes_and_eof_sent_with_the_connect_request_are_relayed_and_answered(
+    proxy_factory: ProxyFactory, raw_origin_factory: RawOriginFactory, dns_server: DnsServer
+) -> None:
+    # Request, payload and FIN reach the proxy together: the EOF is announced once, with the
+    # bytes (edge-triggered epoll repeats neither), and must still travel on after them.
+    echo = raw_origin_factory("echo-eof", mode="echo")
+    dns_server.records["echo.test"] = [echo.host]
+    proxy = start_proxy(
+        proxy_factory, allow=["echo.test"], ports=ports_of(echo), limits={"idle_timeout_s": 60}
+    )
+    request = f"CONNECT echo.test:{echo.port} HTTP/1.1\r\nHost: echo.test\r\n\r\n"
+    with socket.create_connection(proxy.proxy_address, timeout=5) as sock:
+        sock.sendall(request.encode() + b"payload then EOF")
+        sock.shutdown(socket.SHUT_WR)
+        result = read_until_close(sock, 5.0)
+    assert result.closed, result
+    assert not result.timed_out, result
+    assert result.data == b"HTTP/1.1 200 Connection established\r\n\r\npayload then EOF"
+    (conn,) = echo.wait_for_closed(1)
+    assert conn.head == b"payload then EOF"
+    assert conn.eof_received
+
+
+def test_a_server_that_speaks_and_closes_at_once_is_relayed_to_the_client_end(
+    proxy_factory: ProxyFactory, raw_origin_factory: RawOriginFactory, dns_server: DnsServer
+) -> None:
+    # The banner and the server's FIN arrive while the proxy still waits for the client's
+    # first bytes (the SNI check): the relay must deliver both, not wait for a new event.
+    server = raw_origin_factory("banner-eof", mode="serve", serve_bytes=3000, seed=5)
+    dns_server.records["banner.test"] = [server.host]
+    proxy = start_proxy(
+        proxy_factory,
+        allow=["banner.test"],
+        ports=ports_of(server),
+        limits={"header_timeout_s": 0.5, "idle_timeout_s": 60},
+    )
+    with open_connect_tunnel(proxy.proxy_address, f"banner.test:{server.port}") as tunnel:
+        assert tunnel.status == 200
+        result = read_until_close(tunnel.sock, 5.0)
+    assert not result.timed_out, "the server's EOF never reached the client"
+    assert tunnel.leftover + result.data == pattern_bytes(3000, 5)
+
+
 def tls_exchange_with_split_hello(
     sock: socket.socket, context: ssl.SSLContext, server_hostname: str, request: bytes
 ) -> bytes:
