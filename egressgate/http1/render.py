@@ -1,6 +1,6 @@
 """Bytes out: upstream request heads and client response heads. Pure.
 
-Fixed strings (status lines, Via) are built once at import.
+Fixed strings (Via) are built once at import; status lines once per (status, reason) seen.
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 from egressgate.http1.events import Header, ResponseHead
 
 VIA_VALUE = b"1.1 egressgate"
-_STATUS_LINES: dict[int, bytes] = {}
 
 
 def request_head(
@@ -53,7 +52,7 @@ def response_head(
     upgrade: bytes | None = None,
 ) -> bytes:
     """The response head for the client, with our own framing and connection headers."""
-    parts = [b"HTTP/1.1 ", str(head.status).encode(), b" ", head.reason, b"\r\n"]
+    parts = [_status_line(head.status, head.reason)]
     via_seen = False
     for lname, name, value in headers:
         if lname == b"via":
@@ -71,6 +70,23 @@ def response_head(
     else:
         parts.append(b"\r\n")
     return b"".join(parts)
+
+
+_MAX_STATUS_LINES = 256
+
+
+def _status_line(status: int, reason: bytes) -> bytes:
+    """b"HTTP/1.1 200 OK\\r\\n", built once per (status, reason) an origin uses."""
+    key = (status, reason)
+    line = _STATUS_LINE_CACHE.get(key)
+    if line is None:
+        line = b"HTTP/1.1 %d %b\r\n" % (status, reason)
+        if len(_STATUS_LINE_CACHE) < _MAX_STATUS_LINES:  # bounded: reasons are origin-chosen
+            _STATUS_LINE_CACHE[key] = line
+    return line
+
+
+_STATUS_LINE_CACHE: dict[tuple[int, bytes], bytes] = {}
 
 
 def chunk(data: bytes) -> bytes:

@@ -153,24 +153,45 @@ def request_framing(head: RequestHead) -> Framing:
         if not value.isdigit() or len(value) > 18:
             raise ProtocolError(Reason.SMUGGLING, "invalid Content-Length")
         return Framing(chunked=False, content_length=int(value))
-    return Framing(chunked=False, content_length=0)
+    return NO_BODY
 
 
-def connection_tokens(headers: list[Header]) -> set[bytes]:
-    """Lowercased tokens of every Connection (and Proxy-Connection) header."""
-    tokens: set[bytes] = set()
-    for lname, _, value in headers:
-        if lname == b"connection" or lname == b"proxy-connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
+NO_BODY = Framing(chunked=False, content_length=0)  # immutable: one instance serves every request
+
+
+_NO_TOKENS: frozenset[bytes] = frozenset()
+# Connection header values repeat ("keep-alive", "close", "Upgrade"): split each value once.
+_TOKENS_OF: dict[bytes, frozenset[bytes]] = {}
+_MAX_TOKEN_VALUES = 1024
+
+
+def _tokens_of(value: bytes) -> frozenset[bytes]:
+    tokens = _TOKENS_OF.get(value)
+    if tokens is None:
+        tokens = frozenset(t.strip().lower() for t in value.split(b","))
+        if len(_TOKENS_OF) >= _MAX_TOKEN_VALUES:
+            _TOKENS_OF.clear()
+        _TOKENS_OF[value] = tokens
     return tokens
 
 
-def end_to_end(headers: list[Header], extra_hop: set[bytes]) -> list[Header]:
+def connection_tokens(headers: list[Header]) -> frozenset[bytes]:
+    """Lowercased tokens of every Connection (and Proxy-Connection) header."""
+    tokens = _NO_TOKENS
+    for lname, _, value in headers:
+        if lname == b"connection" or lname == b"proxy-connection":
+            tokens = tokens | _tokens_of(value) if tokens else _tokens_of(value)
+    return tokens
+
+
+def end_to_end(headers: list[Header], extra_hop: frozenset[bytes] | set[bytes]) -> list[Header]:
     """The headers without hop-by-hop ones (fixed list + those named in Connection)."""
+    if not extra_hop:
+        return [h for h in headers if h[0] not in HOP_BY_HOP]
     return [h for h in headers if h[0] not in HOP_BY_HOP and h[0] not in extra_hop]
 
 
-def wants_upgrade(head: RequestHead, tokens: set[bytes]) -> bytes | None:
+def wants_upgrade(head: RequestHead, tokens: frozenset[bytes]) -> bytes | None:
     """The Upgrade header value if the client asks to switch protocols (e.g. websocket)."""
     if b"upgrade" not in tokens:
         return None

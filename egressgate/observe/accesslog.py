@@ -23,13 +23,29 @@ FLUSH_BYTES = 64 * 1024
 PIPE_BUF = 4096
 
 
+# Rendered JSON strings of values that recur on most lines (policy, rule, method, host,
+# address): a dict hit instead of four string scans. Bounded; cleared when full.
+_RENDERED: dict[str, str] = {}
+_MAX_RENDERED = 4096
+_MAX_CACHED_LEN = 256
+
+
 def _str(value: str | None) -> str:
     if value is None:
         return "null"
+    rendered = _RENDERED.get(value)
+    if rendered is not None:
+        return rendered
     # Fast path for the usual plain-ASCII values; json.dumps for anything that needs escaping.
     if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
-        return f'"{value}"'
-    return json.dumps(value, ensure_ascii=False)
+        rendered = f'"{value}"'
+    else:
+        rendered = json.dumps(value, ensure_ascii=False)
+    if len(value) <= _MAX_CACHED_LEN:
+        if len(_RENDERED) >= _MAX_RENDERED:
+            _RENDERED.clear()
+        _RENDERED[value] = rendered
+    return rendered
 
 
 class _Clock:

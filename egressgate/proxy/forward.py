@@ -401,7 +401,7 @@ class HttpExchange:
             if self.head.version == "1.1":
                 self._to_client(
                     render.response_head(
-                        head, end_to_end(head.headers, set()), keep_alive=True, chunked=False
+                        head, end_to_end(head.headers, frozenset()), keep_alive=True, chunked=False
                     )
                 )
             return
