@@ -22,6 +22,7 @@ allowlist, not for switching off SSRF protection); allow_private is the only way
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from egressgate.config.model import Config, Mode, NoSniAction, PolicyConfig, PortRange
@@ -33,6 +34,8 @@ from egressgate.policy.clients import ClientSelector
 from egressgate.policy.decision import ClientIdentity, Decision, Target, Verdict
 
 _MISS = object()
+# The first address a policy may not reach, with its class; None when all may be reached.
+_Unvetted = tuple[AddressClass, IPAddress] | None
 _VET_CACHE_MAX = 4096
 
 
@@ -53,7 +56,9 @@ class CompiledPolicy:
     """One named policy in its fast form."""
 
     __slots__ = (
+        "_allowed",
         "_vet_cache",
+        "_vet_seen",
         "allow_private",
         "config",
         "connect_ports",
@@ -80,6 +85,9 @@ class CompiledPolicy:
         # Vetting is pure over (policy, addresses); a compiled policy lives for one config
         # generation, so the cache can never outlive the allow_private it was computed with.
         self._vet_cache: dict[tuple[IPAddress, ...], object] = {}
+        self._vet_seen: dict[int, tuple[tuple[IPAddress, ...], _Unvetted]] = {}
+        # The ALLOW decision of each rule is always the same (immutable) value: build it once.
+        self._allowed: dict[str, Decision] = {}
 
     def decide(self, target: Target) -> Decision:
         host = target.host
@@ -106,7 +114,10 @@ class CompiledPolicy:
                 f"port {target.port} is not in {key} [{listed}] of policy {self.name!r}",
                 rule,
             )
-        return Decision(Verdict.ALLOW, Reason.ALLOWED, self.name, rule)
+        allowed = self._allowed.get(rule)
+        if allowed is None:
+            allowed = self._allowed[rule] = Decision(Verdict.ALLOW, Reason.ALLOWED, self.name, rule)
+        return allowed
 
     def decide_sni(self, connect: Host, sni: str) -> Decision | None:
         """Check a tunnel's TLS server name against its CONNECT host; None means it passes.
@@ -139,19 +150,31 @@ class CompiledPolicy:
         verdict = Verdict.REPORT if self.report else Verdict.DENY
         return Decision(verdict, reason, self.name, rule, detail)
 
-    def vet(self, addresses: list[IPAddress]) -> tuple[AddressClass, IPAddress] | None:
+    def vet(self, addresses: Sequence[IPAddress]) -> _Unvetted:
         """The first internal address not covered by allow_private, or None if all may go."""
+        # First by identity: the resolver hands out the same cached tuple until its TTL ends,
+        # and hashing ip_address objects is Python code (hash(hex(int))) per address. The
+        # entry keeps the tuple alive, so its id cannot be reused while the entry exists.
+        seen = self._vet_seen.get(id(addresses))
+        if seen is not None and seen[0] is addresses:
+            return seen[1]
         key = tuple(addresses)
         cached = self._vet_cache.get(key, _MISS)
-        if cached is not _MISS:
-            return cached  # type: ignore[return-value]
-        result = self._vet_uncached(addresses)
-        if len(self._vet_cache) >= _VET_CACHE_MAX:
-            self._vet_cache.clear()
-        self._vet_cache[key] = result
+        if cached is _MISS:
+            cached = self._vet_uncached(key)
+            if len(self._vet_cache) >= _VET_CACHE_MAX:
+                self._vet_cache.clear()
+            self._vet_cache[key] = cached
+        result: _Unvetted = cached  # type: ignore[assignment]
+        if isinstance(addresses, tuple):
+            if len(self._vet_seen) >= _VET_CACHE_MAX:
+                self._vet_seen.clear()
+            self._vet_seen[id(addresses)] = (addresses, result)
         return result
 
-    def _vet_uncached(self, addresses: list[IPAddress]) -> tuple[AddressClass, IPAddress] | None:
+    def _vet_uncached(
+        self, addresses: Sequence[IPAddress]
+    ) -> tuple[AddressClass, IPAddress] | None:
         for address in addresses:
             cls = classify_address(address)
             if cls is AddressClass.PUBLIC:
@@ -199,12 +222,12 @@ class PolicySet:
         """Name-level decision (before DNS). Raises NeedsAuthentication (→ 407)."""
         return self.policy_for(client).decide(target)
 
-    def vet(self, decision: Decision, addresses: list[IPAddress]) -> VetResult:
+    def vet(self, decision: Decision, addresses: Sequence[IPAddress]) -> VetResult:
         """Address-level check (after DNS) under the policy that made `decision`."""
         policy = self.policies[decision.policy]
         bad = policy.vet(addresses)
         if bad is None:
-            return VetResult(None, tuple(addresses))
+            return VetResult(None, addresses if isinstance(addresses, tuple) else tuple(addresses))
         cls, address = bad
         refusal = Decision(
             Verdict.DENY,

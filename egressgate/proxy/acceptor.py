@@ -31,6 +31,7 @@ from egressgate.policy.decision import ClientIdentity
 from egressgate.proxy.connection import ClientConnection
 from egressgate.proxy.context import ProxyContext
 from egressgate.proxy.refusal import refusal_response
+from egressgate.proxy.tunnel import RawTunnel
 
 ACCEPTS_PER_EVENT = 64
 FIRST_READ_BYTES = 64 * 1024
@@ -185,8 +186,6 @@ class _FirstRead:
             return True  # the head is not complete yet
         rest = b"".join(e.rest for e in events if isinstance(e, TunnelStart))
         self._stop()
-        from egressgate.proxy.tunnel import RawTunnel
-
         RawTunnel(
             self.ctx, self.sock, self._identity(), head, rest, self.ready, self.closing
         ).start()

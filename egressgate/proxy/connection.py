@@ -28,12 +28,11 @@ from egressgate.names.hostname import IPAddress
 from egressgate.observe.record import AccessRecord
 from egressgate.policy.decision import ClientIdentity
 from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.forward import HttpExchange
 from egressgate.proxy.refusal import refusal_response
+from egressgate.proxy.tunnel import TunnelExchange
 
 if TYPE_CHECKING:
-    from egressgate.proxy.forward import HttpExchange
-    from egressgate.proxy.tunnel import TunnelExchange
-
     Exchange = HttpExchange | TunnelExchange
 
 # Pause reading from a client whose pipelined requests queue up beyond this many events.
@@ -204,12 +203,8 @@ class ClientConnection(asyncio.Protocol):
         self.request_open = True
         exchange: Exchange
         if head.method == b"CONNECT":
-            from egressgate.proxy.tunnel import TunnelExchange
-
             exchange = TunnelExchange(self, head)
         else:
-            from egressgate.proxy.forward import HttpExchange
-
             exchange = HttpExchange(self, head)
         self.exchange = exchange
         exchange.start()

@@ -89,7 +89,7 @@ def vet(
     gen: Generation, decision: Decision, found: tuple[IPAddress, ...], record: AccessRecord
 ) -> tuple[IPAddress, ...]:
     """Address-level check; raises Refused(PRIVATE_ADDRESS) naming the offending address."""
-    result = gen.policies.vet(decision, list(found))
+    result = gen.policies.vet(decision, found)
     if result.refusal is not None:
         _record(record, result.refusal)
         raise Refused(result.refusal.reason, result.refusal.detail)

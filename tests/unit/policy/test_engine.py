@@ -319,3 +319,23 @@ def test_no_sni_deny_in_report_mode_reports() -> None:
     decision = policies.default.no_sni("no SNI")
     assert decision is not None
     assert decision.verdict is Verdict.REPORT
+
+
+def test_vet_of_the_same_tuple_again_and_of_equal_or_new_tuples_stays_correct() -> None:
+    # vet caches by tuple identity first (the resolver repeats its cached tuple): a repeat, an
+    # equal tuple built anew, a list, and tuples created and dropped in a loop (whose ids the
+    # interpreter may recycle) must each get the answer for their own content.
+    policies = policy_set(ALLOW)
+    decision = decide(policies, "api.stripe.com")
+    private = tuple(addresses("10.0.0.1"))
+    public = tuple(addresses("8.8.8.8"))
+    for _ in range(3):
+        assert policies.vet(decision, private).refusal is not None
+        assert policies.vet(decision, public).refusal is None
+    assert policies.vet(decision, tuple(addresses("10.0.0.1"))).refusal is not None
+    assert policies.vet(decision, addresses("10.0.0.1")).refusal is not None
+    for index in range(200):
+        fresh = tuple(addresses("10.0.0.1" if index % 2 else "8.8.8.8"))
+        assert (policies.vet(decision, fresh).refusal is None) == (index % 2 == 0)
+        del fresh
+    assert policies.vet(decision, public).addresses is public  # no copy of a vetted tuple
