@@ -32,6 +32,25 @@ def address_text(address: IPAddress) -> str:
     return str(address)
 
 
+# By tuple identity: the resolver repeats the same cached tuple, and hashing ip_address objects
+# (what address_text's lru_cache does) is Python code per address. Each entry keeps its tuple
+# alive, so an id cannot be recycled while its entry exists.
+_TEXTS_BY_ID: dict[int, tuple[tuple[IPAddress, ...], tuple[str, ...]]] = {}
+_MAX_TEXTS_BY_ID = 4096
+
+
+def address_texts(addresses: tuple[IPAddress, ...]) -> tuple[str, ...]:
+    """address_text of each address, memoized per tuple."""
+    seen = _TEXTS_BY_ID.get(id(addresses))
+    if seen is not None and seen[0] is addresses:
+        return seen[1]
+    texts = tuple(address_text(a) for a in addresses)
+    if len(_TEXTS_BY_ID) >= _MAX_TEXTS_BY_ID:
+        _TEXTS_BY_ID.clear()
+    _TEXTS_BY_ID[id(addresses)] = (addresses, texts)
+    return texts
+
+
 class InvalidHost(ValueError):
     """The text is neither a valid hostname nor an IP literal."""
 

@@ -31,7 +31,7 @@ from egressgate.errors import ProxyFailure, Reason, Refused, UpstreamError
 from egressgate.http1.events import RequestHead
 from egressgate.http1.render import CONNECT_ESTABLISHED
 from egressgate.http1.semantics import parse_connect_target
-from egressgate.names.hostname import IPAddress, address_text
+from egressgate.names.hostname import IPAddress, address_text, address_texts
 from egressgate.net.connect import translate_os_error
 from egressgate.net.pump import TransportPump
 from egressgate.net.rawsocket import RawSocket, nonblocking_stream
@@ -250,7 +250,7 @@ class RawTunnel(_TunnelCore):
             return
         address = self._addresses[self._attempt]
         self._attempt += 1
-        text = address_text(address)
+        text = address_texts(self._addresses)[self._attempt - 1]
         self.record.address = text
         port = self.destination.port
         sock = nonblocking_stream(address.version == 6)

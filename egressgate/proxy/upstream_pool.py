@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from egressgate.names.hostname import IPAddress, address_text
+from egressgate.names.hostname import IPAddress, address_texts
 
 if TYPE_CHECKING:
     from egressgate.proxy.forward import UpstreamConnection
@@ -30,8 +30,8 @@ class UpstreamPool:
 
     def get(self, addresses: tuple[IPAddress, ...], port: int) -> UpstreamConnection | None:
         """An idle connection to one of `addresses` (all vetted), most recently used first."""
-        for address in addresses:
-            idle = self._idle.get((address_text(address), port))
+        for text in address_texts(addresses):
+            idle = self._idle.get((text, port))
             while idle:
                 conn = idle.pop()
                 self._count -= 1

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from egressgate.names.hostname import (
     Host,
     InvalidHost,
+    address_texts,
     normalize_host,
     normalize_name,
     parse_ipv4_any,
@@ -318,3 +319,14 @@ def test_normalizing_a_normalized_host_changes_nothing(raw: str) -> None:
         assert host.address is None
     else:
         assert host.address is not None
+
+
+def test_address_texts_follow_each_tuples_content_even_when_tuples_are_recycled() -> None:
+    v4, v6 = ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("2001:db8::1")
+    kept = (v4, v6)
+    assert address_texts(kept) == ("192.0.2.1", "2001:db8::1")
+    assert address_texts(kept) is address_texts(kept)  # memoized per tuple
+    for index in range(200):  # fresh tuples, dropped at once: ids may be reused
+        fresh = (v6,) if index % 2 else (v4,)
+        assert address_texts(fresh) == (("2001:db8::1",) if index % 2 else ("192.0.2.1",))
+        del fresh
