@@ -7,6 +7,7 @@ because parser defaults are not our security rules, and each rule has its own te
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from egressgate.errors import ProtocolError, Reason
@@ -58,6 +59,14 @@ def parse_connect_target(target: bytes) -> RequestTarget:
     return RequestTarget(host, port, b"", target)
 
 
+# The authority ends at the first "/", "?" or "#" (RFC 3986 §3.2).
+_AUTHORITY_END = re.compile(r"[/?#]")
+# A client talks to few destinations: split each valid authority once (bounded; only valid
+# ones are stored, an invalid one raises every time).
+_HTTP_AUTHORITIES: dict[str, tuple[str, int]] = {}
+_MAX_AUTHORITIES = 4096
+
+
 def parse_proxy_target(target: bytes) -> RequestTarget:
     """RFC 9112 §3.2.2: a request to a proxy uses absolute-form, http://authority/path."""
     text = _ascii(target)
@@ -68,19 +77,23 @@ def parse_proxy_target(target: bytes) -> RequestTarget:
     scheme, sep, rest = text.partition("://")
     if not sep:
         raise ProtocolError(Reason.BAD_REQUEST, "request target is not an absolute URL")
-    if scheme.lower() != "http":
+    if scheme != "http" and scheme.lower() != "http":
         raise ProtocolError(Reason.UNSUPPORTED_SCHEME, f"scheme {scheme!r} cannot be forwarded")
-    end = len(rest)
-    for delimiter in "/?#":
-        index = rest.find(delimiter)
-        if index != -1:
-            end = min(end, index)
+    found = _AUTHORITY_END.search(rest)
+    end = found.start() if found is not None else len(rest)
     authority, path = rest[:end], rest[end:]
     if "@" in authority:
         # RFC 9110 §4.2.4: userinfo is deprecated and a classic way to disguise the real host.
         raise ProtocolError(Reason.BAD_REQUEST, "credentials in the URL are not accepted")
-    host, port = _split_authority(authority, default_port=80)
-    path = path.split("#", 1)[0]
+    split = _HTTP_AUTHORITIES.get(authority)
+    if split is None:
+        split = _split_authority(authority, default_port=80)
+        if len(_HTTP_AUTHORITIES) >= _MAX_AUTHORITIES:
+            _HTTP_AUTHORITIES.clear()
+        _HTTP_AUTHORITIES[authority] = split
+    host, port = split
+    if "#" in path:
+        path = path.split("#", 1)[0]
     if not path.startswith("/"):
         path = "/" + path
     return RequestTarget(host, port, path.encode("ascii"), authority.encode("ascii"))

@@ -40,22 +40,23 @@ _CONNECT = b"CONNECT "
 
 
 # Clients are few and reconnect often: parse each peer address once, not per connection.
-_IDENTITIES: dict[str, ClientIdentity] = {}
+_IDENTITIES: dict[str, tuple[ClientIdentity, str]] = {}
 MAX_CACHED_IDENTITIES = 4096
 
 
-def client_identity(peer_host: str) -> ClientIdentity:
-    """The identity of a plain-listener client by its socket address (v4-mapped v6 → v4)."""
-    identity = _IDENTITIES.get(peer_host)
-    if identity is None:
+def client_identity(peer_host: str) -> tuple[ClientIdentity, str]:
+    """The identity of a plain-listener client by its socket address (v4-mapped v6 → v4),
+    and the address as the access log writes it."""
+    known = _IDENTITIES.get(peer_host)
+    if known is None:
         address = ipaddress.ip_address(peer_host.split("%", 1)[0])
         if address.version == 6 and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
-        identity = ClientIdentity(address)
+        known = (ClientIdentity(address), address.compressed)
         if len(_IDENTITIES) >= MAX_CACHED_IDENTITIES:
             _IDENTITIES.clear()  # bounded: a scan from many addresses cannot grow it
-        _IDENTITIES[peer_host] = identity
-    return identity
+        _IDENTITIES[peer_host] = known
+    return known
 
 
 class Acceptor:
@@ -181,18 +182,26 @@ class _FirstRead:
         except ProtocolError as exc:
             self._refuse(exc.reason, exc.detail)
             return False
-        head = next((e for e in events if isinstance(e, RequestHead)), None)
+        head: RequestHead | None = None
+        rest = b""
+        for event in events:  # typically [RequestHead, TunnelStart(rest)]
+            if isinstance(event, RequestHead):
+                head = head or event
+            elif isinstance(event, TunnelStart):
+                rest += event.rest
         if head is None:
             return True  # the head is not complete yet
-        rest = b"".join(e.rest for e in events if isinstance(e, TunnelStart))
         self._stop()
         RawTunnel(
-            self.ctx, self.sock, self._identity(), head, rest, self.ready, self.closing
+            self.ctx,
+            self.sock,
+            *client_identity(self.peer[0]),
+            head,
+            rest,
+            self.ready,
+            self.closing,
         ).start()
         return False
-
-    def _identity(self) -> ClientIdentity:
-        return client_identity(self.peer[0])
 
     def _to_transport(self, first_bytes: bytes) -> None:
         self._stop()
@@ -224,7 +233,7 @@ class _FirstRead:
         self._stop()
         record = AccessRecord(
             time.time(),
-            self._identity().address.compressed,
+            client_identity(self.peer[0])[1],
             "CONNECT",
             "tunnel",
             decision="error",

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from egressgate.config.model import NoSniAction
 from egressgate.errors import ProxyFailure, Reason, Refused, UpstreamError
 from egressgate.http1.events import RequestHead
 from egressgate.http1.render import CONNECT_ESTABLISHED
@@ -53,6 +54,10 @@ if TYPE_CHECKING:
 # How long to wait for a client's first tunnel bytes before judging the tunnel as "no TLS".
 # Server-speaks-first protocols (SMTP, SSH) send nothing until the server does.
 MAX_HELLO_WAIT_S = 5.0
+_NO_SNI_WHY = {
+    HelloResult.NOT_TLS: "the tunnel does not carry TLS",
+    HelloResult.NO_SNI: "the TLS ClientHello has no server name",
+}
 
 
 class _TunnelCore:
@@ -96,16 +101,12 @@ class _TunnelCore:
         if isinstance(result, str):
             self.record.sni = result
             verdict = policy.decide_sni(self.destination.host, result)
+        elif policy.tunnels_without_sni is not NoSniAction.DENY:
+            verdict = None  # no_sni would pass it: skip building the explanation
         elif timed_out and not data:
             verdict = policy.no_sni("the client sent nothing (server-speaks-first protocol?)")
         else:
-            why = {
-                HelloResult.NOT_TLS: "the tunnel does not carry TLS",
-                HelloResult.NO_SNI: "the TLS ClientHello has no server name",
-            }.get(
-                result if isinstance(result, HelloResult) else HelloResult.MALFORMED,
-                "the TLS ClientHello could not be read",
-            )
+            why = _NO_SNI_WHY.get(result, "the TLS ClientHello could not be read")
             verdict = policy.no_sni(why)
         if verdict is None:
             return None
@@ -175,12 +176,13 @@ class RawTunnel(_TunnelCore):
         ctx: ProxyContext,
         client: RawSocket,
         identity: ClientIdentity,
+        client_text: str,
         head: RequestHead,
         rest: bytes,
         client_ready: bool = True,
         client_closing: bool = False,
     ) -> None:
-        record = AccessRecord(time.time(), identity.address.compressed, "CONNECT", "tunnel")
+        record = AccessRecord(time.time(), client_text, "CONNECT", "tunnel")
         super().__init__(ctx, head, record)
         self.client = client
         self.client_fd = client.fileno()
