@@ -38,6 +38,34 @@ BATCH = 512
 Handler = Callable[[int], None]
 
 
+class Readiness:
+    """What the edge-triggered events said about one socket since it was last drained.
+
+    Edge-triggered events do not repeat, so whoever owns the socket between reads (acceptor,
+    tunnel phases, relay) keeps this and hands it on with the socket. `note` is itself a valid
+    Handler for a phase that only needs to remember events.
+    """
+
+    __slots__ = ("closing", "ready")
+
+    def __init__(self, ready: bool = False, closing: bool = False) -> None:
+        self.ready = ready  # the socket may hold bytes (or an EOF) not yet read
+        self.closing = (
+            closing  # its EOF (or an error) is announced: read it even after a short read
+        )
+
+    def note(self, events: int) -> None:
+        if events & CLOSING:
+            self.closing = True
+        if events & READABLE:
+            self.ready = True
+
+    def after_read(self, full: bool) -> None:
+        """After a non-empty read: a short TCP read emptied the receive queue, so only a full
+        one, or an announced EOF still to be read, leaves the socket ready."""
+        self.ready = full or self.closing
+
+
 class Reactor:
     """fd → handler(events) over one epoll; at most one handler per fd."""
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from egressgate.net.rawsocket import RawSocket
-from egressgate.net.reactor import CLOSING, READABLE, WRITABLE, Reactor
+from egressgate.net.reactor import READABLE, WRITABLE, Reactor, Readiness
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 PIPE_SIZE = 1 << 20  # 1 MiB: fewer syscalls per byte on bulk transfers (F_SETPIPE_SZ)
@@ -98,7 +98,6 @@ class _Direction:
 
     __slots__ = (
         "bulk",
-        "closing",
         "done",
         "dst",
         "dst_fd",
@@ -109,9 +108,9 @@ class _Direction:
         "paused",
         "pending",
         "pipe",
-        "ready",
         "src",
         "src_fd",
+        "src_state",
     )
 
     def __init__(
@@ -120,8 +119,7 @@ class _Direction:
         src: RawSocket,
         dst: RawSocket,
         pending: bytes,
-        ready: bool,
-        closing: bool,
+        src_state: Readiness,
     ) -> None:
         self.owner = owner
         self.src = src
@@ -135,8 +133,7 @@ class _Direction:
         self.eof = False
         self.done = False
         self.paused = False  # waiting for dst to take bytes
-        self.ready = ready  # src may hold unread bytes (edge-triggered: no event will repeat it)
-        self.closing = closing  # src's EOF is known to wait behind its bytes (EPOLLRDHUP seen)
+        self.src_state = src_state  # what src's edge-triggered events said since its last read
         self.bulk = False  # splice from now on (a copy read came back full)
 
     def start(self) -> None:
@@ -155,7 +152,7 @@ class _Direction:
             return
         try:
             for _ in range(ROUNDS_PER_EVENT):
-                if not self.ready or not self._read_once() or not self._flush():
+                if not self.src_state.ready or not self._read_once() or not self._flush():
                     return
         except OSError as exc:
             self.owner.fail(exc)
@@ -173,7 +170,7 @@ class _Direction:
         try:
             n = os.splice(self.src_fd, self.pipe[1], CHUNK, flags=SPLICE_FLAGS)
         except BlockingIOError:
-            self.ready = False
+            self.src_state.ready = False
             self._release_pipe_if_empty()
             return False
         if n == 0:
@@ -188,17 +185,15 @@ class _Direction:
         try:
             data = self.src.recv(COPY_CHUNK)
         except BlockingIOError:
-            self.ready = False
+            self.src_state.ready = False
             return False
         if not data:
             self._on_eof()
             return False
-        if len(data) == COPY_CHUNK:
-            self.bulk = True  # more may wait: splice the rest
-        else:
-            # A short TCP read emptied the receive queue: the next bytes raise a new event.
-            # Only an EOF already announced must still be read.
-            self.ready = self.closing
+        full = len(data) == COPY_CHUNK
+        self.src_state.after_read(full)
+        if full:
+            self.bulk = True  # more may wait: splice from now on
         self.pending = data
         if not self._write_pending():
             self._pause()
@@ -287,10 +282,9 @@ class _Direction:
 class Relay:
     """Relays between `client` and `upstream` until both directions end; then closes both.
 
-    `client_ready` / `upstream_ready`: whether that socket may already hold unread bytes (False
-    only when the caller drained it, e.g. a short recv): edge-triggered events will not repeat.
-    `client_closing` / `upstream_closing`: whether the caller saw that socket's EOF announced
-    (EPOLLRDHUP): it must still be read after the bytes, and no event will repeat it either.
+    `client_state` / `upstream_state`: what each socket's edge-triggered events said before the
+    relay took over (bytes not yet read, an announced EOF); events will not repeat them. None
+    means "may hold anything": the relay reads until EAGAIN.
     """
 
     __slots__ = (
@@ -316,10 +310,8 @@ class Relay:
         idle_timeout_s: float,
         initial_up: bytes = b"",
         initial_down: bytes = b"",
-        client_ready: bool = True,
-        upstream_ready: bool = True,
-        client_closing: bool = False,
-        upstream_closing: bool = False,
+        client_state: Readiness | None = None,
+        upstream_state: Readiness | None = None,
     ) -> None:
         self.loop = reactor.loop
         self.reactor = reactor
@@ -329,9 +321,11 @@ class Relay:
         self.idle_timeout_s = idle_timeout_s
         self.last_activity = time.monotonic()
         self.end = "eof"
-        self._up = _Direction(self, client, upstream, initial_up, client_ready, client_closing)
+        self._up = _Direction(
+            self, client, upstream, initial_up, client_state or Readiness(ready=True)
+        )
         self._down = _Direction(
-            self, upstream, client, initial_down, upstream_ready, upstream_closing
+            self, upstream, client, initial_down, upstream_state or Readiness(ready=True)
         )
         self._idle_timer: asyncio.TimerHandle | None = None
 
@@ -344,24 +338,19 @@ class Relay:
             self._down.start()
 
     def _on_client_event(self, events: int) -> None:
-        self.last_activity = time.monotonic()
-        if events & WRITABLE and self._down.paused:
-            self._down.on_writable()
-        if events & READABLE:
-            if events & CLOSING:
-                self._up.closing = True
-            self._up.ready = True
-            self._up.pump()
+        self._on_event(events, self._up, self._down)
 
     def _on_upstream_event(self, events: int) -> None:
+        self._on_event(events, self._down, self._up)
+
+    def _on_event(self, events: int, reading: _Direction, writing: _Direction) -> None:
+        """An event on the socket that `reading` reads from and `writing` writes to."""
         self.last_activity = time.monotonic()
-        if events & WRITABLE and self._up.paused:
-            self._up.on_writable()
+        if events & WRITABLE and writing.paused:
+            writing.on_writable()
         if events & READABLE:
-            if events & CLOSING:
-                self._down.closing = True
-            self._down.ready = True
-            self._down.pump()
+            reading.src_state.note(events)
+            reading.pump()
 
     def _check_idle(self) -> None:
         idle = time.monotonic() - self.last_activity
@@ -375,7 +364,7 @@ class Relay:
         return self._up.done and self._down.done
 
     def direction_done(self) -> None:
-        if self._up.done and self._down.done:
+        if self.both_done():
             self.close()
 
     def fail(self, exc: OSError) -> None:

@@ -24,7 +24,7 @@ from egressgate.errors import ProtocolError, Reason
 from egressgate.http1.events import RequestHead, TunnelStart
 from egressgate.http1.parser import RequestParser
 from egressgate.net.rawsocket import RawAcceptor, RawSocket
-from egressgate.net.reactor import CLOSING, READABLE
+from egressgate.net.reactor import READABLE, Readiness
 from egressgate.net.tasks import spawn
 from egressgate.observe.record import AccessRecord
 from egressgate.policy.decision import ClientIdentity
@@ -104,7 +104,6 @@ class _FirstRead:
     """A new connection before we know what it is: waits (bounded) for its first bytes."""
 
     __slots__ = (
-        "closing",
         "ctx",
         "deadline",
         "fd",
@@ -112,8 +111,8 @@ class _FirstRead:
         "parser",
         "peer",
         "prefix",
-        "ready",
         "sock",
+        "state",
     )
 
     def __init__(self, ctx: ProxyContext, sock: RawSocket, peer: tuple[str, int]) -> None:
@@ -124,8 +123,7 @@ class _FirstRead:
         self.loop = ctx.reactor.loop
         self.parser: RequestParser | None = None
         self.prefix = b""  # bytes read while they are still a prefix of "CONNECT "
-        self.ready = False  # the socket may hold more bytes than we have read (edge-triggered)
-        self.closing = False  # the peer's FIN (or an error) is known to wait behind the bytes
+        self.state = Readiness()  # handed on with the socket to the tunnel (edge-triggered)
         ctx.live.add(self)
         ctx.metrics.active_connections += 1
         # Enforced by the server's sweeper (it walks ctx.live), not a loop timer per connection.
@@ -134,8 +132,7 @@ class _FirstRead:
         ctx.reactor.add(self.fd, self._on_event)
 
     def _on_event(self, events: int) -> None:
-        if events & CLOSING:
-            self.closing = True
+        self.state.note(events)
         if events & READABLE:
             self._readable()
 
@@ -152,9 +149,7 @@ class _FirstRead:
             if not data:
                 self._drop()
                 return
-            # A short read emptied the socket of bytes (not of a pending EOF); a full one may
-            # have left bytes behind.
-            self.ready = self.closing or len(data) == FIRST_READ_BYTES
+            self.state.after_read(len(data) == FIRST_READ_BYTES)
             if not self._route(data) or len(data) < FIRST_READ_BYTES:
                 return
         self.loop.call_soon(self._readable)  # a flood of bytes: continue after the others
@@ -198,8 +193,7 @@ class _FirstRead:
             *client_identity(self.peer[0]),
             head,
             rest,
-            self.ready,
-            self.closing,
+            self.state,
         ).start()
         return False
 

@@ -36,7 +36,7 @@ from egressgate.names.hostname import IPAddress, address_text, address_texts
 from egressgate.net.connect import translate_os_error
 from egressgate.net.pump import TransportPump
 from egressgate.net.rawsocket import RawSocket, nonblocking_stream
-from egressgate.net.reactor import CLOSING, FAILED, READABLE, WRITABLE
+from egressgate.net.reactor import FAILED, READABLE, WRITABLE, Readiness
 from egressgate.net.relay import Relay, RelayStats
 from egressgate.net.tasks import spawn
 from egressgate.observe.record import AccessRecord
@@ -149,7 +149,7 @@ class RawTunnel(_TunnelCore):
 
     Both sockets stay in the edge-triggered reactor from accept (client) and socket creation
     (upstream) to close; each phase only swaps the handler. Edge-triggered events do not
-    repeat, so `client_ready` / `upstream_ready` remember whether a socket may hold unread bytes.
+    repeat, so `client_state` / `upstream_state` (Readiness) remember what they said.
     """
 
     __slots__ = (
@@ -159,16 +159,14 @@ class RawTunnel(_TunnelCore):
         "_on_deadline",
         "_relay",
         "client",
-        "client_closing",
         "client_fd",
-        "client_ready",
+        "client_state",
         "deadline",
         "identity",
         "loop",
         "reactor",
         "upstream",
-        "upstream_closing",
-        "upstream_ready",
+        "upstream_state",
     )
 
     def __init__(
@@ -179,22 +177,19 @@ class RawTunnel(_TunnelCore):
         client_text: str,
         head: RequestHead,
         rest: bytes,
-        client_ready: bool = True,
-        client_closing: bool = False,
+        client_state: Readiness,
     ) -> None:
         record = AccessRecord(time.time(), client_text, "CONNECT", "tunnel")
         super().__init__(ctx, head, record)
         self.client = client
         self.client_fd = client.fileno()
-        self.client_ready = client_ready
-        self.client_closing = client_closing
+        self.client_state = client_state
         self.identity = identity
         self.rest = rest
         self.loop = ctx.reactor.loop
         self.reactor = ctx.reactor
         self.upstream: RawSocket | None = None
-        self.upstream_ready = False
-        self.upstream_closing = False
+        self.upstream_state = Readiness()
         self._relay: Relay | None = None
         self._addresses: tuple[IPAddress, ...] = ()
         self._attempt = 0
@@ -207,7 +202,8 @@ class RawTunnel(_TunnelCore):
         ctx.metrics.active_tunnels += 1
 
     def start(self) -> None:
-        self.reactor.set_handler(self.client_fd, self._client_waiting)
+        # Until the ClientHello phase or the relay reads the client: remember its events.
+        self.reactor.set_handler(self.client_fd, self.client_state.note)
         try:
             self.admit(self.identity)
             found = gate.known_addresses(self.ctx, self.destination)
@@ -230,20 +226,6 @@ class RawTunnel(_TunnelCore):
         if not self.done:
             self._connect_next()
 
-    def _client_waiting(self, events: int) -> None:
-        """Client events before we read from it (early bytes, or its EOF): remember them."""
-        if events & CLOSING:
-            self.client_closing = True
-        if events & READABLE:
-            self.client_ready = True
-
-    def _upstream_waiting(self, events: int) -> None:
-        """Upstream events before the relay (a server-speaks-first banner): remember them."""
-        if events & CLOSING:
-            self.upstream_closing = True
-        if events & READABLE:
-            self.upstream_ready = True
-
     # ---- connecting, one vetted address after another
     def _connect_next(self, last: UpstreamError | None = None) -> None:
         if self._attempt >= len(self._addresses):
@@ -258,8 +240,7 @@ class RawTunnel(_TunnelCore):
         sock = nonblocking_stream(address.version == 6)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.upstream = sock
-        self.upstream_ready = False
-        self.upstream_closing = False
+        self.upstream_state = Readiness()
         error = sock.connect_ex((text, port))
         if error == 0 or error == errno.EINPROGRESS:
             # Writable (or error/hang-up) reports the end of the connect.
@@ -272,10 +253,7 @@ class RawTunnel(_TunnelCore):
             self._connect_failed(OSError(error, "connect"))
 
     def _connect_event(self, events: int) -> None:
-        if events & CLOSING:
-            self.upstream_closing = True
-        if events & READABLE:
-            self.upstream_ready = True
+        self.upstream_state.note(events)
         if not events & WRITABLE or self.upstream is None:
             return
         # Linux reports a failed connect as EPOLLERR (with HUP); only then is SO_ERROR worth a
@@ -283,12 +261,12 @@ class RawTunnel(_TunnelCore):
         if events & FAILED:
             error = self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if error:
-                self._stop_connect_wait()
+                self._disarm()
                 self._connect_failed(OSError(error, os.strerror(error)))
                 return
         # A connecting TCP socket is not writable: this is the end of the connect (events of a
         # closed socket whose fd number was reused never reach here, see Reactor._dispatch).
-        self._stop_connect_wait()
+        self._disarm()
         self._connected()
 
     def _arm(self, delay_s: float, action: Callable[[], object]) -> None:
@@ -311,9 +289,6 @@ class RawTunnel(_TunnelCore):
     def _connect_expired(self) -> None:
         self._connect_failed(TimeoutError(errno.ETIMEDOUT, "timed out"))
 
-    def _stop_connect_wait(self) -> None:
-        self._disarm()
-
     def _connect_failed(self, exc: OSError) -> None:
         self._close_upstream()
         address = self._addresses[self._attempt - 1]
@@ -323,7 +298,8 @@ class RawTunnel(_TunnelCore):
 
     def _connected(self) -> None:
         assert self.upstream is not None
-        self.reactor.set_handler(self.upstream.fileno(), self._upstream_waiting)
+        # Until the relay: remember upstream events (a server-speaks-first banner, its EOF).
+        self.reactor.set_handler(self.upstream.fileno(), self.upstream_state.note)
         if self.done:
             self._close_sockets()
             return
@@ -346,34 +322,30 @@ class RawTunnel(_TunnelCore):
         wait = min(MAX_HELLO_WAIT_S, self.ctx.limits.header_timeout_s)
         self._arm(wait, self._hello_expired)
         self.reactor.set_handler(self.client_fd, self._hello_event)
-        if self.client_ready:
+        if self.client_state.ready:
             self._hello_readable()
 
     def _hello_event(self, events: int) -> None:
-        if events & CLOSING:
-            self.client_closing = True
+        self.client_state.note(events)
         if events & READABLE:
-            self.client_ready = True
             self._hello_readable()
 
     def _hello_readable(self) -> None:
         try:
             chunk = self.client.recv(MAX_HELLO_BYTES)
         except BlockingIOError:
-            self.client_ready = False
+            self.client_state.ready = False
             return
         except OSError:
             chunk = b""
-        # A short read emptied the socket of bytes: the next bytes will raise a new event, but
-        # an EOF already announced (CLOSING) will not.
         full = len(chunk) == MAX_HELLO_BYTES
-        self.client_ready = full or self.client_closing
         if chunk:
+            self.client_state.after_read(full)
             self._hello += chunk
             if not self._judge(False) and full:
                 self.loop.call_soon(self._hello_readable)
         elif self._hello:
-            self.client_ready = True  # the EOF is still there for the relay to see
+            self.client_state.ready = True  # the EOF is still there for the relay to see
             self._judge(True)  # judge what arrived before the client's EOF
         else:
             self._stop_hello()
@@ -403,7 +375,7 @@ class RawTunnel(_TunnelCore):
 
     def _stop_hello(self) -> None:
         self._disarm()
-        self.reactor.set_handler(self.client_fd, self._client_waiting)
+        self.reactor.set_handler(self.client_fd, self.client_state.note)
 
     # ---- relay and end
     def _relay_now(self, first: bytes) -> None:
@@ -415,10 +387,8 @@ class RawTunnel(_TunnelCore):
             self._end,
             self.ctx.limits.idle_timeout_s,
             initial_up=first,
-            client_ready=self.client_ready,
-            upstream_ready=self.upstream_ready,
-            client_closing=self.client_closing,
-            upstream_closing=self.upstream_closing,
+            client_state=self.client_state,
+            upstream_state=self.upstream_state,
         )
         self._relay = relay
         relay.start()
@@ -460,7 +430,7 @@ class RawTunnel(_TunnelCore):
         if self.done:
             return
         if self._relay is None:
-            self._stop_connect_wait()
+            self._disarm()
             self._close_sockets()
         self._relay = None
         self.tunnel_done(stats)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import select
 import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import uvloop
 
-from egressgate.net.reactor import CLOSING, READABLE, WRITABLE, Reactor
+from egressgate.net.reactor import CLOSING, READABLE, WRITABLE, Reactor, Readiness
 
 STEP_S = 0.01
 MAX_STEPS = 200  # two seconds at most for any awaited event
@@ -205,3 +206,23 @@ async def test_a_failing_handler_does_not_lose_the_other_events() -> None:
         reactor.close()
         for sock in (a, b, c, d):
             sock.close()
+
+
+def test_readiness_remembers_events_until_a_read_drains_the_socket() -> None:
+    state = Readiness()
+    assert not state.ready
+    state.note(select.EPOLLOUT)  # not a read event
+    assert not state.ready
+    state.note(select.EPOLLIN)
+    assert state.ready
+    assert not state.closing
+    state.after_read(full=False)  # a short read emptied the receive queue
+    assert not state.ready
+    state.note(select.EPOLLIN | select.EPOLLRDHUP)
+    state.after_read(full=False)  # bytes gone, but the announced EOF is still to be read
+    assert state.ready
+    assert state.closing
+    fresh = Readiness()
+    fresh.note(select.EPOLLIN)
+    fresh.after_read(full=True)  # a full read may have left bytes behind
+    assert fresh.ready
