@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import idna
 
+from egressgate.names.tuple_memo import TupleMemo
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_NAME_LENGTH = 253
@@ -32,23 +34,15 @@ def address_text(address: IPAddress) -> str:
     return str(address)
 
 
-# By tuple identity: the resolver repeats the same cached tuple, and hashing ip_address objects
-# (what address_text's lru_cache does) is Python code per address. Each entry keeps its tuple
-# alive, so an id cannot be recycled while its entry exists.
-_TEXTS_BY_ID: dict[int, tuple[tuple[IPAddress, ...], tuple[str, ...]]] = {}
-_MAX_TEXTS_BY_ID = 4096
+# Per tuple, by identity (address_text's lru_cache hashes each ip_address: Python code).
+_TEXTS: TupleMemo[tuple[IPAddress, ...], tuple[str, ...]] = TupleMemo(
+    lambda addresses: tuple(address_text(a) for a in addresses)
+)
 
 
 def address_texts(addresses: tuple[IPAddress, ...]) -> tuple[str, ...]:
-    """address_text of each address, memoized per tuple."""
-    seen = _TEXTS_BY_ID.get(id(addresses))
-    if seen is not None and seen[0] is addresses:
-        return seen[1]
-    texts = tuple(address_text(a) for a in addresses)
-    if len(_TEXTS_BY_ID) >= _MAX_TEXTS_BY_ID:
-        _TEXTS_BY_ID.clear()
-    _TEXTS_BY_ID[id(addresses)] = (addresses, texts)
-    return texts
+    """address_text of each address, memoized per tuple (see names/tuple_memo.py)."""
+    return _TEXTS.get(addresses)
 
 
 class InvalidHost(ValueError):

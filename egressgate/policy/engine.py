@@ -30,6 +30,7 @@ from egressgate.errors import Reason
 from egressgate.names.addresses import AddressClass, classify_address
 from egressgate.names.hostname import Host, InvalidHost, IPAddress, normalize_host
 from egressgate.names.patterns import DomainPattern, HostMatcher, IPNetwork, parse_cidr
+from egressgate.names.tuple_memo import TupleMemo
 from egressgate.policy.clients import ClientSelector
 from egressgate.policy.decision import ClientIdentity, Decision, Target, Verdict
 
@@ -58,7 +59,7 @@ class CompiledPolicy:
     __slots__ = (
         "_allowed",
         "_vet_cache",
-        "_vet_seen",
+        "_vet_memo",
         "allow_private",
         "config",
         "connect_ports",
@@ -85,7 +86,9 @@ class CompiledPolicy:
         # Vetting is pure over (policy, addresses); a compiled policy lives for one config
         # generation, so the cache can never outlive the allow_private it was computed with.
         self._vet_cache: dict[tuple[IPAddress, ...], object] = {}
-        self._vet_seen: dict[int, tuple[tuple[IPAddress, ...], _Unvetted]] = {}
+        self._vet_memo: TupleMemo[tuple[IPAddress, ...], _Unvetted] = TupleMemo(
+            self._vet_by_content, _VET_CACHE_MAX
+        )
         # The ALLOW decision of each rule is always the same (immutable) value: build it once.
         self._allowed: dict[str, Decision] = {}
 
@@ -152,29 +155,20 @@ class CompiledPolicy:
 
     def vet(self, addresses: Sequence[IPAddress]) -> _Unvetted:
         """The first internal address not covered by allow_private, or None if all may go."""
-        # First by identity: the resolver hands out the same cached tuple until its TTL ends,
-        # and hashing ip_address objects is Python code (hash(hex(int))) per address. The
-        # entry keeps the tuple alive, so its id cannot be reused while the entry exists.
-        seen = self._vet_seen.get(id(addresses))
-        if seen is not None and seen[0] is addresses:
-            return seen[1]
-        key = tuple(addresses)
+        if isinstance(addresses, tuple):
+            return self._vet_memo.get(addresses)  # the resolver's tuple again: no hashing
+        return self._vet_by_content(tuple(addresses))
+
+    def _vet_by_content(self, key: tuple[IPAddress, ...]) -> _Unvetted:
         cached = self._vet_cache.get(key, _MISS)
         if cached is _MISS:
             cached = self._vet_uncached(key)
             if len(self._vet_cache) >= _VET_CACHE_MAX:
                 self._vet_cache.clear()
             self._vet_cache[key] = cached
-        result: _Unvetted = cached  # type: ignore[assignment]
-        if isinstance(addresses, tuple):
-            if len(self._vet_seen) >= _VET_CACHE_MAX:
-                self._vet_seen.clear()
-            self._vet_seen[id(addresses)] = (addresses, result)
-        return result
+        return cached  # type: ignore[return-value]
 
-    def _vet_uncached(
-        self, addresses: Sequence[IPAddress]
-    ) -> tuple[AddressClass, IPAddress] | None:
+    def _vet_uncached(self, addresses: Sequence[IPAddress]) -> _Unvetted:
         for address in addresses:
             cls = classify_address(address)
             if cls is AddressClass.PUBLIC:
