@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from tests.integration.helpers_core import (
+    connect_refusal,
     ports_of,
     read_until_close,
     single_response,
@@ -463,6 +464,38 @@ def test_a_server_that_speaks_and_closes_at_once_is_relayed_to_the_client_end(
         result = read_until_close(tunnel.sock, 5.0)
     assert not result.timed_out, "the server's EOF never reached the client"
     assert tunnel.leftover + result.data == pattern_bytes(3000, 5)
+
+
+def test_a_connect_that_is_never_answered_ends_in_504_after_connect_timeout(
+    proxy_factory: ProxyFactory, dns_server: DnsServer
+) -> None:
+    # A loopback listener whose accept queue is full drops further SYNs, so the proxy's connect
+    # stays pending: only the connect deadline (enforced by the server's sweeper) can end it.
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(4):  # more than the queue holds; never accepted
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        time.sleep(0.2)
+        dns_server.records["silent.test"] = ["127.0.0.1"]
+        proxy = start_proxy(
+            proxy_factory, allow=["silent.test"], ports=[port], limits={"connect_timeout_s": 1}
+        )
+        started = time.monotonic()
+        response = connect_refusal(proxy, f"silent.test:{port}")
+        elapsed = time.monotonic() - started
+    finally:
+        for sock in (listener, *fillers):
+            sock.close()
+    assert response.status == 504
+    assert response.header("X-Egressgate-Reason") == "upstream-timeout"
+    assert 0.9 <= elapsed < 4.0, f"answered after {elapsed:.2f}s, connect_timeout_s is 1"
 
 
 def tls_exchange_with_split_hello(
