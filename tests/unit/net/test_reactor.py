@@ -6,7 +6,6 @@ Run on uvloop, the loop the proxy runs on.
 from __future__ import annotations
 
 import asyncio
-import functools
 import select
 import socket
 from collections.abc import Callable, Coroutine
@@ -19,9 +18,10 @@ from egressgate.net.reactor import CLOSING, READABLE, WRITABLE, Reactor, Readine
 STEP_S = 0.01
 MAX_STEPS = 200  # two seconds at most for any awaited event
 
+Pair = Callable[[], tuple[socket.socket, socket.socket]]
 
-async def _until(predicate: object) -> None:
-    assert callable(predicate)
+
+async def _until(predicate: Callable[[], object]) -> None:
     for _ in range(MAX_STEPS):
         if predicate():
             return
@@ -29,173 +29,160 @@ async def _until(predicate: object) -> None:
     raise AssertionError("event did not arrive in time")
 
 
-def _on_uvloop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
-    @functools.wraps(test)
-    def run() -> None:
-        uvloop.run(asyncio.wait_for(test(), 10))
+def _with_reactor(
+    test: Callable[[Reactor, Pair], Coroutine[Any, Any, None]],
+) -> Callable[[], None]:
+    """Run `test(reactor, pair)` on uvloop (bounded); `pair()` makes a non-blocking socketpair.
+    The reactor and every socket made are closed afterwards, whatever the test did."""
 
+    def run() -> None:
+        made: list[socket.socket] = []
+
+        def pair() -> tuple[socket.socket, socket.socket]:
+            a, b = socket.socketpair()
+            made.extend((a, b))
+            a.setblocking(False)
+            b.setblocking(False)
+            return a, b
+
+        async def body() -> None:
+            reactor = Reactor(asyncio.get_running_loop())
+            try:
+                await test(reactor, pair)
+            finally:
+                reactor.close()
+
+        try:
+            uvloop.run(asyncio.wait_for(body(), 10))
+        finally:
+            for sock in made:
+                sock.close()
+
+    # Not functools.wraps: pytest would read the wrapped signature and look for fixtures.
+    run.__name__ = test.__name__
+    run.__doc__ = test.__doc__
     return run
 
 
-def _pair() -> tuple[socket.socket, socket.socket]:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    return a, b
+@_with_reactor
+async def test_reports_bytes_already_waiting_when_added(reactor: Reactor, pair: Pair) -> None:
+    a, b = pair()
+    b.send(b"hello")
+    seen: list[int] = []
+    reactor.add(a.fileno(), seen.append)
+    await _until(lambda: seen)
+    assert seen[0] & READABLE
+    assert a.recv(16) == b"hello"
 
 
-@_on_uvloop
-async def test_reports_bytes_already_waiting_when_added() -> None:
-    reactor = Reactor(asyncio.get_running_loop())
-    a, b = _pair()
-    try:
-        b.send(b"hello")
-        seen: list[int] = []
-        reactor.add(a.fileno(), seen.append)
-        await _until(lambda: seen)
-        assert seen[0] & READABLE
-        assert a.recv(16) == b"hello"
-    finally:
-        reactor.close()
-        a.close()
-        b.close()
+@_with_reactor
+async def test_edge_triggered_no_repeat_until_new_bytes(reactor: Reactor, pair: Pair) -> None:
+    a, b = pair()
+    seen: list[int] = []
+    reactor.add(a.fileno(), seen.append)
+    b.send(b"x")
+    await _until(lambda: seen)
+    # Not read: an edge-triggered watch does not report the same bytes again.
+    count = len(seen)
+    await asyncio.sleep(0.05)
+    assert len(seen) == count
+    b.send(b"y")
+    await _until(lambda: len(seen) > count)
+    assert a.recv(16) == b"xy"
 
 
-@_on_uvloop
-async def test_edge_triggered_no_repeat_until_new_bytes() -> None:
-    reactor = Reactor(asyncio.get_running_loop())
-    a, b = _pair()
-    try:
-        seen: list[int] = []
-        reactor.add(a.fileno(), seen.append)
-        b.send(b"x")
-        await _until(lambda: seen)
-        # Not read: an edge-triggered watch does not report the same bytes again.
-        count = len(seen)
-        await asyncio.sleep(0.05)
-        assert len(seen) == count
-        b.send(b"y")
-        await _until(lambda: len(seen) > count)
-        assert a.recv(16) == b"xy"
-    finally:
-        reactor.close()
-        a.close()
-        b.close()
+@_with_reactor
+async def test_peer_close_is_reported_as_closing(reactor: Reactor, pair: Pair) -> None:
+    a, b = pair()
+    seen: list[int] = []
+    reactor.add(a.fileno(), seen.append)
+    b.send(b"last")
+    b.close()
+    await _until(lambda: any(m & CLOSING for m in seen))
+    assert a.recv(16) == b"last"
+    assert a.recv(16) == b""
 
 
-@_on_uvloop
-async def test_peer_close_is_reported_as_closing() -> None:
-    reactor = Reactor(asyncio.get_running_loop())
-    a, b = _pair()
-    try:
-        seen: list[int] = []
-        reactor.add(a.fileno(), seen.append)
-        b.send(b"last")
-        b.close()
-        await _until(lambda: any(m & CLOSING for m in seen))
-        assert a.recv(16) == b"last"
-        assert a.recv(16) == b""
-    finally:
-        reactor.close()
-        a.close()
+@_with_reactor
+async def test_want_writable_reports_a_writable_socket(reactor: Reactor, pair: Pair) -> None:
+    a, _ = pair()
+    seen: list[int] = []
+    reactor.add(a.fileno(), seen.append)
+    await asyncio.sleep(0.02)
+    seen.clear()
+    reactor.want_writable(a.fileno())
+    await _until(lambda: any(m & WRITABLE for m in seen))
 
 
-@_on_uvloop
-async def test_want_writable_reports_a_writable_socket() -> None:
-    reactor = Reactor(asyncio.get_running_loop())
-    a, b = _pair()
-    try:
-        seen: list[int] = []
-        reactor.add(a.fileno(), seen.append)
-        await asyncio.sleep(0.02)
-        seen.clear()
-        reactor.want_writable(a.fileno())
-        await _until(lambda: any(m & WRITABLE for m in seen))
-    finally:
-        reactor.close()
-        a.close()
-        b.close()
-
-
-@_on_uvloop
-async def test_an_fd_forgotten_mid_batch_gets_none_of_the_batchs_later_events() -> None:
-    reactor = Reactor(asyncio.get_running_loop())
-    pairs = [_pair() for _ in range(2)]
+@_with_reactor
+async def test_an_fd_forgotten_mid_batch_gets_none_of_the_batchs_later_events(
+    reactor: Reactor, pair: Pair
+) -> None:
+    pairs = [pair() for _ in range(2)]
+    fds = [a.fileno() for a, _ in pairs]
     calls: list[int] = []
-    try:
-        fds = [a.fileno() for a, _ in pairs]
 
-        fresh: list[socket.socket] = []
+    def handler(index: int) -> Callable[[int], None]:
+        def on_event(events: int) -> None:
+            calls.append(index)
+            # Whoever runs first closes the other, as a tunnel closing both its sockets does;
+            # the other's event, already in this batch, must reach no one, not even a new
+            # socket that reuses its number at once.
+            other = 1 - index
+            reactor.forget(fds[other])
+            pairs[other][0].close()
+            new_a, _ = pair()
+            reactor.add(new_a.fileno(), lambda _events: calls.append(99))
 
-        def handler(index: int) -> Callable[[int], None]:
-            def on_event(events: int) -> None:
-                calls.append(index)
-                # Whoever runs first closes the other, as a tunnel closing both its sockets does;
-                # the other's event, already in this batch, must reach no one, not even a new
-                # socket that reuses its number at once.
-                other = 1 - index
-                reactor.forget(fds[other])
-                pairs[other][0].close()
-                new_a, new_b = _pair()
-                fresh.extend([new_a, new_b])
-                reactor.add(new_a.fileno(), lambda _events: calls.append(99))
+        return on_event
 
-            return on_event
-
-        for index, fd in enumerate(fds):
-            reactor.add(fd, handler(index))
-        for _, peer in pairs:
-            peer.send(b"x")
-        await _until(lambda: calls)
-        await asyncio.sleep(0.05)
-        assert len(calls) == 1
-    finally:
-        reactor.close()
-        for sock in [*(s for pair in pairs for s in pair), *fresh]:
-            sock.close()
+    for index, fd in enumerate(fds):
+        reactor.add(fd, handler(index))
+    for _, peer in pairs:
+        peer.send(b"x")
+    await _until(lambda: calls)
+    await asyncio.sleep(0.05)
+    assert len(calls) == 1
 
 
-@_on_uvloop
-async def test_remove_hands_a_live_fd_back() -> None:
+@_with_reactor
+async def test_remove_hands_a_live_fd_back(reactor: Reactor, pair: Pair) -> None:
     loop = asyncio.get_running_loop()
-    reactor = Reactor(loop)
-    a, b = _pair()
+    a, b = pair()
+    seen: list[int] = []
+    reactor.add(a.fileno(), seen.append)
+    reactor.remove(a.fileno())
+    assert len(reactor) == 0
+    got: asyncio.Future[bytes] = loop.create_future()
+
+    def on_readable() -> None:
+        if not got.done():
+            got.set_result(a.recv(16))
+
+    loop.add_reader(a.fileno(), on_readable)
     try:
-        seen: list[int] = []
-        reactor.add(a.fileno(), seen.append)
-        reactor.remove(a.fileno())
-        assert len(reactor) == 0
-        got: asyncio.Future[bytes] = loop.create_future()
-
-        def on_readable() -> None:
-            if not got.done():
-                got.set_result(a.recv(16))
-
-        loop.add_reader(a.fileno(), on_readable)
         b.send(b"ok")
         assert await asyncio.wait_for(got, 2) == b"ok"
-        loop.remove_reader(a.fileno())
-        assert not seen
     finally:
-        reactor.close()
-        a.close()
-        b.close()
+        loop.remove_reader(a.fileno())
+    assert not seen
 
 
-@_on_uvloop
-async def test_a_failing_handler_does_not_lose_the_other_events() -> None:
+@_with_reactor
+async def test_a_failing_handler_does_not_lose_the_other_events(
+    reactor: Reactor, pair: Pair
+) -> None:
     loop = asyncio.get_running_loop()
     reported: list[object] = []
     loop.set_exception_handler(lambda _loop, context: reported.append(context))
-    reactor = Reactor(loop)
-    a, b = _pair()
-    c, d = _pair()
+    a, b = pair()
+    c, d = pair()
+    seen: list[int] = []
+
+    def broken(events: int) -> None:
+        raise RuntimeError("boom")
+
     try:
-        seen: list[int] = []
-
-        def broken(events: int) -> None:
-            raise RuntimeError("boom")
-
         reactor.add(a.fileno(), broken)
         reactor.add(c.fileno(), seen.append)
         b.send(b"1")
@@ -203,9 +190,6 @@ async def test_a_failing_handler_does_not_lose_the_other_events() -> None:
         await _until(lambda: seen and reported)
     finally:
         loop.set_exception_handler(None)
-        reactor.close()
-        for sock in (a, b, c, d):
-            sock.close()
 
 
 def test_readiness_remembers_events_until_a_read_drains_the_socket() -> None:
