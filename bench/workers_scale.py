@@ -33,9 +33,16 @@ def run_once(workers: int, quick: bool, out: str) -> dict:
     if quick:
         cmd.append("--quick")
     print(f"== workers: {workers}: {' '.join(cmd)}", file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True)
+    result = subprocess.run(cmd)
+    if result.returncode != 0 or not os.path.exists(out):
+        sys.exit(f"workers_scale: bench/run with workers={workers} failed (exit "
+                 f"{result.returncode}); its messages are above")
     with open(out) as f:
-        return json.load(f)
+        doc = json.load(f)
+    if "skipped" in doc["targets"].get("egressgate", {}):
+        sys.exit(f"workers_scale: egressgate was skipped with workers={workers}: "
+                 f"{doc['targets']['egressgate']['skipped']}")
+    return doc
 
 
 def main() -> int:
