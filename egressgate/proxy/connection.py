@@ -25,6 +25,7 @@ from egressgate.errors import ProtocolError, ProxyFailure, Reason, Refused
 from egressgate.http1.events import END, Event, RequestHead, TunnelStart
 from egressgate.http1.parser import RequestParser
 from egressgate.names.hostname import IPAddress
+from egressgate.net.outbox import Output
 from egressgate.observe.record import AccessRecord
 from egressgate.policy.decision import ClientIdentity
 from egressgate.proxy.context import ProxyContext
@@ -57,6 +58,7 @@ class ClientConnection(asyncio.Protocol):
         "exchange",
         "first_bytes",
         "identity",
+        "output",
         "parser",
         "peer_port",
         "request_open",
@@ -77,6 +79,9 @@ class ClientConnection(asyncio.Protocol):
         self.parser = RequestParser(limits.max_request_line_bytes, limits.max_header_bytes)
         self.state = ConnState.HEAD
         self.transport: asyncio.Transport | None = None
+        # Every byte for the client goes through it, written at the end of the loop iteration
+        # (net/outbox.py); `transport` is for reading, flow control and peer facts.
+        self.output = Output(ctx.outbox)
         self.exchange: Exchange | None = None
         self.request_open = False  # the current exchange still receives request body events
         self._queue: deque[Event] = deque()
@@ -95,7 +100,7 @@ class ClientConnection(asyncio.Protocol):
     # ---- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; same interface.
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = self.output.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         self.address = ipaddress.ip_address(host.split("%", 1)[0])
@@ -109,8 +114,8 @@ class ClientConnection(asyncio.Protocol):
         if closing or len(ctx.live) + len(ctx.tunnels) >= ctx.limits.max_connections:
             reason = Reason.SHUTTING_DOWN if closing else Reason.TOO_MANY_CONNECTIONS
             ctx.metrics.connections_rejected += reason is Reason.TOO_MANY_CONNECTIONS
-            self.transport.write(refusal_response(reason, None))
-            self.transport.close()
+            self.output.write(refusal_response(reason, None))
+            self.output.close()
             self.state = ConnState.CLOSED
             return
         ctx.live.add(self)
@@ -308,7 +313,7 @@ class ClientConnection(asyncio.Protocol):
         if record.host is None and host is not None:
             record.host = host
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(
+            self.output.write(
                 refusal_response(reason, host, failure.detail, policy or record.policy, realm)
             )
         self.finish_record(record)
@@ -328,6 +333,7 @@ class ClientConnection(asyncio.Protocol):
 
     def detach_for_tunnel(self) -> None:
         """The socket now belongs to a relay: stop tracking it as an HTTP connection."""
+        self.output.flush()  # what was queued goes first; the relay writes directly
         self._cancel_timer()
         self.state = ConnState.TUNNEL
         self._unregister()
@@ -336,8 +342,7 @@ class ClientConnection(asyncio.Protocol):
         if self.state is ConnState.CLOSED:
             return
         self._closed()
-        if self.transport is not None:
-            self.transport.close()
+        self.output.close()
 
     def _closed(self) -> None:
         if self.state is ConnState.CLOSED:
@@ -360,8 +365,7 @@ class ClientConnection(asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.client_lost()
             self.exchange = None
-        if self.transport is not None:
-            self.transport.abort()
+        self.output.abort()
         self._closed()
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from egressgate.config.model import Limits
+from egressgate.net.outbox import Outbox
 from egressgate.net.reactor import Reactor
 from egressgate.net.resolver import Resolver
 from egressgate.observe.accesslog import AccessLog
@@ -37,6 +38,7 @@ class ProxyContext:
         "limits",
         "live",
         "metrics",
+        "outbox",
         "pool",
         "reactor",
         "resolver",
@@ -52,6 +54,7 @@ class ProxyContext:
         metrics: Metrics,
         pool: UpstreamPool,
         reactor: Reactor,
+        outbox: Outbox,
     ) -> None:
         self.state = state
         self.resolver = resolver
@@ -59,6 +62,7 @@ class ProxyContext:
         self.metrics = metrics
         self.pool = pool
         self.reactor = reactor  # raw sockets of the plain listener's tunnels (net/reactor.py)
+        self.outbox = outbox  # end-of-iteration writes of the HTTP connections (net/outbox.py)
         self.limits: Limits = state.current.config.limits
         self.live: set[Closable] = set()
         self.tunnels: set[Closable] = set()

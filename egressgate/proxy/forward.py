@@ -32,6 +32,7 @@ from egressgate.http1.semantics import (
     wants_upgrade,
 )
 from egressgate.names.hostname import address_text
+from egressgate.net.outbox import Output
 from egressgate.net.pump import TransportPump
 from egressgate.net.relay import RelayStats
 from egressgate.net.tasks import spawn
@@ -53,19 +54,20 @@ HEALTH_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Lengt
 class UpstreamConnection(asyncio.Protocol):
     """An HTTP/1.1 connection to one vetted address; serves one exchange at a time."""
 
-    __slots__ = ("exchange", "idle_since", "key", "parser", "pool", "transport")
+    __slots__ = ("exchange", "idle_since", "key", "output", "parser", "pool", "transport")
 
-    def __init__(self, pool: UpstreamPool, key: PoolKey) -> None:
+    def __init__(self, pool: UpstreamPool, key: PoolKey, output: Output) -> None:
         self.pool = pool
         self.key = key
         self.parser = ResponseParser()
         self.transport: asyncio.Transport | None = None
+        self.output = output  # every byte for the origin goes through it (net/outbox.py)
         self.exchange: HttpExchange | None = None
         self.idle_since = 0.0  # monotonic time it entered the pool (0: in use)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; same interface.
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = self.output.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
@@ -77,18 +79,10 @@ class UpstreamConnection(asyncio.Protocol):
         except ProtocolError as exc:
             exchange.upstream_failed(UpstreamError(Reason.UPSTREAM_BAD_RESPONSE, exc.detail))
             return
-        # One read's worth of response (typically head + body + end) reaches the client in
-        # one write: a syscall and a wake-up of the client per request saved.
-        batch: list[bytes] = []
-        exchange.batch = batch
-        try:
-            for event in events:
-                if self.exchange is not exchange:
-                    break
-                exchange.response_event(event)
-        finally:
-            if exchange.batch is batch:
-                exchange.flush_batch()
+        for event in events:
+            if self.exchange is not exchange:
+                break
+            exchange.response_event(event)
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost does the rest
@@ -96,7 +90,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool.remove(self)
         exchange, self.exchange = self.exchange, None
-        self.transport = None
+        self.transport = self.output.transport = None
         if exchange is not None:
             exchange.upstream_lost()
 
@@ -120,12 +114,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        self.output.close()
 
     def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+        self.output.abort()
 
 
 class HttpExchange:
@@ -134,7 +126,6 @@ class HttpExchange:
     __slots__ = (
         "_early_body",
         "_early_size",
-        "batch",
         "chunk_response",
         "chunked_request",
         "conn",
@@ -171,9 +162,6 @@ class HttpExchange:
         self.upgrade: bytes | None = None
         self.done = False
         self.response_deadline = 0.0  # checked by the sweeper via check_deadline()
-        # While the upstream's read is being handled: client-bound bytes wait here, to be
-        # written at once (see UpstreamConnection.data_received). None: write straight through.
-        self.batch: list[bytes] | None = None
 
     # ---- request side
     def start(self) -> None:
@@ -232,9 +220,7 @@ class HttpExchange:
     def _answer_health(self) -> None:
         """The proxy port's own liveness answer (for `egressgate check --live`); not logged."""
         self.done = True
-        transport = self.conn.transport
-        if transport is not None:
-            transport.write(HEALTH_RESPONSE)
+        self.conn.output.write(HEALTH_RESPONSE)
         self.conn.exchange_done(self.keep_alive)
 
     async def _connect(self, gen: Generation, decision: Decision, destination: Target) -> None:
@@ -247,9 +233,10 @@ class HttpExchange:
                 sock, address = await gate.connect_any(self.ctx, vetted, destination.port, record)
                 key = (address_text(address), destination.port)
                 loop = asyncio.get_running_loop()
+                output = Output(self.ctx.outbox)
                 try:
                     _, upstream = await loop.create_connection(
-                        lambda: UpstreamConnection(self.ctx.pool, key), sock=sock
+                        lambda: UpstreamConnection(self.ctx.pool, key, output), sock=sock
                     )
                 except OSError as exc:
                     sock.close()
@@ -268,8 +255,7 @@ class HttpExchange:
         self.upstream = upstream
         upstream.exchange = self
         self.record.address = upstream.key[0]
-        assert upstream.transport is not None
-        upstream.transport.writelines(self._early_body)
+        upstream.output.writelines(self._early_body)
         self._early_body = []
         if self.request_complete or self.upgrade is not None:
             self._arm_response_timer()
@@ -281,8 +267,8 @@ class HttpExchange:
         if self.chunked_request:
             data = render.chunk(data)
         upstream = self.upstream
-        if upstream is not None and upstream.transport is not None:
-            upstream.transport.write(data)
+        if upstream is not None:
+            upstream.output.write(data)
             return
         self._early_body.append(data)
         self._early_size += len(data)
@@ -298,8 +284,8 @@ class HttpExchange:
 
     def request_body_raw(self, data: bytes) -> None:
         upstream = self.upstream
-        if upstream is not None and upstream.transport is not None:
-            upstream.transport.write(data)
+        if upstream is not None:
+            upstream.output.write(data)
         else:
             self._early_body.append(data)
 
@@ -316,7 +302,6 @@ class HttpExchange:
         """The client half-closed with its request incomplete: nothing more will come."""
 
     def client_lost(self) -> None:
-        self.batch = None
         if self.done:
             return
         self.done = True
@@ -357,25 +342,10 @@ class HttpExchange:
             )
 
     def _to_client(self, data: bytes) -> None:
-        batch = self.batch
-        if batch is not None:
-            batch.append(data)
-            return
-        transport = self.conn.transport
-        if transport is not None:
-            transport.write(data)
-
-    def flush_batch(self) -> None:
-        """Write what the current upstream read produced for the client (before anything else
-        may write to the client: the next exchange, a refusal, a protocol switch)."""
-        batch, self.batch = self.batch, None
-        if batch:
-            transport = self.conn.transport
-            if transport is not None:
-                if len(batch) == 1:
-                    transport.write(batch[0])
-                else:
-                    transport.writelines(batch)
+        # Queued with everything else for this client, in order, and written at the end of
+        # the loop iteration (net/outbox.py): the next pipelined answer, a refusal or a
+        # protocol switch cannot overtake it.
+        self.conn.output.write(data)
 
     def response_event(self, event: Event) -> None:
         if isinstance(event, bytes):
@@ -443,7 +413,6 @@ class HttpExchange:
         self.response_open = False
         if self.chunk_response:
             self._to_client(render.LAST_CHUNK)
-        self.flush_batch()  # before exchange_done: the next pipelined answer must come after
         reusable = head.keep_alive if upstream_reusable is None else upstream_reusable
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
@@ -463,7 +432,6 @@ class HttpExchange:
         self.conn.finish_record(self.record)
 
     def _switch_protocols(self, rest: bytes) -> None:
-        self.flush_batch()
         head = self.response_head
         upstream = self.upstream
         conn = self.conn
@@ -480,7 +448,7 @@ class HttpExchange:
             return
         tokens = connection_tokens(head.headers)
         upgrade_value = next((v for n, _, v in head.headers if n == b"upgrade"), self.upgrade)
-        conn.transport.write(
+        conn.output.write(
             render.response_head(
                 head,
                 end_to_end(head.headers, tokens),
@@ -489,7 +457,8 @@ class HttpExchange:
                 upgrade=upgrade_value,
             )
         )
-        conn.detach_for_tunnel()
+        conn.detach_for_tunnel()  # writes what is queued for the client: the relay takes over
+        upstream.output.flush()  # likewise the bytes the client sent after its Upgrade head
         self.upstream = None
         upstream.exchange = None
         self.record.kind = "tunnel"
@@ -533,7 +502,7 @@ class HttpExchange:
         )
 
     def upstream_failed(self, error: UpstreamError) -> None:
-        self.flush_batch()  # bytes already produced go before the refusal or the cut
+        self.conn.output.flush()  # bytes already produced go before the refusal or the cut
         if self.done:
             return
         self.ctx.metrics.count_upstream_error(error.reason.value)

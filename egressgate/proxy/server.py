@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from egressgate.config.model import Config, ListenAddress
 from egressgate.errors import ConfigError
 from egressgate.net.listen import bind, bound_address
+from egressgate.net.outbox import Outbox
 from egressgate.net.reactor import Reactor
 from egressgate.net.resolver import Resolver
 from egressgate.observe.accesslog import AccessLog
@@ -109,6 +110,7 @@ class ProxyServer:
             self.metrics,
             UpstreamPool(config.limits.upstream_idle_s),
             Reactor(asyncio.get_running_loop()),
+            Outbox(asyncio.get_running_loop()),
         )
         self.ctx = ctx
         sock = bind(self.listen_override or config.listen, self.reuse_port)
