@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from egressgate.net.outbox import Outbox
 from egressgate.net.rawsocket import RawSocket
 from egressgate.net.reactor import READABLE, WRITABLE, Reactor, Readiness
 
@@ -108,6 +109,7 @@ class _Direction:
         "paused",
         "pending",
         "pipe",
+        "queued",
         "src",
         "src_fd",
         "src_state",
@@ -133,6 +135,7 @@ class _Direction:
         self.eof = False
         self.done = False
         self.paused = False  # waiting for dst to take bytes
+        self.queued = False  # `pending` is to be sent at the end of the loop iteration
         self.src_state = src_state  # what src's edge-triggered events said since its last read
         self.bulk = False  # splice from now on (a copy read came back full)
 
@@ -148,7 +151,7 @@ class _Direction:
 
     def pump(self) -> None:
         """Move bytes while src has them and dst takes them (bounded per call, for fairness)."""
-        if self.paused or self.eof or self.done:
+        if self.paused or self.eof or self.done or self.queued:
             return
         try:
             for _ in range(ROUNDS_PER_EVENT):
@@ -194,11 +197,29 @@ class _Direction:
         self.src_state.after_read(full)
         if full:
             self.bulk = True  # more may wait: splice from now on
+        # The send wakes dst's reader on another core: made at the end of the loop iteration
+        # with every other tunnel's sends, it wakes that process once for all of them
+        # (net/outbox.py). Reading src waits until then: one chunk in flight per direction.
         self.pending = data
-        if not self._write_pending():
-            self._pause()
-            return False
-        return True
+        self.queued = True
+        self.owner.outbox.later(self._send_queued)
+        return False
+
+    def _send_queued(self) -> None:
+        self.queued = False
+        if self.done:
+            return  # the relay was closed meanwhile: the bytes go with the connection
+        try:
+            if not self._write_pending():
+                self._pause()
+                return
+        except OSError as exc:
+            self.owner.fail(exc)
+            return
+        if self.eof:
+            self._finish()
+        else:
+            self.pump()
 
     def _flush(self) -> bool:
         """Move bytes pipe → dst. False (and paused) when dst cannot take them yet."""
@@ -253,20 +274,24 @@ class _Direction:
 
     def _on_eof(self) -> None:
         self.eof = True
-        if not self.paused:
-            self._finish()
+        if not self.paused and not self.queued:
+            self._finish()  # else once the last bytes are sent
 
     def _finish(self) -> None:
         """All bytes delivered after EOF: pass the half-close on."""
         self.done = True
         if not self.owner.both_done():
-            try:
-                self.dst.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+            # The FIN wakes dst's reader: with this iteration's other sends (net/outbox.py).
+            self.owner.outbox.later(self._shutdown_dst)
         # else: the relay closes both sockets now, and a close sends the same FIN (both
         # receive queues are empty, both sources having reported EOF): one syscall saved.
         self.owner.direction_done()
+
+    def _shutdown_dst(self) -> None:
+        try:
+            self.dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # closed meanwhile (its close sent the FIN) or reset: nothing to pass on
 
     def stop(self) -> None:
         self.done = True
@@ -297,6 +322,7 @@ class Relay:
         "idle_timeout_s",
         "last_activity",
         "loop",
+        "outbox",
         "reactor",
         "upstream",
     )
@@ -304,6 +330,7 @@ class Relay:
     def __init__(
         self,
         reactor: Reactor,
+        outbox: Outbox,
         client: RawSocket,
         upstream: RawSocket,
         on_done: Callable[[RelayStats], None],
@@ -315,6 +342,7 @@ class Relay:
     ) -> None:
         self.loop = reactor.loop
         self.reactor = reactor
+        self.outbox = outbox
         self.client = client
         self.upstream = upstream
         self._on_done: Callable[[RelayStats], None] | None = on_done
@@ -371,6 +399,10 @@ class Relay:
         self.end = "reset" if exc.errno not in _WOULD_BLOCK else "closed"
         self.close()
 
+    def _close_sockets(self) -> None:
+        self.client.close()
+        self.upstream.close()
+
     def close(self) -> None:
         """End the relay now (also used by shutdown after the drain deadline)."""
         if self._on_done is None:
@@ -383,7 +415,8 @@ class Relay:
             self._idle_timer.cancel()
         self.reactor.forget(self._up.src_fd)
         self.reactor.forget(self._down.src_fd)
-        self.client.close()
-        self.upstream.close()
+        # The FINs (or resets) wake both peers: with this iteration's other sends. Until then
+        # the fds stay open, so their numbers cannot be reused by a new socket too early.
+        self.outbox.later(self._close_sockets)
         on_done, self._on_done = self._on_done, None
         on_done(RelayStats(self._up.moved, self._down.moved, self.end))

@@ -214,7 +214,14 @@ class RawTunnel(_TunnelCore):
         except ProxyFailure as exc:
             self._refuse_http(exc)
             return
-        self._connect_next()
+        # A connect wakes the origin's accept on another core: done at the end of the loop
+        # iteration with the other tunnels' connects and sends, it wakes it once for all of
+        # them (net/outbox.py).
+        self.ctx.outbox.later(self._connect_first)
+
+    def _connect_first(self) -> None:
+        if not self.done:  # not ended meanwhile (a drain)
+            self._connect_next()
 
     async def _resolve_then_connect(self) -> None:
         try:
@@ -303,6 +310,11 @@ class RawTunnel(_TunnelCore):
         if self.done:
             self._close_sockets()
             return
+        self.ctx.outbox.later(self._established)  # with this iteration's other sends
+
+    def _established(self) -> None:
+        if self.done:
+            return  # ended meanwhile (a drain closed the sockets)
         self.record.status = 200
         try:
             self.client.send(CONNECT_ESTABLISHED)
@@ -382,6 +394,7 @@ class RawTunnel(_TunnelCore):
         assert self.upstream is not None
         relay = Relay(
             self.reactor,
+            self.ctx.outbox,
             self.client,
             self.upstream,
             self._end,
