@@ -37,6 +37,7 @@ from egressgate.proxy.acceptor import Acceptor
 from egressgate.proxy.connection import ClientConnection
 from egressgate.proxy.context import ProxyContext
 from egressgate.proxy.upstream_pool import UpstreamPool
+from egressgate.runtime.memory import freeze_long_lived
 from egressgate.runtime.reload import Reloader
 from egressgate.runtime.state import Generation, State
 
@@ -130,6 +131,7 @@ class ProxyServer:
                 self.state, self.config_path, self._reloaded, self._reload_failed
             )
             self._reloader.start_watching()
+        freeze_long_lived()  # start-up objects: out of the collector's way (runtime/memory.py)
         fields: dict[str, Any] = {
             **self.addresses,
             "config": config.source,
@@ -222,6 +224,7 @@ class ProxyServer:
     def _reloaded(self, old: Generation, new: Generation, restart_needed: list[str]) -> None:
         self.metrics.reloads["success"] += 1
         self._note_generation(new)
+        freeze_long_lived()  # the old generation can be collected, the new one is exempt
         ctx = self.ctx
         assert ctx is not None
         old_cfg, new_cfg = old.config, new.config
