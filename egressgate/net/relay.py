@@ -140,12 +140,11 @@ class _Direction:
         self.bulk = False  # splice from now on (a copy read came back full)
 
     def start(self) -> None:
-        try:
-            if self.pending and not self._write_pending():
-                self._pause()
-                return
-        except OSError as exc:
-            self.owner.fail(exc)
+        if self.pending:
+            # Bytes read before the relay (a ClientHello, the rest of a CONNECT's read): sent
+            # with the iteration's other sends, and reading follows (see _send_queued).
+            self.queued = True
+            self.owner.outbox.later(self._send_queued)
             return
         self.pump()
 

@@ -21,6 +21,7 @@ import time
 from typing import cast
 
 from egressgate.errors import ProtocolError, Reason
+from egressgate.http1.connect_head import read_connect_head
 from egressgate.http1.events import RequestHead, TunnelStart
 from egressgate.http1.parser import RequestParser
 from egressgate.net.rawsocket import RawAcceptor, RawSocket
@@ -166,6 +167,13 @@ class _FirstRead:
                 return False
             self.prefix = b""
             limits = self.ctx.limits
+            # The usual CONNECT, whole in the first read: no parser object (see connect_head).
+            plain = read_connect_head(
+                prefix, limits.max_request_line_bytes, limits.max_header_bytes
+            )
+            if plain is not None:
+                self._start_tunnel(*plain)
+                return False
             self.parser = RequestParser(limits.max_request_line_bytes, limits.max_header_bytes)
             data = prefix
         return self._feed_connect(data)
@@ -186,6 +194,10 @@ class _FirstRead:
                 rest += event.rest
         if head is None:
             return True  # the head is not complete yet
+        self._start_tunnel(head, rest)
+        return False
+
+    def _start_tunnel(self, head: RequestHead, rest: bytes) -> None:
         self._stop()
         RawTunnel(
             self.ctx,
@@ -195,7 +207,6 @@ class _FirstRead:
             rest,
             self.state,
         ).start()
-        return False
 
     def _to_transport(self, first_bytes: bytes) -> None:
         self._stop()
