@@ -60,6 +60,27 @@ _NO_SNI_WHY = {
 }
 
 
+# Clients open tunnels to few destinations: parse and normalize each valid CONNECT target once
+# (bounded; an invalid one is not stored and raises every time).
+_DESTINATIONS: dict[bytes, Target] = {}
+_MAX_DESTINATIONS = 4096
+
+
+def connect_destination(raw_target: bytes, record: AccessRecord) -> Target:
+    """The destination of a CONNECT target (authority-form); raises ProxyFailure to refuse,
+    with `record.host` naming what was asked for."""
+    destination = _DESTINATIONS.get(raw_target)
+    if destination is None:
+        target = parse_connect_target(raw_target)
+        record.host = target.host
+        host = gate.normalize_target_host(target.host)
+        destination = Target(host, target.port, connect=True)
+        if len(_DESTINATIONS) >= _MAX_DESTINATIONS:
+            _DESTINATIONS.clear()
+        _DESTINATIONS[raw_target] = destination
+    return destination
+
+
 class _TunnelCore:
     """Policy, gate and bookkeeping shared by both carriers."""
 
@@ -75,17 +96,15 @@ class _TunnelCore:
     def admit(self, identity: ClientIdentity) -> str | None:
         """Name-level checks. Returns the host text; raises ProxyFailure to refuse."""
         record = self.record
-        target = parse_connect_target(self.head.target)
-        record.host = target.host
-        host = gate.normalize_target_host(target.host)
-        record.host, record.port = host.text, target.port
+        destination = self.destination = connect_destination(self.head.target, record)
+        host = destination.host
+        record.host, record.port = host.text, destination.port
         gen = self.ctx.state.current
         user = authenticate(self.head.headers, gen.credentials)
         if user is not None:
             record.user = user
             identity = replace(identity, user=user)
-        self.destination = Target(host, target.port, connect=True)
-        self.decision = gate.decide(gen, identity, self.destination, record)
+        self.decision = gate.decide(gen, identity, destination, record)
         self.gen: Generation = gen
         return host.text
 
