@@ -381,6 +381,39 @@ def test_connect_request_arriving_byte_by_byte_opens_the_tunnel(
         assert read_until_close(sock, 5.0).data == b"ping"
 
 
+@pytest.mark.parametrize("kind", ["CONNECT", "GET"])
+def test_a_request_sent_only_after_the_accept_is_still_served(
+    kind: str,
+    proxy_factory: ProxyFactory,
+    raw_origin_factory: RawOriginFactory,
+    dns_server: DnsServer,
+) -> None:
+    """The acceptor reads first bytes that are already there at accept (the usual case) and
+    otherwise waits for them: here nothing has arrived when the connection is accepted."""
+    echo = raw_origin_factory("echo", mode="echo")
+    dns_server.records["echo.test"] = [echo.host]
+    proxy = start_proxy(proxy_factory, allow=["echo.test"], ports=ports_of(echo))
+    with socket.create_connection(proxy.proxy_address, timeout=5) as sock:
+        time.sleep(0.2)  # accepted by now, with nothing to read yet
+        if kind == "CONNECT":
+            sock.sendall(f"CONNECT echo.test:{echo.port} HTTP/1.1\r\nHost: e\r\n\r\n".encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(4096)
+                assert chunk, f"closed: {head!r}"
+                head += chunk
+            assert head == b"HTTP/1.1 200 Connection established\r\n\r\n"
+            sock.sendall(b"ping")
+            sock.shutdown(socket.SHUT_WR)
+            assert read_until_close(sock, 5.0).data == b"ping"
+        else:
+            # An origin that echoes bytes is no HTTP server: the answer is the proxy's 502,
+            # which shows the request went through the plain-HTTP path after the wait.
+            sock.sendall(f"GET http://echo.test:{echo.port}/ HTTP/1.1\r\nHost: e\r\n\r\n".encode())
+            assert read_until_close(sock, 10.0).data.startswith(b"HTTP/1.1 ")
+    assert wait_record(proxy, method=kind)["host"] == "echo.test"
+
+
 def test_connect_after_a_plain_request_on_the_same_connection_opens_the_tunnel(
     env: Env, origin_factory: OriginFactory
 ) -> None:
