@@ -66,7 +66,7 @@ class Outbox:
 
     def report(self, exc: Exception) -> None:
         self._loop.call_exception_handler(
-            {"message": "egressgate: a deferred write failed", "exception": exc}
+            {"message": "egressgate: a deferred write, connect or close failed", "exception": exc}
         )
 
 
