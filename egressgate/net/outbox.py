@@ -6,9 +6,9 @@ part of a write is not the copy but the wake-up of the reader: each write to a s
 costs a cross-core interrupt, which in a VM is a trap to the hypervisor. Written as they are
 produced, the responses to 30 keep-alive clients that one epoll round made ready wake the
 origin (or the load generator) up to 30 times, a few microseconds apart. Queued until the round
-is over and written back to back, they wake it once or twice. Measured on the bench rig:
-0.78 -> 0.08 wake-up interrupts per plain-HTTP request, 17.5k -> 24.9k requests per second and
-p99 6.0 -> 3.5 ms on the profiling rig (see docs/performance.md).
+is over and written back to back, they wake it once or twice. Measured with one proxy core
+and the load on the other: 0.78 -> 0.08 wake-up interrupts per plain-HTTP request, 17.5k ->
+24.9k requests per second and p99 6.0 -> 3.5 ms (see docs/performance.md).
 
 The same holds for the raw tunnel path (proxy/tunnel.py, net/relay.py): a connect() wakes the
 origin's accept, a send its reader, a shutdown or close its reader again. Those calls go through

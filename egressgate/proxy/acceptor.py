@@ -199,14 +199,10 @@ class _FirstRead:
                 self._to_transport(prefix)
                 return False
             self.prefix = b""
+            # The usual CONNECT, whole in the accept-time read, never gets here (see
+            # Acceptor._accept): this is the full parser's path, for heads that come late, in
+            # pieces, or unusual.
             limits = self.ctx.limits
-            # The usual CONNECT, whole in the first read: no parser object (see connect_head).
-            plain = read_connect_head(
-                prefix, limits.max_request_line_bytes, limits.max_header_bytes
-            )
-            if plain is not None:
-                self._start_tunnel(*plain)
-                return False
             self.parser = RequestParser(limits.max_request_line_bytes, limits.max_header_bytes)
             data = prefix
         return self._feed_connect(data)

@@ -62,7 +62,8 @@ class ProxyContext:
         self.metrics = metrics
         self.pool = pool
         self.reactor = reactor  # raw sockets of the plain listener's tunnels (net/reactor.py)
-        self.outbox = outbox  # end-of-iteration writes of the HTTP connections (net/outbox.py)
+        # What wakes other processes, done at the end of the loop iteration (net/outbox.py).
+        self.outbox = outbox
         self.limits: Limits = state.current.config.limits
         self.live: set[Closable] = set()
         self.tunnels: set[Closable] = set()
