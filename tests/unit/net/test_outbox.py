@@ -8,12 +8,8 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import uvloop
-
 from egressgate.net.outbox import Outbox, Output
-
-STEP_S = 0.01
-MAX_STEPS = 200  # two seconds at most for any awaited event
+from tests.unit.net.bounded import STEP_S, named_like, read_until_eof, run_on_uvloop
 
 MakeOutput = Callable[[], Coroutine[Any, Any, tuple[Output, socket.socket]]]
 
@@ -22,37 +18,28 @@ def _with_outbox(
     test: Callable[[Outbox, MakeOutput], Coroutine[Any, Any, None]],
 ) -> Callable[[], None]:
     """Run `test(outbox, make)` on uvloop (bounded). `make()` returns an Output on a real
-    transport and the blocking-free peer socket that receives its bytes; all are closed after."""
+    transport and the non-blocking peer socket that receives its bytes; all are closed after."""
 
-    def run() -> None:
-        peers: list[socket.socket] = []
+    async def body(made: list[socket.socket]) -> None:
+        loop = asyncio.get_running_loop()
+        outbox = Outbox(loop)
+        transports: list[asyncio.BaseTransport] = []
 
-        async def body() -> None:
-            loop = asyncio.get_running_loop()
-            outbox = Outbox(loop)
-            transports: list[asyncio.BaseTransport] = []
-
-            async def make() -> tuple[Output, socket.socket]:
-                ours, peer = socket.socketpair()
-                peer.setblocking(False)
-                peers.append(peer)
-                transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
-                transports.append(transport)
-                return Output(outbox, transport), peer
-
-            try:
-                await test(outbox, make)
-            finally:
-                for transport in transports:
-                    transport.abort()
+        async def make() -> tuple[Output, socket.socket]:
+            ours, peer = socket.socketpair()
+            peer.setblocking(False)
+            made.append(peer)  # `ours` belongs to the transport, which closes it
+            transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+            transports.append(transport)
+            return Output(outbox, transport), peer
 
         try:
-            uvloop.run(asyncio.wait_for(body(), 10))
+            await test(outbox, make)
         finally:
-            for peer in peers:
-                peer.close()
+            for transport in transports:
+                transport.abort()
 
-    return run
+    return named_like(lambda: run_on_uvloop(body), test)
 
 
 def _received(peer: socket.socket) -> bytes:
@@ -60,22 +47,6 @@ def _received(peer: socket.socket) -> bytes:
         return peer.recv(1 << 20)
     except BlockingIOError:
         return b""
-
-
-async def _read_until_eof(peer: socket.socket) -> bytes:
-    data = b""
-    for _ in range(MAX_STEPS):
-        try:
-            chunk = peer.recv(1 << 20)
-        except BlockingIOError:
-            await asyncio.sleep(STEP_S)
-            continue
-        except ConnectionResetError:
-            return data
-        if not chunk:
-            return data
-        data += chunk
-    raise AssertionError("no EOF in time")
 
 
 @_with_outbox
@@ -136,7 +107,7 @@ async def test_close_writes_what_is_queued_then_ends(outbox: Outbox, make: MakeO
     output, peer = await make()
     output.write(b"the last answer")
     output.close()
-    assert await _read_until_eof(peer) == b"the last answer"
+    assert await read_until_eof(peer) == b"the last answer"
 
 
 @_with_outbox
@@ -144,7 +115,7 @@ async def test_abort_drops_what_is_queued(outbox: Outbox, make: MakeOutput) -> N
     output, peer = await make()
     output.write(b"never sent")
     output.abort()
-    assert await _read_until_eof(peer) == b""
+    assert await read_until_eof(peer) == b""
     assert output.pending == 0
 
 

@@ -11,22 +11,10 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import uvloop
-
 from egressgate.net.reactor import CLOSING, READABLE, WRITABLE, Reactor, Readiness
-
-STEP_S = 0.01
-MAX_STEPS = 200  # two seconds at most for any awaited event
+from tests.unit.net.bounded import named_like, nonblocking_pair, run_on_uvloop, until
 
 Pair = Callable[[], tuple[socket.socket, socket.socket]]
-
-
-async def _until(predicate: Callable[[], object]) -> None:
-    for _ in range(MAX_STEPS):
-        if predicate():
-            return
-        await asyncio.sleep(STEP_S)
-    raise AssertionError("event did not arrive in time")
 
 
 def _with_reactor(
@@ -35,33 +23,14 @@ def _with_reactor(
     """Run `test(reactor, pair)` on uvloop (bounded); `pair()` makes a non-blocking socketpair.
     The reactor and every socket made are closed afterwards, whatever the test did."""
 
-    def run() -> None:
-        made: list[socket.socket] = []
-
-        def pair() -> tuple[socket.socket, socket.socket]:
-            a, b = socket.socketpair()
-            made.extend((a, b))
-            a.setblocking(False)
-            b.setblocking(False)
-            return a, b
-
-        async def body() -> None:
-            reactor = Reactor(asyncio.get_running_loop())
-            try:
-                await test(reactor, pair)
-            finally:
-                reactor.close()
-
+    async def body(made: list[socket.socket]) -> None:
+        reactor = Reactor(asyncio.get_running_loop())
         try:
-            uvloop.run(asyncio.wait_for(body(), 10))
+            await test(reactor, lambda: nonblocking_pair(made))
         finally:
-            for sock in made:
-                sock.close()
+            reactor.close()
 
-    # Not functools.wraps: pytest would read the wrapped signature and look for fixtures.
-    run.__name__ = test.__name__
-    run.__doc__ = test.__doc__
-    return run
+    return named_like(lambda: run_on_uvloop(body), test)
 
 
 @_with_reactor
@@ -70,7 +39,7 @@ async def test_reports_bytes_already_waiting_when_added(reactor: Reactor, pair: 
     b.send(b"hello")
     seen: list[int] = []
     reactor.add(a.fileno(), seen.append)
-    await _until(lambda: seen)
+    await until(lambda: seen)
     assert seen[0] & READABLE
     assert a.recv(16) == b"hello"
 
@@ -81,13 +50,13 @@ async def test_edge_triggered_no_repeat_until_new_bytes(reactor: Reactor, pair: 
     seen: list[int] = []
     reactor.add(a.fileno(), seen.append)
     b.send(b"x")
-    await _until(lambda: seen)
+    await until(lambda: seen)
     # Not read: an edge-triggered watch does not report the same bytes again.
     count = len(seen)
     await asyncio.sleep(0.05)
     assert len(seen) == count
     b.send(b"y")
-    await _until(lambda: len(seen) > count)
+    await until(lambda: len(seen) > count)
     assert a.recv(16) == b"xy"
 
 
@@ -98,7 +67,7 @@ async def test_peer_close_is_reported_as_closing(reactor: Reactor, pair: Pair) -
     reactor.add(a.fileno(), seen.append)
     b.send(b"last")
     b.close()
-    await _until(lambda: any(m & CLOSING for m in seen))
+    await until(lambda: any(m & CLOSING for m in seen))
     assert a.recv(16) == b"last"
     assert a.recv(16) == b""
 
@@ -111,7 +80,7 @@ async def test_want_writable_reports_a_writable_socket(reactor: Reactor, pair: P
     await asyncio.sleep(0.02)
     seen.clear()
     reactor.want_writable(a.fileno())
-    await _until(lambda: any(m & WRITABLE for m in seen))
+    await until(lambda: any(m & WRITABLE for m in seen))
 
 
 @_with_reactor
@@ -140,7 +109,7 @@ async def test_an_fd_forgotten_mid_batch_gets_none_of_the_batchs_later_events(
         reactor.add(fd, handler(index))
     for _, peer in pairs:
         peer.send(b"x")
-    await _until(lambda: calls)
+    await until(lambda: calls)
     await asyncio.sleep(0.05)
     assert len(calls) == 1
 
@@ -187,7 +156,7 @@ async def test_a_failing_handler_does_not_lose_the_other_events(
         reactor.add(c.fileno(), seen.append)
         b.send(b"1")
         d.send(b"2")
-        await _until(lambda: seen and reported)
+        await until(lambda: seen and reported)
     finally:
         loop.set_exception_handler(None)
 

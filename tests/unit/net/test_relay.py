@@ -11,14 +11,18 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import uvloop
-
 from egressgate.net.outbox import Outbox
 from egressgate.net.reactor import Reactor
 from egressgate.net.relay import COPY_CHUNK, Relay, RelayStats
-
-STEP_S = 0.01
-MAX_STEPS = 300  # three seconds at most for any awaited event
+from tests.unit.net.bounded import (
+    MAX_STEPS,
+    STEP_S,
+    named_like,
+    nonblocking_pair,
+    read_until_eof,
+    run_on_uvloop,
+    until,
+)
 
 
 class Rig:
@@ -35,51 +39,32 @@ Test = Callable[[Callable[[], Rig]], Coroutine[Any, Any, None]]
 
 
 def _with_relay(test: Test) -> Callable[[], None]:
-    def run() -> None:
-        made: list[socket.socket] = []
+    """Run `test(make)` on uvloop (bounded); `make()` starts a relay between two socketpairs.
+    The reactor and every socket are closed afterwards, whatever the test did."""
 
-        async def body() -> None:
-            loop = asyncio.get_running_loop()
-            reactor = Reactor(loop)
-            outbox = Outbox(loop)
+    async def body(made: list[socket.socket]) -> None:
+        loop = asyncio.get_running_loop()
+        reactor = Reactor(loop)
+        outbox = Outbox(loop)
 
-            def make() -> Rig:
-                client_far, client_near = socket.socketpair()
-                origin_far, origin_near = socket.socketpair()
-                made.extend((client_far, origin_far, client_near, origin_near))
-                for sock in (client_far, origin_far, client_near, origin_near):
-                    sock.setblocking(False)
-                reactor.add(client_near.fileno(), lambda _events: None)
-                reactor.add(origin_near.fileno(), lambda _events: None)
-                ended: list[RelayStats] = []
-                relay = Relay(reactor, outbox, client_near, origin_near, ended.append, 30.0)
-                rig = Rig(relay, client_far, origin_far)
-                rig.ended = ended
-                relay.start()
-                return rig
-
-            try:
-                await test(make)
-            finally:
-                reactor.close()
+        def make() -> Rig:
+            client_far, client_near = nonblocking_pair(made)
+            origin_far, origin_near = nonblocking_pair(made)
+            reactor.add(client_near.fileno(), lambda _events: None)
+            reactor.add(origin_near.fileno(), lambda _events: None)
+            ended: list[RelayStats] = []
+            relay = Relay(reactor, outbox, client_near, origin_near, ended.append, 30.0)
+            rig = Rig(relay, client_far, origin_far)
+            rig.ended = ended
+            relay.start()
+            return rig
 
         try:
-            uvloop.run(asyncio.wait_for(body(), 15))
+            await test(make)
         finally:
-            for sock in made:
-                sock.close()
+            reactor.close()
 
-    run.__name__ = test.__name__
-    run.__doc__ = test.__doc__
-    return run
-
-
-async def _until(predicate: Callable[[], object]) -> None:
-    for _ in range(MAX_STEPS):
-        if predicate():
-            return
-        await asyncio.sleep(STEP_S)
-    raise AssertionError("event did not arrive in time")
+    return named_like(lambda: run_on_uvloop(body), test)
 
 
 async def _read(sock: socket.socket, size: int) -> bytes:
@@ -99,15 +84,7 @@ async def _read(sock: socket.socket, size: int) -> bytes:
 
 
 async def _eof(sock: socket.socket) -> None:
-    for _ in range(MAX_STEPS):
-        try:
-            chunk = sock.recv(1 << 16)
-        except BlockingIOError:
-            await asyncio.sleep(STEP_S)
-            continue
-        assert chunk == b"", f"unexpected bytes before EOF: {chunk[:40]!r}"
-        return
-    raise AssertionError("no EOF in time")
+    assert await read_until_eof(sock) == b"", "unexpected bytes before EOF"
 
 
 @_with_relay
@@ -132,7 +109,7 @@ async def test_a_half_close_passes_on_after_the_last_bytes(make: Callable[[], Ri
     assert await _read(rig.client, 10) == b"the answer"
     rig.origin.shutdown(socket.SHUT_WR)
     await _eof(rig.client)
-    await _until(lambda: rig.ended)
+    await until(lambda: rig.ended)
     assert rig.ended == [RelayStats(10, 10, "eof")]
 
 
