@@ -393,23 +393,20 @@ def test_a_request_sent_only_after_the_accept_is_still_served(
     echo = raw_origin_factory("echo", mode="echo")
     dns_server.records["echo.test"] = [echo.host]
     proxy = start_proxy(proxy_factory, allow=["echo.test"], ports=ports_of(echo))
-    with socket.create_connection(proxy.proxy_address, timeout=5) as sock:
-        time.sleep(0.2)  # accepted by now, with nothing to read yet
-        if kind == "CONNECT":
-            sock.sendall(f"CONNECT echo.test:{echo.port} HTTP/1.1\r\nHost: e\r\n\r\n".encode())
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = sock.recv(4096)
-                assert chunk, f"closed: {head!r}"
-                head += chunk
-            assert head == b"HTTP/1.1 200 Connection established\r\n\r\n"
-            sock.sendall(b"ping")
-            sock.shutdown(socket.SHUT_WR)
-            assert read_until_close(sock, 5.0).data == b"ping"
-        else:
-            # An origin that echoes bytes is no HTTP server: the answer is the proxy's 502,
-            # which shows the request went through the plain-HTTP path after the wait.
+    late_s = 0.2  # the connection is accepted by then, with nothing to read yet
+    if kind == "CONNECT":
+        authority = f"echo.test:{echo.port}"
+        with open_connect_tunnel(proxy.proxy_address, authority, send_after_s=late_s) as tunnel:
+            assert tunnel.raw_head == b"HTTP/1.1 200 Connection established\r\n\r\n"
+            tunnel.sock.sendall(b"ping")
+            tunnel.sock.shutdown(socket.SHUT_WR)
+            assert read_until_close(tunnel.sock, 5.0).data == b"ping"
+    else:
+        with socket.create_connection(proxy.proxy_address, timeout=5) as sock:
+            time.sleep(late_s)
             sock.sendall(f"GET http://echo.test:{echo.port}/ HTTP/1.1\r\nHost: e\r\n\r\n".encode())
+            # The echo origin is no HTTP server: whatever the proxy answers shows the request
+            # went through the plain-HTTP path after the wait.
             assert read_until_close(sock, 10.0).data.startswith(b"HTTP/1.1 ")
     assert wait_record(proxy, method=kind)["host"] == "echo.test"
 

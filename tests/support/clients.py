@@ -644,11 +644,15 @@ def open_connect_tunnel(
     *,
     headers: Sequence[tuple[str, str]] = (),
     timeout: float = 10.0,
+    send_after_s: float = 0.0,
 ) -> ConnectTunnel:
     """Send `CONNECT authority HTTP/1.1` (plus a Host header and `headers`) to `proxy`, read
-    the response head (bounded), and return the still-open socket with the parsed answer."""
+    the response head (bounded), and return the still-open socket with the parsed answer.
+    `send_after_s`: wait that long between connecting and sending (a client that is slow to
+    speak)."""
     sock = socket.create_connection(proxy, timeout=timeout)
     try:
+        time.sleep(send_after_s)
         lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
         lines += [f"{k}: {v}" for k, v in headers]
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
