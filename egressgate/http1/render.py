@@ -73,6 +73,7 @@ def response_head(
 
 
 _MAX_STATUS_LINES = 256
+_STATUS_LINE_CACHE: dict[tuple[int, bytes], bytes] = {}
 
 
 def _status_line(status: int, reason: bytes) -> bytes:
@@ -84,9 +85,6 @@ def _status_line(status: int, reason: bytes) -> bytes:
         if len(_STATUS_LINE_CACHE) < _MAX_STATUS_LINES:  # bounded: reasons are origin-chosen
             _STATUS_LINE_CACHE[key] = line
     return line
-
-
-_STATUS_LINE_CACHE: dict[tuple[int, bytes], bytes] = {}
 
 
 def chunk(data: bytes) -> bytes:
