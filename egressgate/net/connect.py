@@ -9,6 +9,8 @@ import asyncio
 import errno
 import os
 import socket
+import time
+from collections.abc import Callable
 
 from egressgate.errors import Reason, UpstreamError
 from egressgate.names.hostname import IPAddress
@@ -86,3 +88,28 @@ async def _wait_connected(sock: socket.socket, timeout_s: float, what: str) -> N
     finally:
         timer.cancel()
         loop.remove_writer(fd)
+
+
+async def connect_first(
+    addresses: tuple[IPAddress, ...],
+    port: int,
+    attempt_timeout_s: float,
+    total_timeout_s: float,
+    on_failure: Callable[[UpstreamError], object] | None = None,
+) -> tuple[socket.socket, IPAddress]:
+    """The connect strategy: the first of `addresses` (in order) that answers, each attempt
+    bounded by `attempt_timeout_s` and all of them by `total_timeout_s`. Every failed attempt
+    is passed to `on_failure`; when all fail, the last UpstreamError is raised."""
+    deadline = time.monotonic() + total_timeout_s
+    last = UpstreamError(Reason.UPSTREAM_ERROR, "no address to connect to")
+    for address in addresses:
+        remaining_s = deadline - time.monotonic()
+        if remaining_s <= 0:
+            break
+        try:
+            return await connect(address, port, min(attempt_timeout_s, remaining_s)), address
+        except UpstreamError as exc:
+            if on_failure is not None:
+                on_failure(exc)
+            last = exc
+    raise last

@@ -23,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from egressgate import __version__
+from egressgate.errors import ProxyFailure
 
 PREFIX = "egressgate"
 DNS_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -37,6 +38,7 @@ RELOADS = f"{PREFIX}_reloads"
 CONFIG_GENERATION = f"{PREFIX}_config_generation"
 CONFIG_INFO = f"{PREFIX}_config_info"
 ACCESS_LOG_ERRORS = f"{PREFIX}_access_log_errors"
+INTERNAL_ERRORS = f"{PREFIX}_internal_errors"
 CONNECTIONS_REJECTED = f"{PREFIX}_connections_rejected"
 WORKERS = f"{PREFIX}_workers"
 BUILD_INFO = f"{PREFIX}_build_info"
@@ -56,6 +58,7 @@ class Metrics:
         self.dns_counts: dict[str, list[int]] = {}
         self.dns_sums: dict[str, float] = {}
         self.access_log_errors = 0
+        self.internal_errors = 0  # unexpected exceptions caught by proxy/failsafe.py
         self.connections_rejected = 0
         self.active_connections = 0
         self.active_tunnels = 0
@@ -75,6 +78,10 @@ class Metrics:
 
     def count_upstream_error(self, reason: str) -> None:
         self.upstream_errors[reason] = self.upstream_errors.get(reason, 0) + 1
+
+    def count_upstream_failure(self, error: ProxyFailure) -> None:
+        """One failed connect attempt (net/connect.py's strategy reports each)."""
+        self.count_upstream_error(error.reason.value)
 
     def observe_dns(self, seconds: float, result: str) -> None:
         counts = self.dns_counts.get(result)
@@ -97,6 +104,7 @@ class Metrics:
             "dns_counts": {result: list(counts) for result, counts in self.dns_counts.items()},
             "dns_sums": dict(self.dns_sums),
             "access_log_errors": self.access_log_errors,
+            "internal_errors": self.internal_errors,
             "connections_rejected": self.connections_rejected,
             "active_connections": self.active_connections,
             "active_tunnels": self.active_tunnels,
@@ -121,6 +129,7 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
             total["dns_counts"][result] = [a + b for a, b in zip(mine, counts, strict=True)]
         for name in (
             "access_log_errors",
+            "internal_errors",
             "connections_rejected",
             "active_connections",
             "active_tunnels",
@@ -197,6 +206,11 @@ def _families(snap: dict[str, Any]) -> Iterator[Metric]:
     )
     info.add_metric([snap["config_hash"], snap["config_source"]], 1)
     yield info
+    yield CounterMetricFamily(
+        INTERNAL_ERRORS,
+        "Unexpected exceptions in a connection's work (each answered 502 or cut, and logged)",
+        value=snap.get("internal_errors", 0),
+    )
     yield CounterMetricFamily(
         ACCESS_LOG_ERRORS,
         "Access-log batches that could not be written",

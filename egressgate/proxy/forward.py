@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
-from egressgate.errors import ProtocolError, ProxyFailure, Reason, Refused, UpstreamError
+from egressgate.errors import ProtocolError, ProxyFailure, Reason, UpstreamError
 from egressgate.http1 import render
 from egressgate.http1.events import END, Event, RequestHead, ResponseHead, TunnelStart
 from egressgate.http1.parser import ResponseParser
@@ -31,19 +30,18 @@ from egressgate.http1.semantics import (
     request_framing,
     wants_upgrade,
 )
-from egressgate.names.hostname import address_text
+from egressgate.names.hostname import IPAddress, address_text
+from egressgate.net.connect import connect_first
 from egressgate.net.outbox import Output
 from egressgate.net.pump import TransportPump
 from egressgate.net.relay import RelayStats
 from egressgate.net.tasks import spawn
-from egressgate.policy.decision import Decision, Target
 from egressgate.proxy import gate
-from egressgate.proxy.auth import authenticate
+from egressgate.proxy.auth import login_from_headers
+from egressgate.proxy.exchange import ClientSide, Exchange
+from egressgate.proxy.failsafe import internal_error
+from egressgate.proxy.gate import Admission, Connect, NeedAddresses, Refuse, Step
 from egressgate.proxy.upstream_pool import PoolKey, UpstreamPool
-from egressgate.runtime.state import Generation
-
-if TYPE_CHECKING:
-    from egressgate.proxy.connection import ClientConnection
 
 # Request body bytes buffered while the upstream connection is being set up.
 MAX_EARLY_BODY_BYTES = 256 * 1024
@@ -54,11 +52,23 @@ HEALTH_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Lengt
 class UpstreamConnection(asyncio.Protocol):
     """An HTTP/1.1 connection to one vetted address; serves one exchange at a time."""
 
-    __slots__ = ("exchange", "idle_since", "key", "output", "parser", "pool", "transport")
+    __slots__ = (
+        "address",
+        "exchange",
+        "idle_since",
+        "key",
+        "output",
+        "parser",
+        "pool",
+        "transport",
+    )
 
-    def __init__(self, pool: UpstreamPool, key: PoolKey, output: Output) -> None:
+    def __init__(
+        self, pool: UpstreamPool[UpstreamConnection], key: PoolKey, output: Output, address: IPAddress
+    ) -> None:
         self.pool = pool
         self.key = key
+        self.address = address
         self.parser = ResponseParser()
         self.transport: asyncio.Transport | None = None
         self.output = output  # every byte for the origin goes through it (net/outbox.py)
@@ -79,10 +89,13 @@ class UpstreamConnection(asyncio.Protocol):
         except ProtocolError as exc:
             exchange.upstream_failed(UpstreamError(Reason.UPSTREAM_BAD_RESPONSE, exc.detail))
             return
-        for event in events:
-            if self.exchange is not exchange:
-                break
-            exchange.response_event(event)
+        try:  # the invariant's boundary (proxy/failsafe.py)
+            for event in events:
+                if self.exchange is not exchange:
+                    break
+                exchange.response_event(event)
+        except Exception as exc:
+            exchange.internal_error(exc)
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost does the rest
@@ -120,11 +133,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.output.abort()
 
 
-class HttpExchange:
+class HttpExchange(Exchange):
     """One plain-HTTP request and its response."""
 
     __slots__ = (
         "_early_body",
+        "admission",
         "_early_size",
         "chunk_response",
         "chunked_request",
@@ -143,7 +157,7 @@ class HttpExchange:
         "upstream",
     )
 
-    def __init__(self, conn: ClientConnection, head: RequestHead) -> None:
+    def __init__(self, conn: ClientSide, head: RequestHead) -> None:
         self.conn = conn
         self.ctx = conn.ctx
         self.head = head
@@ -163,31 +177,31 @@ class HttpExchange:
         self.done = False
         self.response_deadline = 0.0  # checked by the sweeper via check_deadline()
 
-    # ---- request side
+    # ---- request side: a thin driver of the admission (proxy/gate.py)
     def start(self) -> None:
-        conn, record, head = self.conn, self.record, self.head
+        conn, head = self.conn, self.head
         if head.target == b"/healthz":
             self._answer_health()
             return
-        host_text: str | None = None
+        gen = self.ctx.state.current
+        identity = conn.identity
+        assert identity is not None
         try:
             target = parse_proxy_target(head.target)
-            host_text = target.host
             framing = request_framing(head)
-            host = gate.normalize_target_host(target.host)
-            record.host, record.port = host.text, target.port
-            host_text = host.text
-            gen = self.ctx.state.current
-            identity = conn.identity
-            assert identity is not None
-            user = authenticate(head.headers, gen.credentials)
-            if user is not None:
-                record.user = user
-                identity = replace(identity, user=user)
-            destination = Target(host, target.port, connect=False)
-            decision = gate.decide(gen, identity, destination, record)
         except ProxyFailure as exc:
-            conn.refuse(exc, record, host_text)
+            self.admission = Admission(
+                gen, identity, None, host_text=_target_text(head), failure=exc
+            )
+            self._refuse(self.admission.next())
+            return
+        login = login_from_headers(head.headers) if gen.credentials else None
+        admission = self.admission = Admission.for_host(
+            gen, identity, target.host, target.port, False, login
+        )
+        step = admission.next()
+        if type(step) is Refuse:
+            self._refuse(step)
             return
         tokens = connection_tokens(head.headers)
         self.upgrade = wants_upgrade(head, tokens)
@@ -204,18 +218,81 @@ class HttpExchange:
             forwarded_for=forwarded,
         )
         self._early_body.append(request)
-        found = gate.known_addresses(self.ctx, destination)
-        if found is not None:
-            try:
-                vetted = gate.vet(gen, decision, found, record)
-            except Refused as exc:
-                conn.refuse(exc, record, host_text)
-                return
-            upstream = self.ctx.pool.get(vetted, destination.port)
-            if upstream is not None:
+        self._advance(step)
+
+    def _advance(self, step: Step) -> None:
+        """Follow the admission's steps as far as they go without waiting: a cached name and a
+        pooled upstream connection finish here, in the data_received callback."""
+        admission = self.admission
+        while not self.done:
+            kind = type(step)
+            if kind is NeedAddresses:
+                assert isinstance(step, NeedAddresses)
+                found = self.ctx.resolver.cached(step.name)
+                if found is None:
+                    spawn(self._resolve(step.name), "egressgate-resolve", self.internal_error)
+                    return
+                admission.addresses(found)
+            elif kind is Connect:
+                assert isinstance(step, Connect)
+                upstream = self.ctx.pool.get(step.addresses, step.port)
+                if upstream is None:
+                    spawn(self._connect(step), "egressgate-connect", self.internal_error)
+                    return
+                admission.connected(upstream.address, upstream.key[0])
                 self._attach(upstream)
                 return
-        spawn(self._connect(gen, decision, destination), name="egressgate-connect")
+            else:
+                assert isinstance(step, Refuse)  # Open only ever follows connected()
+                self._refuse(step)
+                return
+            step = admission.next()
+
+    async def _resolve(self, name: str) -> None:
+        try:
+            resolution = await self.ctx.resolver.resolve(name)
+        except ProxyFailure as exc:
+            self.admission.resolve_failed(exc)
+        else:
+            self.admission.addresses(resolution.addresses)
+        self._advance(self.admission.next())
+
+    async def _connect(self, step: Connect) -> None:
+        ctx = self.ctx
+        try:
+            sock, address = await connect_first(
+                step.addresses,
+                step.port,
+                step.attempt_timeout_s,
+                step.total_timeout_s,
+                ctx.metrics.count_upstream_failure,
+            )
+        except ProxyFailure as exc:
+            self.admission.connect_failed(exc)
+            self._advance(self.admission.next())
+            return
+        key = (address_text(address), step.port)
+        output = Output(ctx.outbox)
+        try:
+            _, upstream = await asyncio.get_running_loop().create_connection(
+                lambda: UpstreamConnection(ctx.pool, key, output, address), sock=sock
+            )
+        except OSError as exc:
+            sock.close()
+            self.admission.fail(UpstreamError(Reason.UPSTREAM_ERROR, str(exc)))
+            self._advance(self.admission.next())
+            return
+        if self.done:
+            upstream.close()  # the client went away meanwhile
+            return
+        self.admission.connected(address, key[0])
+        self._attach(upstream)
+
+    def _refuse(self, step: Step) -> None:
+        assert isinstance(step, Refuse)
+        if not self.done:
+            self.done = True
+            self.conn.refuse(step.response(), gate.conclude(self.record, self.admission))
 
     def _answer_health(self) -> None:
         """The proxy port's own liveness answer (for `egressgate check --live`); not logged."""
@@ -223,38 +300,10 @@ class HttpExchange:
         self.conn.output.write(HEALTH_RESPONSE)
         self.conn.exchange_done(self.keep_alive)
 
-    async def _connect(self, gen: Generation, decision: Decision, destination: Target) -> None:
-        record = self.record
-        try:
-            found = await gate.addresses(self.ctx, destination)
-            vetted = gate.vet(gen, decision, found, record)
-            upstream = self.ctx.pool.get(vetted, destination.port)
-            if upstream is None:
-                sock, address = await gate.connect_any(self.ctx, vetted, destination.port, record)
-                key = (address_text(address), destination.port)
-                loop = asyncio.get_running_loop()
-                output = Output(self.ctx.outbox)
-                try:
-                    _, upstream = await loop.create_connection(
-                        lambda: UpstreamConnection(self.ctx.pool, key, output), sock=sock
-                    )
-                except OSError as exc:
-                    sock.close()
-                    raise UpstreamError(Reason.UPSTREAM_ERROR, str(exc)) from None
-        except ProxyFailure as exc:
-            if not self.done:
-                self.done = True
-                self.conn.refuse(exc, record, record.host)
-            return
-        if self.done:
-            upstream.close()  # the client went away meanwhile
-            return
-        self._attach(upstream)
-
     def _attach(self, upstream: UpstreamConnection) -> None:
         self.upstream = upstream
         upstream.exchange = self
-        self.record.address = upstream.key[0]
+        gate.conclude(self.record, self.admission)
         upstream.output.writelines(self._early_body)
         self._early_body = []
         if self.request_complete or self.upgrade is not None:
@@ -310,10 +359,11 @@ class HttpExchange:
         if upstream is not None:
             upstream.exchange = None
             upstream.abort()  # a half-finished exchange cannot be reused
-        self.record.detail = self.record.detail or "client closed the connection"
-        if self.record.status == 0:
-            self.record.status = 499
-        self.conn.finish_record(self.record)
+        record = gate.conclude(self.record, self.admission)
+        record.detail = record.detail or "client closed the connection"
+        if record.status == 0:
+            record.status = 499
+        self.conn.finish(record)
 
     def client_write_paused(self) -> None:
         if self.upstream is not None and self.upstream.transport is not None:
@@ -429,7 +479,7 @@ class HttpExchange:
             return
         self.done = True
         self._cancel_response_timer()
-        self.conn.finish_record(self.record)
+        self.conn.finish(gate.conclude(self.record, self.admission))
 
     def _switch_protocols(self, rest: bytes) -> None:
         head = self.response_head
@@ -501,11 +551,12 @@ class HttpExchange:
             UpstreamError(Reason.UPSTREAM_RESET, "the destination closed the connection")
         )
 
-    def upstream_failed(self, error: UpstreamError) -> None:
+    def upstream_failed(self, error: UpstreamError, count: bool = True) -> None:
         self.conn.output.flush()  # bytes already produced go before the refusal or the cut
         if self.done:
             return
-        self.ctx.metrics.count_upstream_error(error.reason.value)
+        if count:
+            self.ctx.metrics.count_upstream_error(error.reason.value)
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.exchange = None
@@ -513,9 +564,22 @@ class HttpExchange:
         if self.response_head is None:
             self.done = True
             self._cancel_response_timer()
-            self.conn.refuse(error, self.record, self.record.host)
+            record = gate.conclude(self.record, self.admission, error)
+            self.conn.refuse(Refuse(error, record.host, record.policy, None).response(), record)
             return
         # The head is already on its way to the client: all we can do is cut the connection.
         self.record.detail = error.detail
         self._finish()
         self.conn.force_close()
+
+    def internal_error(self, exc: BaseException) -> None:
+        """An unexpected exception in this exchange's work: 502 (or a cut connection once the
+        response head is out), logged and counted (proxy/failsafe.py)."""
+        failure = internal_error(self.ctx.metrics, exc, "plain-HTTP exchange")
+        if not self.done:
+            self.upstream_failed(failure, count=False)
+
+
+def _target_text(head: RequestHead) -> str | None:
+    """What the client asked for, for a refusal that could not parse it (bounded, printable)."""
+    return head.target[:200].decode("latin-1") or None

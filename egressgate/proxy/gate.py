@@ -39,7 +39,6 @@ request sees one config from start to end.
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -162,10 +161,12 @@ class Admission:
     __slots__ = (
         "_failure",
         "_found",
+        "_opened",
         "_policy",
         "_step",
         "address",
         "client",
+        "concluded",
         "decision",
         "gen",
         "host_text",
@@ -199,8 +200,10 @@ class Admission:
         self.decision: Decision | None = None  # the latest one that counts for the record
         self.address: str | None = None  # tried, connected, or refused (private-address)
         self.sni: str | None = None
+        self.concluded = False  # conclude() has written the facts into the record
         self._policy: CompiledPolicy | None = None
         self._found: tuple[IPAddress, ...] = ()
+        self._opened: IPAddress | None = None
         self._step: Step | None = None
         self._failure: ProxyFailure | None = None
         self.next: Callable[[], Step] = self._decide
@@ -236,11 +239,12 @@ class Admission:
     def resolve_failed(self, error: ProxyFailure) -> None:
         self._refuse(error)
 
-    def connected(self, address: IPAddress) -> None:
-        """The upstream connection to `address` (one of Connect.addresses) is open."""
-        self.address = address_text(address)
-        self._step = Open(address, self.port or 0, self._sni_check())
-        self.next = self._same
+    def connected(self, address: IPAddress, text: str | None = None) -> None:
+        """The upstream connection to `address` (one of Connect.addresses; `text`: its
+        address_text, when the front end has it) is open."""
+        self.address = address_text(address) if text is None else text
+        self._opened = address
+        self.next = self._open
 
     def connect_failed(self, error: ProxyFailure, address: IPAddress | None = None) -> None:
         """Every attempt failed; `error` is the last one, `address` the one it was for."""
@@ -314,6 +318,13 @@ class Admission:
         self.next = self._same
         return step
 
+    def _open(self) -> Step:
+        """4. Admitted (built on demand: the plain-HTTP path needs no Open value)."""
+        assert self._opened is not None
+        step = self._step = Open(self._opened, self.port or 0, self._sni_check())
+        self.next = self._same
+        return step
+
     def _refuse(self, failure: ProxyFailure) -> Refuse:
         self._failure = failure
         realm = None
@@ -366,17 +377,18 @@ class Admission:
 
 
 def conclude(
-    record: AccessRecord,
-    admission: Admission | None,
-    failure: ProxyFailure | None = None,
-    *,
-    now: float | None = None,
+    record: AccessRecord, admission: Admission | None, failure: ProxyFailure | None = None
 ) -> AccessRecord:
-    """The one place an access record is concluded: the admission's facts (destination, user,
-    policy, rule, decision, reason, address, SNI), then the failure or refusal it ended with
-    (`failure`, else the admission's own), then the duration. What only the front end knows
-    (status of a served response, bytes, how a relay ended) it has set on the record already."""
-    if admission is not None:
+    """The one place an access record is concluded from an outcome: the admission's facts
+    (destination, user, policy, rule, decision, reason, address, SNI), then the failure or
+    refusal it ended with (`failure`, else the admission's own).
+
+    Called once, when the admission's part is over (Open or Refuse, or the client left first);
+    a second call for the same admission changes nothing. What only the front end knows (the
+    status of a served response, bytes, how a relay ended) it writes after this; the duration
+    is set when the record is written (ProxyContext.finish)."""
+    if admission is not None and not admission.concluded:
+        admission.concluded = True
         if record.host is None:
             record.host = admission.host_text
         if record.port is None:
@@ -403,7 +415,6 @@ def conclude(
         record.status = reason.status
         record.decision = "deny" if isinstance(failure, Refused) else "error"
         record.detail = failure.detail or None
-    record.duration_ms = ((time.time() if now is None else now) - record.start) * 1000.0
     return record
 
 
