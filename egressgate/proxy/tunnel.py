@@ -272,7 +272,7 @@ class RawTunnel(_TunnelCore):
 
     def _connect_first(self) -> None:
         if not self.done:  # not ended meanwhile (a drain)
-            self._connect_next()
+            self._connect_vetted()
 
     async def _resolve_then_connect(self) -> None:
         try:
@@ -282,9 +282,33 @@ class RawTunnel(_TunnelCore):
             self._refuse_http(exc)
             return
         if not self.done:
-            self._connect_next()
+            self._connect_vetted()
 
-    # ---- connecting, one vetted address after another
+    def _connect_vetted(self) -> None:
+        """One address (the usual case, and the benchmarked one): connect on the reactor.
+        Several: gate.connect_any's staggered, deadline-bounded attempts, in a task."""
+        if len(self._addresses) == 1:
+            self._connect_next()
+        else:
+            spawn(self._connect_any(), name="egressgate-connect")
+
+    async def _connect_any(self) -> None:
+        try:
+            sock, _ = await gate.connect_any(
+                self.ctx, self._addresses, self.destination.port, self.record
+            )
+        except ProxyFailure as exc:
+            self._refuse_http(exc)
+            return
+        if self.done:  # ended meanwhile (a drain)
+            sock.close()
+            return
+        self.upstream = sock
+        self.upstream_state = Readiness()
+        self.reactor.add(sock.fileno(), self._connect_event, writable=True)
+        self._connected()
+
+    # ---- connecting to the one vetted address on the reactor
     def _connect_next(self, last: UpstreamError | None = None) -> None:
         if self._attempt >= len(self._addresses):
             assert last is not None
@@ -306,7 +330,9 @@ class RawTunnel(_TunnelCore):
             if error == 0:
                 self._connected()
             else:
-                self._arm(self.ctx.limits.connect_timeout_s, self._connect_expired)
+                limits = self.ctx.limits
+                wait_s = min(limits.connect_timeout_s, limits.connect_total_timeout_s)
+                self._arm(wait_s, self._connect_expired)
         else:
             self._connect_failed(OSError(error, "connect"))
 
