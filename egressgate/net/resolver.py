@@ -43,7 +43,7 @@ _TIMEOUT_ERRORS = {pycares.errno.ARES_ETIMEOUT}
 _CACHEABLE_NEGATIVE = {Reason.DNS_NXDOMAIN, Reason.DNS_NO_ADDRESS}
 _WHY: dict[int, str] = {
     pycares.errno.ARES_ETIMEOUT: "the DNS server(s) did not answer",
-    pycares.errno.ARES_ECONNREFUSED: "no DNS server could be reached (connection refused)",
+    pycares.errno.ARES_ECONNREFUSED: "no DNS server could be reached (refused, or no socket)",
     pycares.errno.ARES_ESERVFAIL: "the DNS server answered SERVFAIL",
     pycares.errno.ARES_EREFUSED: "the DNS server refused the query (REFUSED)",
 }
@@ -70,7 +70,18 @@ class Resolution:
 class _Query:
     """One name's A + AAAA lookup, shared by every caller waiting for that name."""
 
-    __slots__ = ("done", "error", "future", "started", "timer", "ttl", "v4", "v6", "waiting")
+    __slots__ = (
+        "done",
+        "error",
+        "future",
+        "local",
+        "started",
+        "timer",
+        "ttl",
+        "v4",
+        "v6",
+        "waiting",
+    )
 
     def __init__(self, future: asyncio.Future[Resolution], started: float) -> None:
         self.future = future
@@ -80,6 +91,7 @@ class _Query:
         self.v6: list[IPAddress] = []
         self.ttl = MAX_CACHE_TTL_S
         self.error: int | None = None
+        self.local: str | None = None  # why c-ares could not even send a query
         self.done = False  # answered or expired: later c-ares callbacks only fill the cache
         self.timer: asyncio.TimerHandle | None = None
 
@@ -169,8 +181,9 @@ class Resolver:
             except pycares.AresError as exc:
                 # Raised synchronously (no server usable, out of sockets...): this family's
                 # answer is that error, or the future would wait for a callback never coming.
-                code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-                self._answer(name, query, qtype, None, code or pycares.errno.ARES_ECONNREFUSED)
+                code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+                query.local = f"{pycares.errno.strerror(code)!s}" if code else str(exc)
+                self._answer(name, query, qtype, None, pycares.errno.ARES_ECONNREFUSED)
         self._arm_timer()
         return future
 
@@ -223,6 +236,8 @@ class Resolver:
         if reason in _CACHEABLE_NEGATIVE:
             self._store(name, time.monotonic() + NEGATIVE_TTL_S, reason)
         why = _WHY.get(query.error or 0)
+        if query.local is not None:
+            why = f"the query could not be sent: {query.local}; no server usable, or no socket"
         if why is None and reason is Reason.DNS_FAILURE and query.error is not None:
             why = f"DNS error: {pycares.errno.strerror(query.error)!s}"
         detail = f"{name}: {reason.text}" + (f" ({why})" if why else "")
