@@ -46,7 +46,7 @@ from enum import Enum
 from egressgate.config.model import NoSniAction
 from egressgate.errors import ProxyFailure, Reason, Refused, UpstreamError
 from egressgate.names.hostname import Host, InvalidHost, IPAddress, address_text, normalize_host
-from egressgate.net.connect import connect
+from egressgate.net.connect import connect, connect_first
 from egressgate.observe.record import AccessRecord
 from egressgate.policy.clients import NeedsAuthentication
 from egressgate.policy.decision import ClientIdentity, Decision, Target, Verdict
@@ -477,17 +477,31 @@ def vet(
 async def connect_any(
     ctx: ProxyContext, found: tuple[IPAddress, ...], port: int, record: AccessRecord
 ) -> tuple[socket.socket, IPAddress]:
-    """Connect to the first vetted address that answers (in resolver order: IPv4 first)."""
-    last: UpstreamError | None = None
-    for address in found:
-        try:
-            sock = await connect(address, port, ctx.limits.connect_timeout_s)
-        except UpstreamError as exc:
+    """Connect to the first vetted address that answers (in resolver order: IPv4 first).
+
+    One address: a plain connect. Several: staggered attempts, the first to connect wins, all
+    of it bounded by `connect_total_timeout_s` (net/connect.py connect_first).
+    """
+    limits = ctx.limits
+    attempt_s = min(limits.connect_timeout_s, limits.connect_total_timeout_s)
+    try:
+        if len(found) == 1:
+            sock, address = await connect(found[0], port, attempt_s), found[0]
+        else:
+            sock, address = await connect_first(
+                found, port, attempt_s, limits.connect_total_timeout_s, _count_failure(ctx)
+            )
+    except UpstreamError as exc:
+        if len(found) == 1:
             ctx.metrics.count_upstream_error(exc.reason.value)
-            last = exc
-            continue
-        record.address = str(address)
-        return sock, address
-    assert last is not None
-    record.address = str(found[0]) if found else None
-    raise last
+        record.address = str(found[0]) if found else None
+        raise
+    record.address = str(address)
+    return sock, address
+
+
+def _count_failure(ctx: ProxyContext) -> Callable[[UpstreamError], None]:
+    def count(exc: UpstreamError) -> None:
+        ctx.metrics.count_upstream_error(exc.reason.value)
+
+    return count
