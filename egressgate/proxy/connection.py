@@ -138,28 +138,26 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         # The invariant's boundary (proxy/failsafe.py): a bug below answers, logs and counts.
+        # One try around the body, not a wrapper call: free on the hot path.
         try:
-            self._received(data)
+            if self.state is ConnState.CLOSED or self.state is ConnState.TUNNEL:
+                return
+            if self.upgraded:
+                if self.exchange is not None:
+                    self.exchange.tunnel_start(data)  # raw bytes of the tunnel or new protocol
+                return
+            try:
+                events = self.parser.feed(data)
+            except ProtocolError as exc:
+                self._protocol_error(exc)
+                return
+            if self._queue or (self.exchange is not None and not self.request_open):
+                self._queue.extend(events)
+                self._limit_queue()
+                return
+            self._dispatch(events)
         except Exception as exc:
             self.internal_error(exc)
-
-    def _received(self, data: bytes) -> None:
-        if self.state is ConnState.CLOSED or self.state is ConnState.TUNNEL:
-            return
-        if self.upgraded:
-            if self.exchange is not None:
-                self.exchange.tunnel_start(data)  # raw bytes of the tunnel or new protocol
-            return
-        try:
-            events = self.parser.feed(data)
-        except ProtocolError as exc:
-            self._protocol_error(exc)
-            return
-        if self._queue or (self.exchange is not None and not self.request_open):
-            self._queue.extend(events)
-            self._limit_queue()
-            return
-        self._dispatch(events)
 
     def eof_received(self) -> bool | None:
         try:

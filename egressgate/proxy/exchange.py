@@ -52,7 +52,6 @@ class ClientSide(Protocol):
         """The socket now belongs to a relay: flush what is queued, stop tracking it."""
         ...
 
-
     def force_close(self) -> None:
         """Reset the connection (aborts the exchange through `client_lost`)."""
         ...

@@ -31,16 +31,17 @@ from egressgate.http1.semantics import (
     wants_upgrade,
 )
 from egressgate.names.hostname import IPAddress, address_text
-from egressgate.net.connect import connect_first
 from egressgate.net.outbox import Output
 from egressgate.net.pump import TransportPump
 from egressgate.net.relay import RelayStats
 from egressgate.net.tasks import spawn
+from egressgate.policy.decision import Target
 from egressgate.proxy import gate
+from egressgate.proxy.admit import connect_step
 from egressgate.proxy.auth import login_from_headers
 from egressgate.proxy.exchange import ClientSide, Exchange
 from egressgate.proxy.failsafe import internal_error
-from egressgate.proxy.gate import Admission, Connect, NeedAddresses, Refuse, Step
+from egressgate.proxy.gate import Admission, Connect, NeedAddresses, Open, Refuse, Step
 from egressgate.proxy.upstream_pool import PoolKey, UpstreamPool
 
 # Request body bytes buffered while the upstream connection is being set up.
@@ -64,7 +65,11 @@ class UpstreamConnection(asyncio.Protocol):
     )
 
     def __init__(
-        self, pool: UpstreamPool[UpstreamConnection], key: PoolKey, output: Output, address: IPAddress
+        self,
+        pool: UpstreamPool[UpstreamConnection],
+        key: PoolKey,
+        output: Output,
+        address: IPAddress,
     ) -> None:
         self.pool = pool
         self.key = key
@@ -138,8 +143,8 @@ class HttpExchange(Exchange):
 
     __slots__ = (
         "_early_body",
-        "admission",
         "_early_size",
+        "admission",
         "chunk_response",
         "chunked_request",
         "conn",
@@ -193,14 +198,19 @@ class HttpExchange(Exchange):
             self.admission = Admission(
                 gen, identity, None, host_text=_target_text(head), failure=exc
             )
-            self._refuse(self.admission.next())
+            self._advance(self.admission.next())
             return
         login = login_from_headers(head.headers) if gen.credentials else None
-        admission = self.admission = Admission.for_host(
-            gen, identity, target.host, target.port, False, login
-        )
+        try:
+            destination = Target(gate.normalize_target_host(target.host), target.port, False)
+        except ProxyFailure as exc:
+            destination = None
+            admission = Admission(gen, identity, None, login, host_text=target.host, failure=exc)
+        else:
+            admission = Admission(gen, identity, destination, login)
+        self.admission = admission
         step = admission.next()
-        if type(step) is Refuse:
+        if isinstance(step, Refuse):
             self._refuse(step)
             return
         tokens = connection_tokens(head.headers)
@@ -225,27 +235,26 @@ class HttpExchange(Exchange):
         pooled upstream connection finish here, in the data_received callback."""
         admission = self.admission
         while not self.done:
-            kind = type(step)
-            if kind is NeedAddresses:
-                assert isinstance(step, NeedAddresses)
-                found = self.ctx.resolver.cached(step.name)
-                if found is None:
-                    spawn(self._resolve(step.name), "egressgate-resolve", self.internal_error)
+            match step:
+                case NeedAddresses():
+                    found = self.ctx.resolver.cached(step.name)
+                    if found is None:
+                        spawn(self._resolve(step.name), "egressgate-resolve", self.internal_error)
+                        return
+                    admission.addresses(found)
+                case Connect():
+                    upstream = self.ctx.pool.get(step.addresses, step.port)
+                    if upstream is None:
+                        spawn(self._connect(step), "egressgate-connect", self.internal_error)
+                        return
+                    admission.connected(upstream.address, upstream.key[0])
+                    self._attach(upstream)
                     return
-                admission.addresses(found)
-            elif kind is Connect:
-                assert isinstance(step, Connect)
-                upstream = self.ctx.pool.get(step.addresses, step.port)
-                if upstream is None:
-                    spawn(self._connect(step), "egressgate-connect", self.internal_error)
+                case Refuse():
+                    self._refuse(step)
                     return
-                admission.connected(upstream.address, upstream.key[0])
-                self._attach(upstream)
-                return
-            else:
-                assert isinstance(step, Refuse)  # Open only ever follows connected()
-                self._refuse(step)
-                return
+                case Open():
+                    raise AssertionError("this driver attaches at connected(), before Open")
             step = admission.next()
 
     async def _resolve(self, name: str) -> None:
@@ -259,18 +268,11 @@ class HttpExchange(Exchange):
 
     async def _connect(self, step: Connect) -> None:
         ctx = self.ctx
-        try:
-            sock, address = await connect_first(
-                step.addresses,
-                step.port,
-                step.attempt_timeout_s,
-                step.total_timeout_s,
-                ctx.metrics.count_upstream_failure,
-            )
-        except ProxyFailure as exc:
-            self.admission.connect_failed(exc)
+        sock = await connect_step(ctx, self.admission, step)
+        if sock is None:
             self._advance(self.admission.next())
             return
+        address = self.admission.opened
         key = (address_text(address), step.port)
         output = Output(ctx.outbox)
         try:
@@ -285,11 +287,9 @@ class HttpExchange(Exchange):
         if self.done:
             upstream.close()  # the client went away meanwhile
             return
-        self.admission.connected(address, key[0])
         self._attach(upstream)
 
-    def _refuse(self, step: Step) -> None:
-        assert isinstance(step, Refuse)
+    def _refuse(self, step: Refuse) -> None:
         if not self.done:
             self.done = True
             self.conn.refuse(step.response(), gate.conclude(self.record, self.admission))
@@ -479,7 +479,7 @@ class HttpExchange(Exchange):
             return
         self.done = True
         self._cancel_response_timer()
-        self.conn.finish(gate.conclude(self.record, self.admission))
+        self.conn.finish(self.record)  # concluded at _attach
 
     def _switch_protocols(self, rest: bytes) -> None:
         head = self.response_head

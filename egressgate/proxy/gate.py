@@ -38,21 +38,18 @@ request sees one config from start to end.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
 from egressgate.config.model import NoSniAction
-from egressgate.errors import ProxyFailure, Reason, Refused, UpstreamError
+from egressgate.errors import ProxyFailure, Reason, Refused
 from egressgate.names.hostname import Host, InvalidHost, IPAddress, address_text, normalize_host
-from egressgate.net.connect import connect, connect_first
 from egressgate.observe.record import AccessRecord
 from egressgate.policy.clients import NeedsAuthentication
 from egressgate.policy.decision import ClientIdentity, Decision, Target, Verdict
 from egressgate.policy.engine import CompiledPolicy
 from egressgate.proxy.auth import Login, verify
-from egressgate.proxy.context import ProxyContext
 from egressgate.proxy.refusal import refusal_response
 from egressgate.runtime.state import Generation
 from egressgate.tls.clienthello import MAX_HELLO_BYTES, HelloResult, read_sni
@@ -100,9 +97,10 @@ class NeedAddresses:
 class Connect:
     """Connect to one of `addresses` (all vetted, in the resolver's order; never anything
     else) on `port`: each attempt bounded by `attempt_timeout_s`, the whole connect phase by
-    `total_timeout_s` (both from the generation's `limits.connect_timeout_s`). A pooled
-    upstream connection to one of them will do. Report `connected(address)` or, when every
-    attempt failed, `connect_failed(error)`."""
+    `total_timeout_s` (the generation's `connect_timeout_s` and `connect_total_timeout_s`;
+    net/connect.py's connect_first is the strategy). A pooled upstream connection to one of
+    them will do. Report `connected(address)` or, when every attempt failed,
+    `connect_failed(error)`."""
 
     addresses: tuple[IPAddress, ...]
     port: int
@@ -259,6 +257,12 @@ class Admission:
         self._refuse(error)
 
     @property
+    def opened(self) -> IPAddress:
+        """The address connected() reported."""
+        assert self._opened is not None
+        return self._opened
+
+    @property
     def failure(self) -> ProxyFailure | None:
         """The refusal or failure the story ended with, if it did."""
         return self._failure
@@ -312,16 +316,21 @@ class Admission:
             return self._refuse(Refused(refusal.reason, refusal.detail))
         limits = self.gen.config.limits
         assert self.port is not None
-        step = self._step = Connect(
-            found, self.port, limits.connect_timeout_s, limits.connect_timeout_s
-        )
+        total_s, attempt_s = limits.connect_total_timeout_s, limits.connect_timeout_s
+        if attempt_s > total_s:  # (not min(): a call per request on the hot path)
+            attempt_s = total_s
+        step = self._step = Connect(found, self.port, attempt_s, total_s)
         self.next = self._same
         return step
 
     def _open(self) -> Step:
         """4. Admitted (built on demand: the plain-HTTP path needs no Open value)."""
         assert self._opened is not None
-        step = self._step = Open(self._opened, self.port or 0, self._sni_check())
+        target, policy = self.target, self._policy
+        sni_check = (
+            target is not None and target.connect and policy is not None and policy.sni_check
+        )
+        step = self._step = Open(self._opened, self.port or 0, sni_check)
         self.next = self._same
         return step
 
@@ -337,9 +346,17 @@ class Admission:
         return step
 
     # ---- after Open: the SNI check of a tunnel
-    def _sni_check(self) -> bool:
-        target, policy = self.target, self._policy
-        return target is not None and target.connect and policy is not None and policy.sni_check
+    def _unreadable_why(self, result: HelloResult, data: bytes, eof: bool) -> str:
+        if result is HelloResult.TOO_LARGE:
+            return f"the TLS ClientHello is larger than {MAX_HELLO_BYTES} bytes"
+        if result is HelloResult.MALFORMED:
+            return "the TLS ClientHello is malformed"
+        if eof:
+            return f"the client closed after {len(data)} bytes of an incomplete TLS ClientHello"
+        return (
+            f"the TLS ClientHello was incomplete after {self.hello_wait_s():g}s "
+            f"({len(data)} bytes arrived)"
+        )
 
     def hello_wait_s(self) -> float:
         """The bound on the whole ClientHello phase: first byte to last byte of the hello."""
@@ -360,6 +377,9 @@ class Admission:
         if isinstance(result, str):
             self.sni = result
             verdict = policy.decide_sni(target.host, result)
+        elif result is not HelloResult.NO_SNI and _starts_as_tls(data):
+            # TLS whose ClientHello cannot be read: never relayed unchecked (fail closed).
+            verdict = policy.sni_unreadable(self._unreadable_why(result, data, eof))
         elif policy.tunnels_without_sni is not NoSniAction.DENY:
             verdict = None  # no_sni would pass it: skip building the explanation
         elif timed_out and not data:
@@ -374,6 +394,11 @@ class Admission:
         if verdict.verdict is Verdict.REPORT:
             return Hello.RELAY
         return self._refuse(Refused(verdict.reason, verdict.detail))
+
+
+def _starts_as_tls(data: bytes) -> bool:
+    """The first bytes are (the start of) a TLS handshake record: content type 22, version 3.x."""
+    return data[:1] == b"\x16" and data[1:2] in (b"", b"\x03")
 
 
 def conclude(
@@ -408,7 +433,7 @@ def conclude(
         if admission.sni is not None:
             record.sni = admission.sni
         if failure is None:
-            failure = admission.failure
+            failure = admission._failure
     if failure is not None:
         reason = failure.reason
         record.reason = reason.value
@@ -416,92 +441,3 @@ def conclude(
         record.decision = "deny" if isinstance(failure, Refused) else "error"
         record.detail = failure.detail or None
     return record
-
-
-# ---- the step-by-step helpers the front ends still call until each is an Admission driver
-def decide(
-    gen: Generation, client: ClientIdentity, target: Target, record: AccessRecord
-) -> Decision:
-    """Name-level decision; records it; raises Refused unless allowed (or reported)."""
-    try:
-        policy = gen.policies.policy_for(client)
-    except NeedsAuthentication:
-        raise Refused(Reason.AUTH_REQUIRED, "this proxy needs a user name and password") from None
-    decision = policy.decide(target)
-    _record(record, decision)
-    if decision.verdict is Verdict.DENY:
-        raise Refused(decision.reason, decision.detail)
-    return decision
-
-
-def _record(record: AccessRecord, decision: Decision) -> None:
-    record.policy = decision.policy
-    record.rule = decision.rule
-    record.decision = decision.verdict.value
-    record.reason = decision.reason.value
-    if decision.verdict is Verdict.REPORT:
-        record.detail = decision.detail
-
-
-def known_addresses(ctx: ProxyContext, target: Target) -> tuple[IPAddress, ...] | None:
-    """Addresses available without waiting: an IP literal, the hosts file, or the DNS cache."""
-    if target.host.address is not None:
-        return (target.host.address,)
-    assert target.host.name is not None
-    return ctx.resolver.cached(target.host.name)
-
-
-async def addresses(ctx: ProxyContext, target: Target) -> tuple[IPAddress, ...]:
-    """All addresses of the target (raises ResolveError); DNS latency goes to the metrics."""
-    found = known_addresses(ctx, target)
-    if found is not None:
-        return found
-    assert target.host.name is not None
-    resolution = await ctx.resolver.resolve(target.host.name)
-    return resolution.addresses
-
-
-def vet(
-    gen: Generation, decision: Decision, found: tuple[IPAddress, ...], record: AccessRecord
-) -> tuple[IPAddress, ...]:
-    """Address-level check; raises Refused(PRIVATE_ADDRESS) naming the offending address
-    (in the refusal's detail and in the record's `address`: the address that was refused)."""
-    result = gen.policies.vet(decision, found)
-    if result.refusal is not None:
-        _record(record, result.refusal)
-        record.address = str(result.refused_address)
-        raise Refused(result.refusal.reason, result.refusal.detail)
-    return result.addresses
-
-
-async def connect_any(
-    ctx: ProxyContext, found: tuple[IPAddress, ...], port: int, record: AccessRecord
-) -> tuple[socket.socket, IPAddress]:
-    """Connect to the first vetted address that answers (in resolver order: IPv4 first).
-
-    One address: a plain connect. Several: staggered attempts, the first to connect wins, all
-    of it bounded by `connect_total_timeout_s` (net/connect.py connect_first).
-    """
-    limits = ctx.limits
-    attempt_s = min(limits.connect_timeout_s, limits.connect_total_timeout_s)
-    try:
-        if len(found) == 1:
-            sock, address = await connect(found[0], port, attempt_s), found[0]
-        else:
-            sock, address = await connect_first(
-                found, port, attempt_s, limits.connect_total_timeout_s, _count_failure(ctx)
-            )
-    except UpstreamError as exc:
-        if len(found) == 1:
-            ctx.metrics.count_upstream_error(exc.reason.value)
-        record.address = str(found[0]) if found else None
-        raise
-    record.address = str(address)
-    return sock, address
-
-
-def _count_failure(ctx: ProxyContext) -> Callable[[UpstreamError], None]:
-    def count(exc: UpstreamError) -> None:
-        ctx.metrics.count_upstream_error(exc.reason.value)
-
-    return count

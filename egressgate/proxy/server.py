@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from egressgate.config.model import Config, ListenAddress
 from egressgate.errors import ConfigError
+from egressgate.net import tasks
 from egressgate.net.listen import bind, bound_address
 from egressgate.net.outbox import Outbox
 from egressgate.net.reactor import Reactor
@@ -36,6 +37,7 @@ from egressgate.observe.metrics import Metrics, MetricsCollector
 from egressgate.proxy.acceptor import Acceptor
 from egressgate.proxy.connection import ClientConnection
 from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.failsafe import internal_error
 from egressgate.proxy.upstream_pool import UpstreamPool
 from egressgate.runtime.memory import freeze_long_lived
 from egressgate.runtime.reload import Reloader
@@ -94,6 +96,9 @@ class ProxyServer:
         self.metrics.config_hash = gen.sha256
         self.metrics.config_source = gen.config.source
 
+    def _unhandled(self, exc: BaseException, name: str) -> None:
+        internal_error(self.metrics, exc, f"task {name}")
+
     async def start(self) -> None:
         config = self.state.current.config
         self._stopped = asyncio.Event()
@@ -114,6 +119,9 @@ class ProxyServer:
             Outbox(asyncio.get_running_loop()),
         )
         self.ctx = ctx
+        # A background task's exception that no exchange answers for is still counted and
+        # reported with its traceback (proxy/failsafe.py), never "never retrieved".
+        tasks.unhandled = self._unhandled
         sock = bind(self.listen_override or config.listen, self.reuse_port)
         self._acceptor = Acceptor(ctx, sock)
         self.addresses["proxy"] = bound_address(sock)

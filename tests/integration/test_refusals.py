@@ -11,6 +11,7 @@ even if the proxy were to connect.
 from __future__ import annotations
 
 import concurrent.futures
+import ipaddress
 import os
 import socket
 import time
@@ -249,7 +250,8 @@ def test_allowed_name_resolving_to_an_internal_network_address_is_refused(
     assert address.encode() in tunnel.body
     records = isolated.proxy.wait_for_records(2, predicate=lambda r: r["host"] == name)
     assert {r["reason"] for r in records} == {"private-address"}
-    assert all(r["address"] is None for r in records)  # no connection was attempted
+    # No connection was attempted; `address` names the address that was refused (issue 12).
+    assert {r["address"] for r in records} == {str(ipaddress.ip_address(address))}
 
 
 def test_isolated_namespace_turns_an_internal_address_into_502_upstream_unreachable(

@@ -335,7 +335,7 @@ def test_connect_carries_the_generations_timeouts_and_only_vetted_addresses() ->
         (ip(PUBLIC), ip(PUBLIC6)),
         443,
         gen.config.limits.connect_timeout_s,
-        gen.config.limits.connect_timeout_s,
+        gen.config.limits.connect_total_timeout_s,
     )
 
 
@@ -413,6 +413,24 @@ HELLOS = [
         b"",
         True,
         "sni-missing",
+        "",
+        "",
+    ),
+    (
+        "TLS cut short by the wait: sni-unreadable, whatever tunnels_without_sni says",
+        {},
+        client_hello("a.ok.test")[:20],
+        True,
+        "sni-unreadable",
+        "",
+        "",
+    ),
+    (
+        "malformed TLS: sni-unreadable",
+        {},
+        b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00",
+        False,
+        "sni-unreadable",
         "",
         "",
     ),
