@@ -3,7 +3,7 @@
 Data flows one way: proxy/connection.py creates an exchange per request and feeds it events
 (`Exchange`); the exchange answers through the small `ClientSide` it is given, never through
 the connection's internals. Front ends (forward.py, tunnel.py) import this module, never
-connection.py, and never each other; upstream_pool.py knows its members only as `Pooled`.
+connection.py, and never each other.
 """
 
 from __future__ import annotations
@@ -99,18 +99,3 @@ class Exchange(Protocol):
     def internal_error(self, exc: BaseException) -> None:
         """An unexpected exception in this exchange's work (see proxy/failsafe.py)."""
         ...
-
-
-class Pooled(Protocol):
-    """An idle-able upstream connection, as proxy/upstream_pool.py keeps it."""
-
-    key: tuple[str, int]
-    idle_since: float
-
-    def usable(self) -> bool: ...
-
-    def enter_pool(self, now: float) -> None: ...
-
-    def leave_pool(self) -> None: ...
-
-    def close(self) -> None: ...

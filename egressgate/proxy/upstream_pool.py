@@ -9,10 +9,25 @@ the server's sweeper, not by a timer per connection).
 from __future__ import annotations
 
 import time
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from egressgate.names.hostname import IPAddress, address_texts
-from egressgate.proxy.exchange import Pooled
+
+
+class Pooled(Protocol):
+    """What the pool needs of an upstream connection (forward.UpstreamConnection is one)."""
+
+    key: tuple[str, int]
+    idle_since: float
+
+    def usable(self) -> bool: ...
+
+    def enter_pool(self, now: float) -> None: ...
+
+    def leave_pool(self) -> None: ...
+
+    def close(self) -> None: ...
+
 
 P = TypeVar("P", bound=Pooled)
 
