@@ -68,9 +68,7 @@ class UpstreamConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(
-        self, pool: UpstreamPool, key: PoolKey, output: Output, limits: Limits
-    ) -> None:
+    def __init__(self, pool: UpstreamPool, key: PoolKey, output: Output, limits: Limits) -> None:
         self.pool = pool
         self.key = key
         self.max_head_bytes = limits.max_response_header_bytes

@@ -176,9 +176,7 @@ def test_request_head_without_a_body_has_no_length_and_chunked_has_no_length() -
 def test_response_head_writes_its_own_content_length() -> None:
     head = _response((b"Connection", b"Content-Length"), (b"Content-Length", b"7"))
     kept = [h for h in head.headers if h[0] != b"connection"]
-    rendered = lines(
-        response_head(head, kept, keep_alive=True, chunked=False, content_length=7)
-    )
+    rendered = lines(response_head(head, kept, keep_alive=True, chunked=False, content_length=7))
     assert rendered[1:] == [b"Via: " + VIA_VALUE, b"Content-Length: 7"]
     rechunked = lines(response_head(head, kept, keep_alive=True, chunked=True))
     assert rechunked[1:] == [b"Via: " + VIA_VALUE, b"Transfer-Encoding: chunked"]
