@@ -559,6 +559,7 @@ def _unwritable(path: str) -> str | None:
     """Why the proxy could not open `path` to append to it, or None if it can (issue 19,
     item 3: a reload to an unopenable access_log was accepted). Checked without creating
     anything; the proxy still opens the new log before it lets go of the old one."""
+    path = os.path.realpath(path)  # open() follows symlinks, and creates a dangling one's target
     parent = os.path.dirname(path) or "."
     if os.path.isdir(path):
         return "is a directory (give a file name)"
@@ -566,8 +567,6 @@ def _unwritable(path: str) -> str | None:
         if not os.access(path, os.W_OK):
             return "not writable"
         return None
-    if os.path.lexists(path):
-        return "is a dangling symbolic link"
     if not os.path.exists(parent):
         return f"directory does not exist: {parent}"
     if not os.path.isdir(parent):
