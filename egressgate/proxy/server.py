@@ -25,7 +25,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from egressgate.config.model import Config, ListenAddress
-from egressgate.errors import ConfigError, ConfigIssue
+from egressgate.errors import ConfigError, ConfigIssue, StartupError
 from egressgate.net.listen import bind, bound_address
 from egressgate.net.outbox import Outbox
 from egressgate.net.reactor import Reactor
@@ -98,7 +98,12 @@ class ProxyServer:
     async def start(self) -> None:
         config = self.state.current.config
         self._stopped = asyncio.Event()
-        access_log = self._open_access_log(config)
+        try:
+            access_log = self._open_access_log(config)
+        except OSError as exc:
+            raise StartupError(
+                f"access_log {config.access_log}: cannot open for writing: {exc.strerror or exc}"
+            ) from exc
         resolver = Resolver(
             config.nameservers,
             config.hosts_file,
