@@ -155,6 +155,10 @@ class Limits:
     max_connections: int = 10_000
     max_request_line_bytes: int = 8 * 1024
     max_header_bytes: int = 32 * 1024
+    # An origin's response head (status line + header lines, trailers too) and its number of
+    # header fields; beyond either: 502 upstream-bad-response (issue 19: was unbounded).
+    max_response_header_bytes: int = 64 * 1024
+    max_response_headers: int = 256
     header_timeout_s: float = 10.0
     keepalive_timeout_s: float = 60.0
     connect_timeout_s: float = 10.0
@@ -166,6 +170,11 @@ class Limits:
     upstream_idle_s: float = 30.0
     drain_timeout_s: float = 25.0
     shutdown_delay_s: float = 0.0  # keep accepting this long after SIGTERM (endpoint removal)
+    # Access-log bytes that may wait for the writer thread (a slow disk, a stdout reader that
+    # stopped reading); beyond, whole batches are dropped and counted, traffic never waits.
+    access_log_buffer_bytes: int = 4 * 1024 * 1024
+    # How long the exit waits for the access-log writer to write what is queued.
+    access_log_flush_timeout_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,11 +19,13 @@ import asyncio
 import time
 from typing import cast
 
+from egressgate.config.model import Limits
 from egressgate.errors import ProtocolError, ProxyFailure, Reason, UpstreamError
 from egressgate.http1 import render
 from egressgate.http1.events import END, Event, RequestHead, ResponseHead, TunnelStart
 from egressgate.http1.parser import ResponseParser
 from egressgate.http1.semantics import (
+    NO_BODY,
     connection_tokens,
     end_to_end,
     parse_proxy_target,
@@ -58,6 +60,8 @@ class UpstreamConnection(asyncio.Protocol):
         "exchange",
         "idle_since",
         "key",
+        "max_head_bytes",
+        "max_headers",
         "output",
         "parser",
         "pool",
@@ -70,11 +74,14 @@ class UpstreamConnection(asyncio.Protocol):
         key: PoolKey,
         output: Output,
         address: IPAddress,
+        limits: Limits,
     ) -> None:
         self.pool = pool
         self.key = key
         self.address = address
-        self.parser = ResponseParser()
+        self.max_head_bytes = limits.max_response_header_bytes
+        self.max_headers = limits.max_response_headers
+        self.parser = ResponseParser(self.max_head_bytes, self.max_headers)
         self.transport: asyncio.Transport | None = None
         self.output = output  # every byte for the origin goes through it (net/outbox.py)
         self.exchange: HttpExchange | None = None
@@ -83,6 +90,10 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; same interface.
         self.transport = self.output.transport = cast(asyncio.Transport, transport)
+
+    def fresh_parser(self) -> None:
+        """A new parser for the next response on this connection (after a HEAD answer)."""
+        self.parser = ResponseParser(self.max_head_bytes, self.max_headers)
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
@@ -226,6 +237,9 @@ class HttpExchange(Exchange):
             upgrade=self.upgrade,
             chunked=framing.chunked,
             forwarded_for=forwarded,
+            # The framing of the body forwarded, always written by us (issue 19): a length
+            # only if the client sent one (NO_BODY: it sent neither length nor chunked).
+            content_length=None if framing is NO_BODY else framing.content_length,
         )
         self._early_body.append(request)
         self._advance(step)
@@ -275,9 +289,10 @@ class HttpExchange(Exchange):
         address = self.admission.opened
         key = (address_text(address), step.port)
         output = Output(ctx.outbox)
+        limits = self.admission.gen.config.limits
         try:
             _, upstream = await asyncio.get_running_loop().create_connection(
-                lambda: UpstreamConnection(ctx.pool, key, output, address), sock=sock
+                lambda: UpstreamConnection(ctx.pool, key, output, address, limits), sock=sock
             )
         except OSError as exc:
             sock.close()
@@ -348,7 +363,16 @@ class HttpExchange(Exchange):
             self._arm_response_timer()
 
     def client_eof(self) -> None:
-        """The client half-closed with its request incomplete: nothing more will come."""
+        """The client half-closed with its request incomplete: nothing more will come.
+
+        Security fix (issue 19): this was ignored, so the client socket sat in CLOSE-WAIT, the
+        upstream connection stayed pinned with a half-sent body until the origin gave up, and
+        no record was written. The request can never complete: abort both sides and log 499.
+        """
+        self.record.detail = (
+            f"client left mid-body after {self.record.bytes_up} request body bytes relayed"
+        )
+        self.conn.force_close()  # → client_lost(): aborts the upstream, writes the record
 
     def client_lost(self) -> None:
         if self.done:
@@ -448,13 +472,21 @@ class HttpExchange(Exchange):
         self.chunk_response = chunked
         self.keep_alive = keep_alive
         self._to_client(
-            render.response_head(head, headers, keep_alive=self.keep_alive, chunked=chunked)
+            render.response_head(
+                head,
+                headers,
+                keep_alive=self.keep_alive,
+                chunked=chunked,
+                # The origin's length, written by us: for a body relayed as it came, and for
+                # HEAD / 304 answers, where it describes the representation (RFC 9110 §8.6).
+                content_length=None if chunked else head.content_length,
+            )
         )
         if no_body:
             if self.is_head and self.upstream is not None:
                 # httptools cannot be told the response answers a HEAD; a fresh parser for
                 # the next response on this connection.
-                self.upstream.parser = ResponseParser()
+                self.upstream.fresh_parser()
             self._response_end(upstream_reusable=head.keep_alive)
 
     def _response_end(self, upstream_reusable: bool | None = None) -> None:
@@ -568,7 +600,14 @@ class HttpExchange(Exchange):
             self.conn.refuse(Refuse(error, record.host, record.policy, None).response(), record)
             return
         # The head is already on its way to the client: all we can do is cut the connection.
-        self.record.detail = error.detail
+        # Fix (issue 19): this was logged as allow / allowed; the decision stays allow (the
+        # request was allowed and relayed), the reason says how it ended.
+        record = self.record
+        record.reason = error.reason.value
+        record.detail = (
+            f"{error.detail} after {record.bytes_down} response body bytes relayed"
+            " (client connection cut)"
+        )
         self._finish()
         self.conn.force_close()
 
