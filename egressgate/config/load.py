@@ -417,6 +417,8 @@ class _ConfigBuilder:
         for key, value_node in m.items():
             if key == "shutdown_delay_s":
                 values[key] = self.w.attempt(value_node, self.w.non_negative_number)
+            elif key == "reserved_fds":  # 0 turns the reserve off
+                values[key] = self.w.attempt(value_node, lambda n: self.w.integer(n, 0, 10**6))
             elif key.endswith("_s"):
                 values[key] = self.w.attempt(value_node, self.w.positive_number)
             else:

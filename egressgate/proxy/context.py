@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from egressgate.config.model import Limits
+from egressgate.net.listen import fd_ceiling
 from egressgate.net.outbox import Outbox
 from egressgate.net.reactor import Reactor
 from egressgate.net.resolver import Resolver
@@ -35,6 +36,7 @@ class ProxyContext:
     __slots__ = (
         "access_log",
         "deadlines",
+        "fd_ceiling",
         "limits",
         "live",
         "metrics",
@@ -65,6 +67,9 @@ class ProxyContext:
         # What wakes other processes, done at the end of the loop iteration (net/outbox.py).
         self.outbox = outbox
         self.limits: Limits = state.current.config.limits
+        # A new client socket numbered at or above this is refused: the descriptors above it
+        # are the reserve (net/listen.py fd_ceiling; recomputed on reload).
+        self.fd_ceiling = fd_ceiling(self.limits.reserved_fds)
         self.live: set[Closable] = set()
         self.tunnels: set[Closable] = set()
         # Raw-path tunnels waiting on a connect or a ClientHello: the server's sweeper checks
