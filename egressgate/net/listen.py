@@ -108,10 +108,11 @@ class SpareFd:
                     client, _ = accept()
                 except OSError:
                     break  # the backlog is empty (EAGAIN), or another descriptor took the slot
-                try:
-                    client.send(response)
-                except OSError:
-                    pass
+                if response:
+                    try:
+                        client.send(response)
+                    except OSError:
+                        pass
                 client.close()
                 answered += 1
         finally:

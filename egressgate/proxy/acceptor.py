@@ -77,6 +77,9 @@ def client_identity(peer_host: str) -> tuple[ClientIdentity, str]:
 class Acceptor:
     """Owns one listening socket; accepts and routes connections."""
 
+    # What a client refused for want of descriptors is told (the TLS listener: nothing).
+    refusal_bytes = _TOO_MANY
+
     def __init__(self, ctx: ProxyContext, listener: socket.socket) -> None:
         self.ctx = ctx
         self.listener = listener
@@ -148,10 +151,11 @@ class Acceptor:
         """A client socket took a reserved descriptor: 503 and close it at once."""
         fd = client.fileno()
         self.ctx.metrics.connections_rejected += 1
-        try:
-            client.send(_TOO_MANY)
-        except OSError:
-            pass
+        if self.refusal_bytes:
+            try:
+                client.send(self.refusal_bytes)
+            except OSError:
+                pass
         client.close()
         if not self.in_reserve:
             self.in_reserve = True
@@ -165,7 +169,7 @@ class Acceptor:
 
     def _exhausted(self, exc: OSError) -> None:
         """accept() failed for want of a descriptor: answer the queue, then pause."""
-        answered = self.spare.refuse_queued(self.raw.accept, _TOO_MANY, ACCEPTS_PER_EVENT)
+        answered = self.spare.refuse_queued(self.raw.accept, self.refusal_bytes, ACCEPTS_PER_EVENT)
         self.ctx.metrics.connections_rejected += answered
         self.ctx.metrics.accept_pauses += 1
         first = not self.backoff_s

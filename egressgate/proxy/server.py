@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from egressgate.config.model import Config, ListenAddress
 from egressgate.errors import ConfigError
-from egressgate.net.listen import bind, bound_address
+from egressgate.net.listen import bind, bound_address, fd_ceiling
 from egressgate.net.outbox import Outbox
 from egressgate.net.reactor import Reactor
 from egressgate.net.resolver import Resolver
@@ -34,8 +34,8 @@ from egressgate.observe.admin import AdminProtocol
 from egressgate.observe.events import emit
 from egressgate.observe.metrics import Metrics, MetricsCollector
 from egressgate.proxy.acceptor import Acceptor
-from egressgate.proxy.connection import ClientConnection
 from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.tls_listener import TlsAcceptor
 from egressgate.proxy.upstream_pool import UpstreamPool
 from egressgate.runtime.memory import freeze_long_lived
 from egressgate.runtime.reload import Reloader
@@ -43,22 +43,6 @@ from egressgate.runtime.state import Generation, State
 
 DRAIN_POLL_S = 0.05
 SWEEP_INTERVAL_S = 0.5
-
-
-def tls_names(ssl_object: ssl.SSLObject | None) -> tuple[str, ...]:
-    """Subject CN and SAN names of a verified client certificate, lowercased."""
-    if ssl_object is None:
-        return ()
-    cert: Any = ssl_object.getpeercert()
-    if not cert:
-        return ()
-    names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]
-    names += [
-        value
-        for kind, value in cert.get("subjectAltName", ())
-        if kind in ("DNS", "URI", "email", "IP Address")
-    ]
-    return tuple(n.lower() for n in names)
 
 
 class ProxyServer:
@@ -79,8 +63,8 @@ class ProxyServer:
         self.config_path = config_path
         self.reuse_port = reuse_port
         self.metrics = Metrics()
-        self._servers: list[asyncio.Server] = []
         self._acceptor: Acceptor | None = None
+        self._tls_acceptor: TlsAcceptor | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._admin: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
@@ -154,12 +138,9 @@ class ProxyServer:
                 ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
             )
         sock = bind(tls.listen, self.reuse_port)
-
-        def factory() -> ClientConnection:
-            return _TlsClientConnection(ctx)
-
-        server = await asyncio.get_running_loop().create_server(factory, sock=sock, ssl=context)
-        self._servers.append(server)
+        # Accepted on raw sockets: each connection is counted, bounded and logged from accept,
+        # not from the end of its handshake (proxy/tls_listener.py).
+        self._tls_acceptor = TlsAcceptor(ctx, sock, context)
         self.addresses["tls_proxy"] = bound_address(sock)
 
     async def _start_admin(self, config: Config) -> None:
@@ -246,6 +227,7 @@ class ProxyServer:
             ctx.access_log.close()
             ctx.access_log = AccessLog(new_cfg.access_log, on_error=self._access_log_error)
         ctx.limits = new_cfg.limits
+        ctx.fd_ceiling = fd_ceiling(new_cfg.limits.reserved_fds)
         ctx.pool.idle_s = new_cfg.limits.upstream_idle_s
         emit(
             "reloaded",
@@ -300,8 +282,8 @@ class ProxyServer:
         self.state.accepting = False
         if self._acceptor is not None:
             self._acceptor.close()
-        for server in self._servers:
-            server.close()
+        if self._tls_acceptor is not None:
+            self._tls_acceptor.close()
         if self._reloader is not None:
             self._reloader.stop()
         loop = asyncio.get_running_loop()
@@ -329,13 +311,3 @@ class ProxyServer:
     async def wait_stopped(self) -> None:
         assert self._stopped is not None
         await self._stopped.wait()
-
-
-class _TlsClientConnection(ClientConnection):
-    """A client on the TLS listener: its certificate names join its identity."""
-
-    __slots__ = ()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.tls_names = tls_names(transport.get_extra_info("ssl_object"))
-        super().connection_made(transport)
