@@ -27,7 +27,7 @@ import socket
 import time
 from typing import cast
 
-from egressgate.errors import ProtocolError, Reason
+from egressgate.errors import ProtocolError, Reason, Refused
 from egressgate.http1.connect_head import read_connect_head
 from egressgate.http1.events import RequestHead, TunnelStart
 from egressgate.http1.parser import RequestParser
@@ -72,6 +72,31 @@ def client_identity(peer_host: str) -> tuple[ClientIdentity, str]:
             _IDENTITIES.clear()  # bounded: a scan from many addresses cannot grow it
         _IDENTITIES[peer_host] = known
     return known
+
+
+def start_raw_tunnel(tunnel: RawTunnel) -> None:
+    """Start a tunnel, or hold it while proxy auth verifies its credentials (proxy/auth.py)."""
+    ctx = tunnel.ctx
+    if not ctx.auth.hold(
+        tunnel.head.headers,
+        ctx.state.current.credentials,
+        tunnel.record.client,
+        ctx.limits.auth_failure_delay_s,
+        lambda refused: _auth_done(tunnel, refused),
+    ):
+        tunnel.start()
+        return
+    # While held, the client socket's events are only remembered (as start() would do).
+    ctx.reactor.set_handler(tunnel.client_fd, tunnel.client_state.note)
+
+
+def _auth_done(tunnel: RawTunnel, refused: Refused | None) -> None:
+    if tunnel.done:
+        return  # closed meanwhile (a drain)
+    if refused is not None:
+        tunnel.refuse_early(refused)
+        return
+    tunnel.start()
 
 
 class Acceptor:
@@ -142,7 +167,9 @@ class Acceptor:
                 if plain is not None:
                     state = Readiness()  # a short read: nothing is known to be waiting
                     ctx.reactor.add(client.fileno(), state.note)
-                    RawTunnel(ctx, client, *client_identity(peer[0]), *plain, state).start()
+                    start_raw_tunnel(
+                        RawTunnel(ctx, client, *client_identity(peer[0]), *plain, state)
+                    )
                     continue
             _FirstRead(ctx, client, peer).start(data)
 
@@ -319,14 +346,16 @@ class _FirstRead:
 
     def _start_tunnel(self, head: RequestHead, rest: bytes) -> None:
         self._stop()
-        RawTunnel(
-            self.ctx,
-            self.sock,
-            *client_identity(self.peer[0]),
-            head,
-            rest,
-            self.state,
-        ).start()
+        start_raw_tunnel(
+            RawTunnel(
+                self.ctx,
+                self.sock,
+                *client_identity(self.peer[0]),
+                head,
+                rest,
+                self.state,
+            )
+        )
 
     def _to_transport(self, first_bytes: bytes) -> None:
         self._stop()

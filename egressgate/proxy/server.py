@@ -107,6 +107,7 @@ class ProxyServer:
         self.addresses["admin"] = None
         if config.admin_listen is not None and self.worker is None:
             await self._start_admin(config)
+        self._warn_at_start(config)
         self.state.accepting = True
         self._sweep()
         self._install_signals()
@@ -126,6 +127,33 @@ class ProxyServer:
         if self.worker is not None:
             fields["worker"] = self.worker
         emit("listening" if self.announce else "worker-listening", **fields)
+
+    def _warn_at_start(self, config: Config) -> None:
+        """Say what is weak or cannot hold, once, at start (events on stderr)."""
+        weak = self.state.current.credentials.weak_users
+        if weak:
+            emit(
+                "weak-passwords",
+                level="warning",
+                users=len(weak),
+                note="clear-text or unsalted SHA-256 entries in the users file; store bcrypt "
+                "or argon2 hashes (egressgate hash-password)",
+            )
+        ctx = self.ctx
+        assert ctx is not None
+        limits = config.limits
+        if ctx.fd_ceiling < 2 * limits.max_connections:
+            # Each tunnel holds two descriptors: the reserve refuses clients before
+            # max_connections does (503 too-many-connections either way).
+            emit(
+                "fd-limit-low",
+                level="warning",
+                usable_fds=ctx.fd_ceiling,
+                reserved_fds=limits.reserved_fds,
+                max_connections=limits.max_connections,
+                note="RLIMIT_NOFILE is below 2 x max_connections + reserved_fds: clients will "
+                "be refused at the descriptor reserve first",
+            )
 
     async def _start_tls_listener(self, config: Config, ctx: ProxyContext) -> None:
         tls = config.tls_listen

@@ -431,6 +431,10 @@ class RawTunnel(_TunnelCore):
         self._relay = relay
         relay.start()
 
+    def refuse_early(self, failure: ProxyFailure) -> None:
+        """Refuse before start() (proxy auth's back-off, proxy/acceptor.py)."""
+        self._refuse_http(failure)
+
     def _refuse_http(self, failure: ProxyFailure) -> None:
         """Refuse before "200": an HTTP error response on the client socket."""
         if self.done:
