@@ -8,6 +8,7 @@ where the proxy is not alone) and prints each figure with its ratio to the 1-wor
 Usage: workers_scale.py [--workers 1,2] [--quick] [--json OUT]
 Standard library only; needs what bench/run needs (see README.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,20 +29,35 @@ KEYS = [
 
 
 def run_once(workers: int, quick: bool, out: str) -> dict:
-    cmd = [sys.executable, os.path.join(HERE, "run"), "--targets", "egressgate", "--shared-cpus",
-           "--idle-tunnels", "0", "--egressgate-workers", str(workers), "--json", out]
+    cmd = [
+        sys.executable,
+        os.path.join(HERE, "run"),
+        "--targets",
+        "egressgate",
+        "--shared-cpus",
+        "--idle-tunnels",
+        "0",
+        "--egressgate-workers",
+        str(workers),
+        "--json",
+        out,
+    ]
     if quick:
         cmd.append("--quick")
     print(f"== workers: {workers}: {' '.join(cmd)}", file=sys.stderr, flush=True)
     result = subprocess.run(cmd)
     if result.returncode != 0 or not os.path.exists(out):
-        sys.exit(f"workers_scale: bench/run with workers={workers} failed (exit "
-                 f"{result.returncode}); its messages are above")
+        sys.exit(
+            f"workers_scale: bench/run with workers={workers} failed (exit "
+            f"{result.returncode}); its messages are above"
+        )
     with open(out) as f:
         doc = json.load(f)
     if "skipped" in doc["targets"].get("egressgate", {}):
-        sys.exit(f"workers_scale: egressgate was skipped with workers={workers}: "
-                 f"{doc['targets']['egressgate']['skipped']}")
+        sys.exit(
+            f"workers_scale: egressgate was skipped with workers={workers}: "
+            f"{doc['targets']['egressgate']['skipped']}"
+        )
     return doc
 
 

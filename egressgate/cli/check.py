@@ -21,8 +21,9 @@ examples:
   egressgate check --live --config egress.yaml   # exit 0 only if the running proxy answers
 
 exit status: 0 valid / healthy; 1 invalid / unhealthy (one line says why); 2 usage error.
---live asks the admin listener's /readyz when the config has one, and the proxy port's own
-GET /healthz otherwise (or with --proxy-only); each probe is bounded by --timeout.
+--live probes in this order and reports the first failure: the admin listener's /readyz (when
+the config has an admin listener and --proxy-only is not given), then the proxy port's own
+GET /healthz (always); each probe is bounded by --timeout.
 """
 
 

@@ -76,6 +76,10 @@ class _Invalid(Exception):
         self.message = message
 
 
+class _Reported(Exception):
+    """Internal: the node's issue is already recorded; the caller only drops the value."""
+
+
 class _Walker:
     """Collects issues while converting nodes; each converter raises _Invalid for its own node."""
 
@@ -96,6 +100,8 @@ class _Walker:
             return convert(node)
         except _Invalid as exc:
             self.issue(exc.node or node, exc.message)
+            return None
+        except _Reported:
             return None
 
     def scalar(self, node: yaml.Node) -> Any:
@@ -227,9 +233,24 @@ def _finite(value: object) -> bool:
 
 
 def _describe(value: object) -> str:
+    """The value as the operator wrote it: `0`, `'abc'`, `true`, `nothing (null)`."""
     if value is None:
         return "nothing (null)"
-    return f"{type(value).__name__} {value!r}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _named(key: str, convert: Callable[[yaml.Node], T]) -> Callable[[yaml.Node], T]:
+    """`convert`, with its messages prefixed by the key they are about (`limits.x_s: ...`)."""
+
+    def named(node: yaml.Node) -> T:
+        try:
+            return convert(node)
+        except _Invalid as exc:
+            raise _Invalid(exc.node, f"{key}: {exc.message}") from None
+
+    return named
 
 
 def load_config_file(path: str) -> Config:
@@ -272,6 +293,8 @@ class _ConfigBuilder:
     def __init__(self, walker: _Walker, base_dir: str) -> None:
         self.w = walker
         self.base_dir = base_dir
+        # The first clients rule naming `user` / `tls_name`, for the cross-checks' location.
+        self._criteria_nodes: dict[str, yaml.Node] = {}
 
     def build(self, root: yaml.Node | None) -> Config:
         config = Config(source=self.w.source)
@@ -415,15 +438,23 @@ class _ConfigBuilder:
         m = self.w.mapping(node, names, "limits")
         values: dict[str, Any] = {}
         for key, value_node in m.items():
+            convert: Callable[[yaml.Node], Any]
             if key == "shutdown_delay_s":
-                values[key] = self.w.attempt(value_node, self.w.non_negative_number)
+                convert = self.w.non_negative_number
             elif key == "reserved_fds":  # 0 turns the reserve off
-                values[key] = self.w.attempt(value_node, lambda n: self.w.integer(n, 0, 10**6))
+                convert = self._reserve_count
             elif key.endswith("_s"):
-                values[key] = self.w.attempt(value_node, self.w.positive_number)
+                convert = self.w.positive_number
             else:
-                values[key] = self.w.attempt(value_node, lambda n: self.w.integer(n, 1, 10**9))
+                convert = self._limit_count
+            values[key] = self.w.attempt(value_node, _named(f"limits.{key}", convert))
         return replace(Limits(), **{k: v for k, v in values.items() if v is not None})
+
+    def _limit_count(self, node: yaml.Node) -> int:
+        return self.w.integer(node, 1, 10**9)
+
+    def _reserve_count(self, node: yaml.Node) -> int:
+        return self.w.integer(node, 0, 10**6)
 
     # ---- policies
     def _policies(self, top: dict[str, yaml.Node]) -> tuple[PolicyConfig, ...]:
@@ -502,12 +533,12 @@ class _ConfigBuilder:
             m = self.w.mapping(item, keys, "a clients rule")
             if "policy" not in m:
                 raise _Invalid(item, "a clients rule needs 'policy'")
-            policy = self.w.string(m["policy"])
-            if policy not in policy_names:
-                raise _Invalid(
-                    m["policy"],
-                    f"unknown policy {policy!r}; defined: " + ", ".join(sorted(policy_names)),
-                )
+            # Fix (issue 18): an unknown policy used to end the rule's checks here and hide,
+            # say, an invalid `source` in the same rule. Record it, check the rest, then drop.
+            policy = self.w.attempt(m["policy"], self._known_policy(policy_names))
+            for key in ("user", "tls_name"):
+                if key in m:
+                    self._criteria_nodes.setdefault(key, item)
             sources = self.w.each(m["source"], "source", self._cidr) if "source" in m else ()
             users = self.w.each(m["user"], "user", self.w.string) if "user" in m else ()
             names = self.w.each(m["tls_name"], "tls_name", self.w.string) if "tls_name" in m else ()
@@ -517,6 +548,8 @@ class _ConfigBuilder:
                     "a clients rule needs at least one of source, user, "
                     "tls_name (a rule for everyone is `default_policy`)",
                 )
+            if policy is None:
+                raise _Reported
             return ClientRule(
                 policy,
                 sources,
@@ -526,6 +559,16 @@ class _ConfigBuilder:
             )
 
         return self.w.each(node, "clients", rule)
+
+    def _known_policy(self, policy_names: set[str]) -> Callable[[yaml.Node], str]:
+        def known(node: yaml.Node) -> str:
+            policy = self.w.string(node)
+            if policy not in policy_names:
+                defined = ", ".join(sorted(policy_names))
+                raise _Invalid(node, f"unknown policy {policy!r}; defined: {defined}")
+            return policy
+
+        return known
 
     def _auth(self, node: yaml.Node) -> AuthConfig:
         m = self.w.mapping(node, ("users_file", "users_env", "realm"), "auth")
@@ -539,16 +582,17 @@ class _ConfigBuilder:
         return AuthConfig(users_file, users_env, realm or "egressgate")
 
     def _cross_checks(self, config: Config, top: dict[str, yaml.Node]) -> None:
+        # Both point at the first rule that names the criterion, not at the `clients` list.
         if any(r.users for r in config.clients) and config.auth is None:
             self.w.issue(
-                top.get("clients"),
+                self._criteria_nodes.get("user", top.get("clients")),
                 "clients rules name users, but no `auth` section says where their passwords are",
             )
         if any(r.tls_names for r in config.clients) and (
             config.tls_listen is None or config.tls_listen.client_ca_file is None
         ):
             self.w.issue(
-                top.get("clients"),
+                self._criteria_nodes.get("tls_name", top.get("clients")),
                 "clients rules name tls_name, which needs tls_listen with client_ca_file",
             )
 

@@ -127,11 +127,16 @@ class CompiledPolicy:
 
         Domain fronting sends CONNECT for an allowed name and a different name inside TLS: the
         SNI must name the CONNECT host itself (when that is a name) and be allowed here.
+        An SNI equal to the CONNECT name passes: `decide` already judged that very name with
+        the same matcher, and in report mode its reason (host-not-allowed) must stay the one
+        logged, not be replaced by an SNI reason that suggests fronting.
         """
         try:
             host = normalize_host(sni)
         except InvalidHost:
             return self._refuse(Reason.SNI_NOT_ALLOWED, f"invalid TLS server name {sni!r}")
+        if connect.name is not None and host.name == connect.name:
+            return None
         if host.name is None or self.matcher.match_name(host.name) is None:
             return self._refuse(
                 Reason.SNI_NOT_ALLOWED,
@@ -185,6 +190,7 @@ class VetResult:
 
     refusal: Decision | None
     addresses: tuple[IPAddress, ...]
+    refused_address: IPAddress | None = None  # with a refusal: the internal address it names
 
 
 class PolicySet:
@@ -230,4 +236,4 @@ class PolicySet:
             decision.rule,
             f"resolves to {address} ({cls.value}), which is not in allow_private",
         )
-        return VetResult(refusal, ())
+        return VetResult(refusal, (), address)

@@ -88,10 +88,12 @@ async def addresses(ctx: ProxyContext, target: Target) -> tuple[IPAddress, ...]:
 def vet(
     gen: Generation, decision: Decision, found: tuple[IPAddress, ...], record: AccessRecord
 ) -> tuple[IPAddress, ...]:
-    """Address-level check; raises Refused(PRIVATE_ADDRESS) naming the offending address."""
+    """Address-level check; raises Refused(PRIVATE_ADDRESS) naming the offending address
+    (in the refusal's detail and in the record's `address`: the address that was refused)."""
     result = gen.policies.vet(decision, found)
     if result.refusal is not None:
         _record(record, result.refusal)
+        record.address = str(result.refused_address)
         raise Refused(result.refusal.reason, result.refusal.detail)
     return result.addresses
 

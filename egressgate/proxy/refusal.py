@@ -1,9 +1,14 @@
 """The only place a refusal or failure becomes HTTP response bytes.
 
 Every refusal is a complete response: the status from the Reason, the Reason code in the
-`X-Egressgate-Reason` header (machine-readable), the deciding policy in `X-Egressgate-Policy`,
-and a short plain-text body naming the host and the reason. Always `Connection: close`: after a
-refusal the proxy does not trust the rest of the client's byte stream.
+status line's reason phrase (`403 Forbidden (egressgate: host-not-allowed)`, the one part of a
+refused CONNECT that most clients print) and in the `X-Egressgate-Reason` header
+(machine-readable), the deciding policy in `X-Egressgate-Policy`, and a short plain-text body
+naming the host and the reason. Always `Connection: close`: after a refusal the proxy does not
+trust the rest of the client's byte stream.
+
+The status line and the fixed header lines are built once per Reason at import; a refusal only
+formats what depends on the request (host, detail, policy).
 """
 
 from __future__ import annotations
@@ -27,6 +32,26 @@ _PHRASES = {
 }
 
 
+def reason_phrase(reason: Reason) -> str:
+    """`Forbidden (egressgate: host-not-allowed)`: the standard phrase, then the reason code.
+
+    RFC 9112 §4: "The reason-phrase element exists for the sole purpose of providing a textual
+    description associated with the numeric status code ... A client SHOULD ignore the
+    reason-phrase content". Clients ignore it for logic but print it, so it carries the code.
+    """
+    return f"{_PHRASES.get(reason.status, 'Error')} (egressgate: {reason.value})"
+
+
+def _head_lines(reason: Reason) -> tuple[bytes, bytes]:
+    """(status line + Content-Type, the reason header line), CRLF-terminated."""
+    first = f"HTTP/1.1 {reason.status} {reason_phrase(reason)}\r\n"
+    first += "Content-Type: text/plain; charset=utf-8\r\n"
+    return first.encode("ascii"), f"{REASON_HEADER}: {reason.value}\r\n".encode("ascii")
+
+
+_HEADS: dict[Reason, tuple[bytes, bytes]] = {reason: _head_lines(reason) for reason in Reason}
+
+
 def refusal_response(
     reason: Reason,
     host: str | None,
@@ -44,18 +69,15 @@ def refusal_response(
     if detail:
         lines.append(f"detail: {_clean(detail)}")
     body = ("\n".join(lines) + "\n").encode("utf-8", "replace")
-    head = [
-        f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}",
-        "Content-Type: text/plain; charset=utf-8",
-        f"Content-Length: {len(body)}",
-        f"{REASON_HEADER}: {reason.value}",
-    ]
+    first, reason_line = _HEADS[reason]
+    head: list[str] = []
     if policy:
         head.append(f"{POLICY_HEADER}: {_clean(policy)}")
     if status == 407:
         head.append(f"Proxy-Authenticate: Basic realm={_quoted(realm or 'egressgate')}")
     head += ["Connection: close", "", ""]
-    return "\r\n".join(head).encode("latin-1", "replace") + body
+    rest = "\r\n".join(head).encode("latin-1", "replace")
+    return first + b"Content-Length: %d\r\n" % len(body) + reason_line + rest + body
 
 
 def _clean(text: str) -> str:

@@ -52,6 +52,9 @@ _CDN_WORDS = re.compile(
 )
 _HASHLIKE = re.compile(r"^(?:[0-9a-f]{16,}|.*[0-9].*[0-9].*[0-9].*[0-9].*[0-9].*[0-9].*)$")
 _SNI_REASONS = frozenset({Reason.SNI_MISMATCH.value, Reason.SNI_NOT_ALLOWED.value})
+# The detail of a private-address refusal names the address (policy/engine.py `vet`); proxies
+# up to 0.1.0 logged it only there, with `address` null.
+_REFUSED_ADDRESS = re.compile(r"\bresolves to (\S+) \(")
 
 
 @lru_cache(maxsize=2)
@@ -194,6 +197,7 @@ class LogRecord:
     decision: str
     reason: str
     sni: str | None
+    detail: str | None = None
 
 
 def parse_line(line: str) -> LogRecord | None:
@@ -210,7 +214,10 @@ def parse_line(line: str) -> LogRecord | None:
         ts is not None
         and all(isinstance(data[f], str) for f in ("client", "method", "decision", "reason"))
         and data["decision"] in DECISIONS
-        and all(_optional_str(data.get(f)) for f in ("policy", "host", "user", "address", "sni"))
+        and all(
+            _optional_str(data.get(f))
+            for f in ("policy", "host", "user", "address", "sni", "detail")
+        )
         and (port is None or (isinstance(port, int) and not isinstance(port, bool)))
     )
     if not ok or ts is None:
@@ -227,6 +234,7 @@ def parse_line(line: str) -> LogRecord | None:
         data["decision"],
         data["reason"],
         data.get("sni"),
+        data.get("detail"),
     )
 
 
@@ -268,8 +276,9 @@ class _HostCounts:
         self.ports[(port, record.method == "CONNECT")] += 1
         self.decisions[record.decision] += 1
         self.reasons[record.reason] += 1
-        if record.address:
-            self.addresses.add(record.address)
+        address = record.address or _address_in_detail(record)
+        if address:
+            self.addresses.add(address)
 
     def usage(self, host: str) -> HostUsage:
         assert self.first is not None
@@ -285,6 +294,23 @@ class _HostCounts:
             tuple(sorted(self.reasons.items())),
             tuple(sorted((p, c, n) for (p, c), n in self.ports.items())),
         )
+
+
+def _address_in_detail(record: LogRecord) -> str | None:
+    """The refused address of a private-address line that did not log it in `address`."""
+    if record.reason != Reason.PRIVATE_ADDRESS.value or record.detail is None:
+        return None
+    found = _REFUSED_ADDRESS.search(record.detail)
+    return found.group(1) if found else None
+
+
+def _same_name(sni: str, host: str) -> bool:
+    """True when a TLS server name names the CONNECT host itself (case, trailing dot, IDNA
+    aside): such a tunnel is not fronted, whatever reason an older proxy logged for it."""
+    try:
+        return normalize_host(sni).text == normalize_host(host).text
+    except InvalidHost:
+        return False
 
 
 class LogAccumulator:
@@ -326,7 +352,7 @@ class LogAccumulator:
         key = (record.policy, record.host)
         table = self.private if record.reason == Reason.PRIVATE_ADDRESS.value else self.hosts
         table.setdefault(key, _HostCounts()).add(record, record.port)
-        if record.reason in _SNI_REASONS and record.sni:
+        if record.reason in _SNI_REASONS and record.sni and not _same_name(record.sni, record.host):
             self.sni[(record.policy, record.host, record.sni)] += 1
         return None
 
@@ -693,7 +719,8 @@ def _proposal_lines(proposal: PolicyProposal, indent: str, min_requests: int) ->
     )
     lines.extend(
         f"{indent}# still refused: {refusal.host} resolved to internal address(es) "
-        f"{', '.join(refusal.addresses) or '?'} ({_count(refusal.requests, 'request')}); "
+        f"{', '.join(refusal.addresses) or '(not logged)'} "
+        f"({_count(refusal.requests, 'request')}); "
         "only allow_private lets it through"
         for refusal in proposal.private
     )

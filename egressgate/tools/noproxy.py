@@ -551,7 +551,11 @@ def _check_host_part(rules: NoProxyRules, entry: Entry, target: Target) -> _Chec
     if kind in (EntryKind.NAME, EntryKind.DOTTED, EntryKind.WILDCARD):
         return _check_name(rules, entry, target)
     if kind is EntryKind.STAR:
-        return _Check(rules.star and rules.star_mixed, "star_mixed")
+        # Fix (issue 18): a runtime that ignores `*` altogether (wget, Ruby) was said to honour
+        # it "only when it is the whole value", even when it was the whole value.
+        if not rules.star:
+            return _Check(False, "star")
+        return _Check(rules.star_mixed, "star_mixed")
     if kind in (
         EntryKind.IPV4,
         EntryKind.CIDR4,

@@ -498,6 +498,9 @@ def to_json(env: ProxyEnv, *, java: bool = True) -> dict[str, Any]:
 _PAIRS = (("http_proxy", "HTTP_PROXY"), ("https_proxy", "HTTPS_PROXY"), ("no_proxy", "NO_PROXY"))
 
 
+_PROXY_NAMES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+
+
 def lint_env(env: Mapping[str, str]) -> list[Finding]:
     """Problems with the proxy variables of `env`: letter case, proxy URL, NO_PROXY value."""
     findings: list[Finding] = []
@@ -508,9 +511,24 @@ def lint_env(env: Mapping[str, str]) -> list[Finding]:
         if env.get(name):
             findings += _lint_proxy_value(name, env[name])
     no_proxy = env.get("no_proxy") or env.get("NO_PROXY") or ""
-    findings += noproxy.lint(no_proxy)
+    proxied = any(env.get(name) for name in _PROXY_NAMES)
+    if not proxied:
+        findings.append(_NO_PROXY_SET)
+    if proxied or no_proxy.strip():  # an empty NO_PROXY with no proxy: nothing to judge
+        findings += noproxy.lint(no_proxy)
     order = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
     return sorted(_dedupe_findings(findings), key=lambda f: order[f.severity])
+
+
+# Fix (issue 18): an environment without any proxy variable was linted as NO_PROXY="" behind a
+# proxy, and warned that loopback traffic goes to the proxy, when nothing goes to any proxy.
+_NO_PROXY_SET = Finding(
+    Severity.INFO,
+    "no-proxy-set",
+    "no proxy variable is set (http_proxy, https_proxy, all_proxy in either case): "
+    "every runtime connects directly and NO_PROXY has no effect",
+    'point this shell at the proxy: eval "$(egressgate env --proxy http://HOST:3128)"',
+)
 
 
 def _dedupe_findings(findings: Iterable[Finding]) -> list[Finding]:

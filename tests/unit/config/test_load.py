@@ -473,7 +473,7 @@ def test_clients_rule_with_a_bad_source_cidr_is_reported_at_the_cidr() -> None:
 
 def test_user_rules_without_auth_are_refused_at_clients() -> None:
     line, column, message = only_issue("clients:\n  - user: bob\n    policy: default\n")
-    assert (line, column) == (2, 3)
+    assert (line, column) == (2, 5)  # the rule naming `user`, not the `clients` list
     assert "no `auth` section" in message
 
 
@@ -484,13 +484,13 @@ def test_auth_without_a_source_of_passwords_is_refused() -> None:
 def test_tls_name_rules_without_tls_listen_client_ca_are_refused(files: Path) -> None:
     without_listener = "clients:\n  - tls_name: svc\n    policy: default\n"
     line, column, message = only_issue(without_listener, files)
-    assert (line, column) == (2, 3)
+    assert (line, column) == (2, 5)  # the rule naming `tls_name`
     assert "client_ca_file" in message
     without_ca = (
         "tls_listen:\n  listen: 127.0.0.1:3129\n  cert_file: cert.pem\n  key_file: key.pem\n"
         + without_listener
     )
-    assert only_issue(without_ca, files)[:2] == (6, 3)
+    assert only_issue(without_ca, files)[:2] == (6, 5)
 
 
 def test_require_client_cert_without_client_ca_is_refused(files: Path) -> None:

@@ -302,6 +302,25 @@ def test_decide_sni_in_report_mode_reports() -> None:
     assert (decision.verdict, decision.reason) == (Verdict.REPORT, Reason.SNI_MISMATCH)
 
 
+def test_sni_equal_to_an_unlisted_connect_host_adds_nothing_to_the_name_decision() -> None:
+    # Report mode, empty allowlist: the CONNECT was reported as host-not-allowed; an SNI naming
+    # the same host is no new fact (not fronting), so the tunnel keeps that reason (issue 12).
+    policy = policy_set([], mode=Mode.REPORT).default
+    assert policy.decide_sni(normalize_host("pypi.org"), "PyPI.org.") is None
+    fronted = policy.decide_sni(normalize_host("pypi.org"), "files.pythonhosted.org")
+    assert fronted is not None
+    assert (fronted.verdict, fronted.reason) == (Verdict.REPORT, Reason.SNI_NOT_ALLOWED)
+
+
+def test_vet_names_the_refused_address() -> None:
+    policies = policy_set(ALLOW, allow_private=["10.20.0.0/16"])
+    decision = decide(policies, "api.stripe.com")
+    result = policies.vet(decision, tuple(addresses("8.8.8.8", "10.20.0.1", "10.21.0.1")))
+    assert result.refusal is not None
+    assert result.refused_address == ipaddress.ip_address("10.21.0.1")
+    assert policies.vet(decision, tuple(addresses("8.8.8.8"))).refused_address is None
+
+
 def test_no_sni_allowed_by_default() -> None:
     assert policy_set(ALLOW).default.no_sni("not TLS") is None
 

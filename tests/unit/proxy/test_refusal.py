@@ -138,7 +138,9 @@ PHRASES = {
 def test_status_line_reason_header_and_body_per_reason(reason: Reason) -> None:
     data = refusal_response(reason, "evil.example", "some detail", policy="default")
     status_line = data.split(b"\r\n", 1)[0].decode()
-    assert status_line == f"HTTP/1.1 {reason.status} {PHRASES[reason.status]}"
+    # The reason phrase carries the code: the part of a refused CONNECT most clients print.
+    phrase = f"{PHRASES[reason.status]} (egressgate: {reason.value})"
+    assert status_line == f"HTTP/1.1 {reason.status} {phrase}"
     response = ParsedResponse(data)
     assert response.status == reason.status
     assert response.header(REASON_HEADER) == [reason.value]

@@ -247,6 +247,44 @@ def test_sni_refusals_are_warned_about() -> None:
     assert any("presented TLS server name evil.example.net" in w for w in result.warnings)
 
 
+def test_sni_naming_the_connect_host_is_not_fronting() -> None:
+    # What a report-mode proxy with an empty allowlist logged before the fix (issue 12): the
+    # SNI check re-judged the same unlisted name and logged sni-not-allowed.
+    lines = [
+        line(host="pypi.org", reason="sni-not-allowed", sni="pypi.org"),
+        line(host="pypi.org", reason="sni-not-allowed", sni="PyPI.org."),
+        line(host="files.example.org", reason="host-not-allowed", sni="files.example.org"),
+    ]
+    result = learn(lines)
+    assert not any("TLS server name" in w for w in result.warnings), result.warnings
+    assert sorted(result.proposals[0].allow) == ["files.example.org", "pypi.org"]
+
+
+def test_sni_differing_from_the_connect_host_is_still_warned_about() -> None:
+    result = learn([line(host="pypi.org", reason="sni-not-allowed", sni="evil.example.net")])
+    (warning,) = [w for w in result.warnings if "TLS server name" in w]
+    assert "1 tunnel(s) to pypi.org presented TLS server name evil.example.net" in warning
+
+
+def test_private_address_refusal_names_the_address_logged_in_address() -> None:
+    lines = [line(host="intranet.example", decision="deny", reason="private-address",
+                  address="10.4.5.6", detail="resolves to 10.4.5.6 (private), which is not in "
+                  "allow_private")]  # fmt: skip
+    text = render_yaml(learn(lines))
+    assert "# still refused: intranet.example resolved to internal address(es) 10.4.5.6 " in text
+
+
+def test_private_address_refusal_of_an_older_proxy_reads_the_address_from_detail() -> None:
+    # Up to 0.1.0 the proxy left `address` null on a private-address refusal.
+    lines = [line(host="intranet.example", decision="deny", reason="private-address",
+                  detail="resolves to fd00::5 (unique-local), which is not in allow_private"),
+             line(host="metadata.example", decision="deny", reason="private-address")]  # fmt: skip
+    text = render_yaml(learn(lines))
+    assert "# still refused: intranet.example resolved to internal address(es) fd00::5 " in text
+    assert "metadata.example resolved to internal address(es) (not logged) " in text
+    assert "?" not in text
+
+
 # ---------------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------------

@@ -216,6 +216,20 @@ def test_explain_says_why_an_entry_was_not_understood() -> None:
     assert "first address 10.0.0.0" in cidr["httpx"].reason
 
 
+def test_star_wording_for_runtimes_that_ignore_it_and_those_that_need_it_alone() -> None:
+    # Issue 18: wget and Ruby ignore `*` even as the whole value; they were said to honour it
+    # "only when it is the whole value" while it was the whole value.
+    alone = _verdicts("*", "api.example.com")
+    for runtime in ("wget", "ruby"):
+        assert alone[runtime].verdict is Verdict.PROXY
+        assert "`*`: ignores `*`" in alone[runtime].reason
+        assert "whole value" not in alone[runtime].reason
+    assert alone["curl"].verdict is Verdict.DIRECT
+    mixed = _verdicts("a.test,*", "api.example.com")
+    assert "honours `*` only when it is the whole value" in mixed["curl"].reason
+    assert "`*`: ignores `*`" in mixed["wget"].reason
+
+
 def test_ruby_resolves_names() -> None:
     by_name = _verdicts("10.0.0.0/8", "db.internal", addresses=["10.1.2.3"])
     assert by_name["ruby"].verdict is Verdict.DIRECT

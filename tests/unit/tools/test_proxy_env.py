@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from egressgate.tools import noproxy
-from egressgate.tools.noproxy import Verdict
+from egressgate.tools.noproxy import Severity, Verdict
 from egressgate.tools.proxy_env import (
     DEFAULT_NO_PROXY,
     ProxyEnvError,
@@ -416,3 +416,15 @@ def test_lint_env_mismatch_missing_https_and_bad_url() -> None:
     assert "case-mismatch" in _codes({"no_proxy": "a", "NO_PROXY": "b"})
     assert "https-missing" in _codes({"http_proxy": PROXY, "HTTP_PROXY": PROXY})
     assert "proxy-url" in _codes({"http_proxy": "egress:3128"})
+
+
+def test_lint_env_without_any_proxy_variable_says_no_proxy_is_set() -> None:
+    # Issue 18: this used to warn "no-loopback: loopback traffic is sent to the proxy".
+    findings = lint_env({"PATH": "/usr/bin"})
+    assert [(f.severity, f.code) for f in findings] == [(Severity.INFO, "no-proxy-set")]
+    assert "no proxy variable is set" in findings[0].message
+
+
+def test_lint_env_without_proxy_still_judges_a_no_proxy_value() -> None:
+    codes = [f.code for f in lint_env({"NO_PROXY": "localhost,*.corp.example"})]
+    assert {"wildcard", "no-proxy-set"} <= set(codes)

@@ -1,0 +1,99 @@
+"""`egressgate learn` on the access log of a real proxy in report mode (issue 12, item 7).
+
+A report-mode proxy with an empty allowlist lets everything through that it would refuse by
+name, and logs why it would have. Learning from that log must not cry "domain fronting" at a
+tunnel whose TLS server name IS its CONNECT host, and a refusal of an internal address (which
+report mode keeps: it is SSRF protection, not allowlisting) must name that address in the
+record's `address` field, so that `learn` can print it.
+
+DNS: pypi.test → the TLS origin on 127.0.0.2 (allowed by allow_private 127.0.0.2/32);
+internal.test → 127.0.0.9, an internal address outside allow_private: refused before any
+connection, so nothing is ever sent to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.integration.helpers_core import connect_refusal, start_proxy, wait_record
+from tests.support.clients import https_request_via_connect
+from tests.support.dns import DnsServer
+from tests.support.origin import OriginFactory
+from tests.support.proxy import ProxyFactory
+from tests.support.tlsca import HarnessCA
+
+ROOT = Path(__file__).resolve().parents[2]
+REFUSED_ADDRESS = "127.0.0.9"
+
+
+def run_learn(log: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "egressgate", "learn", str(log), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_learn_after_report_mode_has_no_false_sni_warning_and_names_refused_addresses(
+    origin_factory: OriginFactory,
+    dns_server: DnsServer,
+    test_ca: HarnessCA,
+    proxy_factory: ProxyFactory,
+) -> None:
+    origin = origin_factory("pypi", host="127.0.0.2", tls=test_ca, cert_names=["pypi.test"])
+    dns_server.records["pypi.test"] = [origin.host]
+    dns_server.records["internal.test"] = [REFUSED_ADDRESS]
+    proxy = start_proxy(
+        proxy_factory,
+        allow=[],
+        ports=[origin.port],
+        allow_private=["127.0.0.2/32"],
+        mode="report",
+    )
+    context = test_ca.client_context()
+    for _ in range(2):
+        response = https_request_via_connect(
+            proxy.proxy_address, "pypi.test", origin.port, context=context
+        )
+        assert response.status == 200
+    refusal = connect_refusal(proxy, f"internal.test:{origin.port}")
+    assert (refusal.status, refusal.header("x-egressgate-reason")) == (403, "private-address")
+
+    tunnels = proxy.wait_for_records(
+        3, 10.0, predicate=lambda r: r.get("host") in ("pypi.test", "internal.test")
+    )
+    for record in (r for r in tunnels if r["host"] == "pypi.test"):
+        # The SNI names the CONNECT host: the name decision (host-not-allowed) is the whole story.
+        assert (record["decision"], record["reason"], record["sni"]) == (
+            "report",
+            "host-not-allowed",
+            "pypi.test",
+        )
+    private = wait_record(proxy, host="internal.test")
+    assert (private["decision"], private["reason"]) == ("deny", "private-address")
+    assert private["address"] == REFUSED_ADDRESS
+    assert REFUSED_ADDRESS in private["detail"]
+
+    done = run_learn(proxy.access_log_path)
+    assert done.returncode == 0, done.stderr
+    assert "TLS server name" not in done.stderr, done.stderr
+    assert "domain fronting" not in done.stderr, done.stderr
+    assert "  - pypi.test" in done.stdout, done.stdout
+    assert (
+        f"# still refused: internal.test resolved to internal address(es) {REFUSED_ADDRESS} "
+        in done.stdout
+    ), done.stdout
+    assert "?" not in done.stdout.split("still refused", 1)[1].split("\n", 1)[0]
+
+    as_json = json.loads(run_learn(proxy.access_log_path, "--format", "json").stdout)
+    (refused,) = as_json["policies"]["default"]["private_address_refusals"]
+    assert (refused["host"], refused["addresses"]) == ("internal.test", [REFUSED_ADDRESS])
