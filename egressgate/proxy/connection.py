@@ -239,7 +239,8 @@ class ClientConnection(asyncio.Protocol):
         if self._queue:
             queued, self._queue = self._queue, deque()
             self._dispatch(queued)
-        self.resume_reading()
+        if self.state is not ConnState.CLOSED:
+            self.resume_reading()
 
     def _open_exchange(self, head: RequestHead) -> None:
         exchange: Exchange
