@@ -239,8 +239,8 @@ class ClientConnection(asyncio.Protocol):
         if self._queue:
             queued, self._queue = self._queue, deque()
             self._dispatch(queued)
-        if self.state is not ConnState.CLOSED:
-            self.resume_reading()
+        if self.transport is not None and not self.transport.is_closing():
+            self.resume_reading()  # unless the exchange refused and closed it
 
     def _open_exchange(self, head: RequestHead) -> None:
         exchange: Exchange
