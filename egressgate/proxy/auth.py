@@ -27,6 +27,7 @@ import binascii
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from egressgate.errors import Reason, Refused
 from egressgate.http1.events import Header
@@ -45,9 +46,19 @@ MAX_BACKOFF_SLOTS = 30
 Resume = Callable[[Refused | None], None]
 
 
-def basic_credentials(headers: list[Header]) -> tuple[str, bytes] | None:
-    """(user, password) from Proxy-Authorization: Basic; None when absent; Refused(407) when
-    it is not Basic or malformed."""
+@dataclass(frozen=True, slots=True)
+class Login:
+    """Credentials a client presented, not yet verified: from a Proxy-Authorization header, or
+    an RFC 1929 SOCKS5 username/password sub-negotiation. `problem`: why they are unusable
+    (malformed header, unsupported scheme); verification then refuses with that text."""
+
+    user: str
+    password: str
+    problem: str = ""
+
+
+def login_from_headers(headers: list[Header]) -> Login | None:
+    """The Basic credentials of a Proxy-Authorization header, None when there is none."""
     value = None
     for lname, _, header_value in headers:
         if lname == b"proxy-authorization":
@@ -57,29 +68,28 @@ def basic_credentials(headers: list[Header]) -> tuple[str, bytes] | None:
         return None
     scheme, _, token = value.strip().partition(b" ")
     if scheme.lower() != b"basic":
-        raise Refused(Reason.AUTH_REQUIRED, "only Basic proxy authentication is supported")
+        return Login("", "", "only Basic proxy authentication is supported")
     try:
         decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
-        raise Refused(Reason.AUTH_REQUIRED, "malformed Proxy-Authorization") from None
+        return Login("", "", "malformed Proxy-Authorization")
     user, sep, password = decoded.partition(":")
     if not sep:
-        raise Refused(Reason.AUTH_REQUIRED, "malformed Proxy-Authorization")
-    return user, password.encode()
+        return Login("", "", _WRONG)
+    return Login(user, password)
 
 
 _WRONG = "wrong proxy user name or password"
 
 
-def authenticate(headers: list[Header], credentials: Credentials) -> str | None:
-    """The verified user, None when no credentials were sent; Refused(407) when they are wrong
-    (stage 2, see the module doc)."""
-    if not credentials:
+def verify(login: Login | None, credentials: Credentials) -> str | None:
+    """The verified user, None when no credentials were presented (or none are configured);
+    Refused(407) when they are wrong or unusable (stage 2, see the module doc)."""
+    if not credentials or login is None:
         return None
-    found = basic_credentials(headers)
-    if found is None:
-        return None
-    user, password = found
+    if login.problem:
+        raise Refused(Reason.AUTH_REQUIRED, login.problem)
+    user, password = login.user, login.password.encode()
     verdict = credentials.lookup(user, password)
     if verdict is None:
         if credentials.is_slow(user):
@@ -90,6 +100,13 @@ def authenticate(headers: list[Header], credentials: Credentials) -> str | None:
     if not verdict:
         raise Refused(Reason.AUTH_REQUIRED, _WRONG)
     return user
+
+
+def authenticate(headers: list[Header], credentials: Credentials) -> str | None:
+    """The verified user, None when no credentials were sent; Refused(407) when they are wrong."""
+    if not credentials:
+        return None
+    return verify(login_from_headers(headers), credentials)
 
 
 class AuthGate:
@@ -110,13 +127,10 @@ class AuthGate:
         """False: go on now. True: the request waits; `resume` is called later on the loop."""
         if not credentials:
             return False
-        try:
-            found = basic_credentials(headers)
-        except Refused:
-            found = None  # stage 2 refuses it; no password was tried
-        if found is None:
-            return False
-        user, password = found
+        login = login_from_headers(headers)
+        if login is None or login.problem:
+            return False  # nothing to verify; stage 2 refuses an unusable login
+        user, password = login.user, login.password.encode()
         verdict = credentials.lookup(user, password)
         if verdict is None and not credentials.is_slow(user):
             verdict = credentials.verify(user, password)
