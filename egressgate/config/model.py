@@ -177,6 +177,11 @@ class Limits:
     accept_backoff_max_s: float = 1.0
     # Per client address: pause after each failed proxy login before the 407 is sent.
     auth_failure_delay_s: float = 1.0
+    # Access-log bytes that may wait for the writer thread (a slow disk, a stdout reader that
+    # stopped reading); beyond, whole batches are dropped and counted, traffic never waits.
+    access_log_buffer_bytes: int = 4 * 1024 * 1024
+    # How long the exit waits for the access-log writer to write what is queued.
+    access_log_flush_timeout_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)

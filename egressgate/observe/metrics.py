@@ -37,6 +37,8 @@ RELOADS = f"{PREFIX}_reloads"
 CONFIG_GENERATION = f"{PREFIX}_config_generation"
 CONFIG_INFO = f"{PREFIX}_config_info"
 ACCESS_LOG_ERRORS = f"{PREFIX}_access_log_errors"
+LOG_DROPPED = f"{PREFIX}_log_dropped"
+RELOAD_WATCHER_ERRORS = f"{PREFIX}_reload_watcher_errors"
 CONNECTIONS_REJECTED = f"{PREFIX}_connections_rejected"
 WORKERS = f"{PREFIX}_workers"
 ACCEPT_PAUSES = f"{PREFIX}_accept_pauses"
@@ -59,6 +61,8 @@ class Metrics:
         self.dns_counts: dict[str, list[int]] = {}
         self.dns_sums: dict[str, float] = {}
         self.access_log_errors = 0
+        self.log_dropped = 0  # access records dropped: the log writer was too far behind
+        self.reload_watcher_errors = 0  # unexpected exceptions in the config-file watcher
         self.connections_rejected = 0
         self.accept_pauses = 0  # accept loop paused on EMFILE/ENFILE (proxy/acceptor.py)
         self.tls_handshake_failures: dict[str, int] = {}  # by cause
@@ -103,6 +107,8 @@ class Metrics:
             "dns_counts": {result: list(counts) for result, counts in self.dns_counts.items()},
             "dns_sums": dict(self.dns_sums),
             "access_log_errors": self.access_log_errors,
+            "log_dropped": self.log_dropped,
+            "reload_watcher_errors": self.reload_watcher_errors,
             "connections_rejected": self.connections_rejected,
             "accept_pauses": self.accept_pauses,
             "tls_handshake_failures": dict(self.tls_handshake_failures),
@@ -137,6 +143,8 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
             total["dns_counts"][result] = [a + b for a, b in zip(mine, counts, strict=True)]
         for name in (
             "access_log_errors",
+            "log_dropped",
+            "reload_watcher_errors",
             "connections_rejected",
             "accept_pauses",
             "auth_failures",
@@ -219,6 +227,17 @@ def _families(snap: dict[str, Any]) -> Iterator[Metric]:
         ACCESS_LOG_ERRORS,
         "Access-log batches that could not be written",
         value=snap["access_log_errors"],
+    )
+    yield CounterMetricFamily(
+        LOG_DROPPED,
+        "Access-log records dropped because the log writer was too far behind "
+        "(limits.access_log_buffer_bytes)",
+        value=snap["log_dropped"],
+    )
+    yield CounterMetricFamily(
+        RELOAD_WATCHER_ERRORS,
+        "Unexpected errors in the config-file watcher (it keeps polling)",
+        value=snap["reload_watcher_errors"],
     )
     yield CounterMetricFamily(
         CONNECTIONS_REJECTED,
