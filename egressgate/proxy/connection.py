@@ -21,7 +21,7 @@ from collections import deque
 from enum import Enum
 from typing import Any, cast
 
-from egressgate.errors import ProtocolError, ProxyFailure, Reason
+from egressgate.errors import ProtocolError, ProxyFailure, Reason, Refused
 from egressgate.http1.events import END, Event, RequestHead, TunnelStart
 from egressgate.http1.parser import RequestParser
 from egressgate.names.hostname import IPAddress
@@ -33,6 +33,7 @@ from egressgate.proxy.context import ProxyContext
 from egressgate.proxy.exchange import Exchange
 from egressgate.proxy.failsafe import internal_error
 from egressgate.proxy.forward import HttpExchange
+from egressgate.proxy.gate import Admission, Refuse
 from egressgate.proxy.refusal import refusal_response
 from egressgate.proxy.tunnel import TunnelExchange
 
@@ -52,6 +53,7 @@ class ClientConnection(asyncio.Protocol):
         "_queue",
         "_reading_paused",
         "address",
+        "auth_wait",
         "client_text",
         "ctx",
         "deadline",
@@ -97,6 +99,7 @@ class ClientConnection(asyncio.Protocol):
         self.identity: ClientIdentity | None = None
         self.address: IPAddress | None = None
         self.upgraded = False  # the parser is done: later bytes belong to a tunnel
+        self.auth_wait = False  # a head waits for its credentials' verdict (proxy/auth.py)
         # Idle between requests on a kept-alive connection (the keep-alive timer runs); the
         # first byte of the next head switches to the header timer.
         self.idle = False
@@ -200,6 +203,10 @@ class ClientConnection(asyncio.Protocol):
         for index, event in enumerate(events):
             if self.state is ConnState.CLOSED or self.state is ConnState.TUNNEL:
                 return
+            if self.auth_wait:  # events after a head held by proxy auth wait for it
+                self._queue.extend(list(events)[index:])
+                self._limit_queue()
+                return
             if (
                 self.exchange is not None
                 and not self.request_open
@@ -232,6 +239,42 @@ class ClientConnection(asyncio.Protocol):
         self.idle = False
         self.state = ConnState.BUSY
         self.request_open = True
+        ctx = self.ctx
+        if ctx.auth.hold(
+            head.headers,
+            ctx.state.current.credentials,
+            self.client_text,
+            ctx.limits.auth_failure_delay_s,
+            lambda refused: self._auth_done(head, refused),
+        ):
+            self.auth_wait = True
+            self.pause_reading()
+            return
+        self._open_exchange(head)
+
+    def _auth_done(self, head: RequestHead, refused: Refused | None) -> None:
+        """Proxy auth has a verdict for a held head (or refuses it outright)."""
+        self.auth_wait = False
+        if self.state is not ConnState.BUSY:
+            return  # closed meanwhile
+        if refused is not None:
+            kind = "tunnel" if head.method == b"CONNECT" else "http"
+            record = self.new_record(head.method.decode("ascii", "replace"), kind)
+            identity = self.identity
+            assert identity is not None
+            admission = Admission(self.ctx.state.current, identity, None, failure=refused)
+            step = admission.next()
+            assert isinstance(step, Refuse)
+            self.refuse(step.response(), gate.conclude(record, admission))
+            return
+        self._open_exchange(head)
+        if self._queue:
+            queued, self._queue = self._queue, deque()
+            self._dispatch(queued)
+        if self.transport is not None and not self.transport.is_closing():
+            self.resume_reading()  # unless the exchange refused and closed it
+
+    def _open_exchange(self, head: RequestHead) -> None:
         exchange: Exchange
         if head.method == b"CONNECT":
             exchange = TunnelExchange(self, head)

@@ -442,6 +442,21 @@ class RawTunnel(_TunnelCore):
         self._relay = relay
         relay.start()
 
+    def refuse_early(self, failure: ProxyFailure) -> None:
+        """Refuse before start() (proxy auth's back-off, proxy/acceptor.py)."""
+        self._fail_before_admission(failure)
+        step = self.admission.next()
+        assert isinstance(step, Refuse)
+        self._refuse_http(step)
+
+    def _fail_before_admission(self, failure: ProxyFailure) -> None:
+        if not hasattr(self, "admission"):
+            gen = self.ctx.state.current
+            host = _host_text(self.head.target)
+            self.admission = Admission(gen, self.identity, None, host_text=host, failure=failure)
+        else:
+            self.admission.fail(failure)
+
     def _refuse_http(self, step: Refuse) -> None:
         """Refuse before "200": an HTTP error response on the client socket."""
         if self.done:
@@ -458,10 +473,7 @@ class RawTunnel(_TunnelCore):
         failure = internal_error(self.ctx.metrics, exc, "CONNECT tunnel")
         if self.done:
             return
-        if not hasattr(self, "admission"):  # it failed before the admission existed
-            gen = self.ctx.state.current
-            self.admission = Admission(gen, self.identity, None, host_text=None, failure=failure)
-        self.admission.fail(failure)
+        self._fail_before_admission(failure)
         if self.record.status == 200:
             if self._relay is not None:
                 self._relay.close()  # ends through _end with the admission's failure
