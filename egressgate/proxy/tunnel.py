@@ -63,11 +63,6 @@ _NO_SNI_WHY = {
 }
 
 
-def _starts_as_tls(data: bytes) -> bool:
-    """The first bytes are (the start of) a TLS handshake record: content type 22, version 3.x."""
-    return data[:1] == b"\x16" and data[1:2] in (b"", b"\x03")
-
-
 # Clients open tunnels to few destinations: parse and normalize each valid CONNECT target once
 # (bounded; an invalid one is not stored and raises every time).
 _DESTINATIONS: dict[bytes, Target] = {}
@@ -133,9 +128,10 @@ class _TunnelCore:
         if isinstance(result, str):
             self.record.sni = result
             verdict = policy.decide_sni(self.destination.host, result)
-        elif result is not HelloResult.NO_SNI and _starts_as_tls(data):
+        elif result is not HelloResult.NO_SNI and gate.starts_as_tls(data):
             # TLS whose ClientHello cannot be read: never relayed unchecked (fail closed).
-            verdict = policy.sni_unreadable(self._unreadable_why(result, data, eof))
+            why = gate.unreadable_hello_why(result, len(data), eof, self.hello_wait_s())
+            verdict = policy.sni_unreadable(why)
         elif policy.tunnels_without_sni is not NoSniAction.DENY:
             verdict = None  # no_sni would pass it: skip building the explanation
         elif timed_out and not data:
@@ -155,18 +151,6 @@ class _TunnelCore:
     def hello_wait_s(self) -> float:
         """The bound on the whole ClientHello phase: first byte to last byte of the hello."""
         return min(MAX_HELLO_WAIT_S, self.ctx.limits.header_timeout_s)
-
-    def _unreadable_why(self, result: HelloResult, data: bytes, eof: bool) -> str:
-        if result is HelloResult.TOO_LARGE:
-            return f"the TLS ClientHello is larger than {MAX_HELLO_BYTES} bytes"
-        if result is HelloResult.MALFORMED:
-            return "the TLS ClientHello is malformed"
-        if eof:
-            return f"the client closed after {len(data)} bytes of an incomplete TLS ClientHello"
-        return (
-            f"the TLS ClientHello was incomplete after {self.hello_wait_s():g}s "
-            f"({len(data)} bytes arrived)"
-        )
 
     def note_refusal(self, verdict: Decision) -> None:
         record = self.record

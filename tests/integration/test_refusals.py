@@ -249,7 +249,8 @@ def test_allowed_name_resolving_to_an_internal_network_address_is_refused(
     assert address.encode() in tunnel.body
     records = isolated.proxy.wait_for_records(2, predicate=lambda r: r["host"] == name)
     assert {r["reason"] for r in records} == {"private-address"}
-    assert all(r["address"] is None for r in records)  # no connection was attempted
+    # The record names the refused address (issue 12 item 7); no connection was attempted.
+    assert all(r["address"] == address for r in records), records
 
 
 def test_isolated_namespace_turns_an_internal_address_into_502_upstream_unreachable(
