@@ -172,6 +172,9 @@ class Resolver:
 
     def _start(self, name: str) -> asyncio.Future[Resolution]:
         future: asyncio.Future[Resolution] = self._loop.create_future()
+        # Every waiter may have gone (clients left, shield kept the lookup): the outcome is
+        # then nobody's, and must not become a "Future exception was never retrieved" report.
+        future.add_done_callback(_consume)
         self._inflight[name] = future
         query = _Query(future, time.monotonic())
         query.timer = self._loop.call_later(self._timeout_s, self._expire, name, query)
@@ -295,6 +298,11 @@ class Resolver:
         self._timer = None
         self._channel.process_fd(pycares.ARES_SOCKET_BAD, pycares.ARES_SOCKET_BAD)
         self._arm_timer()
+
+
+def _consume(future: asyncio.Future[Resolution]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _reason_for(error: int | None) -> Reason:

@@ -62,6 +62,24 @@ _NO_SNI_WHY = {
     HelloResult.NO_SNI: "the TLS ClientHello has no server name",
 }
 
+
+def starts_as_tls(data: bytes) -> bool:
+    """The first bytes are (the start of) a TLS handshake record: content type 22, version 3.x.
+    Such a tunnel is TLS: `tunnels_without_sni: allow` never lets its unread hello through."""
+    return data[:1] == b"\x16" and data[1:2] in (b"", b"\x03")
+
+
+def unreadable_hello_why(result: HelloResult, size: int, eof: bool, wait_s: float) -> str:
+    """The access-log detail of an `sni-unreadable` refusal: which bound the hello broke."""
+    if result is HelloResult.TOO_LARGE:
+        return f"the TLS ClientHello is larger than {MAX_HELLO_BYTES} bytes"
+    if result is HelloResult.MALFORMED:
+        return "the TLS ClientHello is malformed"
+    if eof:
+        return f"the client closed after {size} bytes of an incomplete TLS ClientHello"
+    return f"the TLS ClientHello was incomplete after {wait_s:g}s ({size} bytes arrived)"
+
+
 _HOST_CACHE: dict[str, Host] = {}
 _HOST_CACHE_MAX = 4096
 
@@ -346,18 +364,6 @@ class Admission:
         return step
 
     # ---- after Open: the SNI check of a tunnel
-    def _unreadable_why(self, result: HelloResult, data: bytes, eof: bool) -> str:
-        if result is HelloResult.TOO_LARGE:
-            return f"the TLS ClientHello is larger than {MAX_HELLO_BYTES} bytes"
-        if result is HelloResult.MALFORMED:
-            return "the TLS ClientHello is malformed"
-        if eof:
-            return f"the client closed after {len(data)} bytes of an incomplete TLS ClientHello"
-        return (
-            f"the TLS ClientHello was incomplete after {self.hello_wait_s():g}s "
-            f"({len(data)} bytes arrived)"
-        )
-
     def hello_wait_s(self) -> float:
         """The bound on the whole ClientHello phase: first byte to last byte of the hello."""
         return min(MAX_HELLO_WAIT_S, self.gen.config.limits.header_timeout_s)
@@ -377,9 +383,10 @@ class Admission:
         if isinstance(result, str):
             self.sni = result
             verdict = policy.decide_sni(target.host, result)
-        elif result is not HelloResult.NO_SNI and _starts_as_tls(data):
+        elif result is not HelloResult.NO_SNI and starts_as_tls(data):
             # TLS whose ClientHello cannot be read: never relayed unchecked (fail closed).
-            verdict = policy.sni_unreadable(self._unreadable_why(result, data, eof))
+            why = unreadable_hello_why(result, len(data), eof, self.hello_wait_s())
+            verdict = policy.sni_unreadable(why)
         elif policy.tunnels_without_sni is not NoSniAction.DENY:
             verdict = None  # no_sni would pass it: skip building the explanation
         elif timed_out and not data:
@@ -394,11 +401,6 @@ class Admission:
         if verdict.verdict is Verdict.REPORT:
             return Hello.RELAY
         return self._refuse(Refused(verdict.reason, verdict.detail))
-
-
-def _starts_as_tls(data: bytes) -> bool:
-    """The first bytes are (the start of) a TLS handshake record: content type 22, version 3.x."""
-    return data[:1] == b"\x16" and data[1:2] in (b"", b"\x03")
 
 
 def conclude(
