@@ -297,7 +297,7 @@ class Admission:
         assert target is not None
         client = self.client
         try:
-            if gen.credentials and self.login is not None:
+            if self.login is not None and gen.credentials:
                 self.user = verify(self.login, gen.credentials)
                 client = ClientIdentity(client.address, self.user, client.tls_names)
             policy = gen.policies.policy_for(client)
