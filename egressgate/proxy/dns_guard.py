@@ -1,0 +1,536 @@
+"""The DNS guard (`dns_listen`): a resolver for clients that ignore proxy variables.
+
+UDP and TCP (RFC 7766 framing) on one address. Each query is decided by policy/dns.py under the
+client's policy (chosen by source address, as for the proxy) in the generation current when it
+arrives, so a reload changes answers at once. Allowed and passthrough names are forwarded to
+`nameservers` (or answered with the proxy's address, `dns_answer: proxy`); everything else is
+answered here and never leaves the process, which is what closes DNS tunnelling.
+
+Bounds: a query is at most `limits.dns_max_message_bytes` (larger datagrams are dropped,
+larger TCP frames close the connection); a TCP client gets `dns_tcp_idle_s` to send each
+complete query, `dns_tcp_max_queries` queries, and at most `dns_max_tcp_connections` open
+connections; `dns_max_inflight` upstream queries run at once (beyond: SERVFAIL). Upstream
+answers are decoded by dnspython with a deadline of `limits.dns_timeout_s` for all nameservers.
+
+Hot path (the performance target is a cached allowed name): a query whose exact bytes (ID
+aside) were answered before, for the same policy, in the same generation, and whose answer has
+not expired, is answered from `_Memo` without decoding: two dict lookups, the client's ID
+spliced in front of the stored answer, one access record. Everything else is decoded.
+TTLs are served as the upstream gave them; an entry expires after its smallest TTL, clamped to
+[dns_cache_min_ttl_s, dns_cache_max_ttl_s].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.resolver
+
+from egressgate.config.model import Config, ListenAddress
+from egressgate.errors import Reason
+from egressgate.net.listen import bind, bind_udp, bound_address
+from egressgate.net.tasks import spawn
+from egressgate.observe.record import AccessRecord
+from egressgate.policy.decision import ClientIdentity
+from egressgate.policy.dns import DnsAction, DnsRules, DnsVerdict, decide, vet_answer
+from egressgate.proxy import dns_wire
+from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.dns_wire import Query, Unanswerable
+from egressgate.runtime.state import Generation
+
+_TRIVIAL = ""  # the policy key when every client has the default policy
+_SELECTOR_MEMO_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A finished answer and what its access record says (the bytes from offset 2: no ID)."""
+
+    tail: bytes
+    expires: float  # time.monotonic(); 0 = never reuse
+    name: str | None
+    qtype: str
+    verdict: DnsVerdict | None
+    rcode: int
+    address: str | None = None
+    reason: Reason | None = None  # overrides the verdict's (upstream failures)
+    detail: str | None = None
+
+
+class _Memo:
+    """Bounded map with oldest-first eviction (a flood of unique names only evicts itself)."""
+
+    __slots__ = ("data", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.data: dict[Any, Any] = {}
+        self.limit = limit
+
+    def put(self, key: Any, value: Any) -> None:
+        data = self.data
+        if len(data) >= self.limit and key not in data:
+            del data[next(iter(data))]
+        data[key] = value
+
+
+class DnsGuard:
+    """Owns the UDP transport, the TCP server and the caches; see the module doc."""
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        self._gen: Generation | None = None
+        self._rules: DnsRules | None = None
+        self._answers = _Memo(1)  # (policy key, query bytes without ID) → _Answer
+        self._upstream = _Memo(1)  # (name, type, class) → (expires, dns.message.Message)
+        self._policy_keys: dict[str, str] = {}  # client address → policy name
+        self._inflight: dict[tuple[str, int, int], asyncio.Future[dns.message.Message]] = {}
+        self._system_nameservers: tuple[tuple[str, int], ...] | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self.tcp_clients: set[_TcpClient] = set()
+        self.address = ""
+
+    # ---- lifecycle
+    async def start(self, listen: ListenAddress) -> str:
+        """Bind UDP and TCP on `listen` (the same port when it is 0); returns host:port."""
+        loop = asyncio.get_running_loop()
+        udp, tcp = _bind_pair(listen)
+        transport, _ = await loop.create_datagram_endpoint(lambda: _UdpServer(self), sock=udp)
+        self._udp = transport
+        self._tcp = await loop.create_server(lambda: _TcpClient(self), sock=tcp)
+        self.address = bound_address(tcp)
+        return self.address
+
+    def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+        for client in list(self.tcp_clients):
+            client.abort()
+
+    # ---- per generation
+    def _switch(self, gen: Generation) -> None:
+        """A new generation: new rules, and every remembered answer forgotten."""
+        limits = gen.config.limits
+        self._gen = gen
+        self._rules = DnsRules(gen.config.dns)
+        self._answers = _Memo(limits.dns_cache_entries)
+        self._upstream = _Memo(limits.dns_cache_entries)
+        self._policy_keys = {}
+
+    def _policy_key(self, gen: Generation, host: str) -> str | None:
+        """The client's policy name (memoised per address); None when it must authenticate."""
+        policies = gen.policies
+        if policies.selector.trivial:
+            return _TRIVIAL
+        key = self._policy_keys.get(host)
+        if key is None:
+            try:
+                key = policies.selector.select(ClientIdentity(ipaddress.ip_address(host)))
+            except Exception:  # NeedsAuthentication: decided on the slow path every time
+                return None
+            if len(self._policy_keys) >= _SELECTOR_MEMO_MAX:
+                self._policy_keys.clear()
+            self._policy_keys[host] = key
+        return key
+
+    # ---- the hot path (UDP)
+    def udp_query(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        started = time.perf_counter()
+        gen = self.ctx.state.current
+        if gen is not self._gen:
+            self._switch(gen)
+        if len(data) > gen.config.limits.dns_max_message_bytes:
+            return  # dropped: an oversized "query" is either an attack or not DNS
+        host = addr[0]
+        policy_key = self._policy_key(gen, host)
+        memo_key = (policy_key, data[2:])
+        answer = self._answers.data.get(memo_key) if policy_key is not None else None
+        if answer is not None and answer.expires > time.monotonic():
+            self._send_udp(data[:2] + answer.tail, addr)
+            self._log(answer, host, len(data), len(answer.tail) + 2, started)
+            return
+        try:
+            query = dns_wire.parse_query(data)
+        except Unanswerable as exc:
+            self._malformed(exc, host, len(data), started, lambda r: self._send_udp(r, addr))
+            return
+        verdict = self._decide(gen, host, query)
+        local = self._local_answer(query, verdict)
+        if local is not None:
+            self._remember(local, memo_key if policy_key is not None else None)
+            self._send_udp(data[:2] + local.tail, addr)
+            self._log(local, host, len(data), len(local.tail) + 2, started)
+            return
+        memo = memo_key if policy_key is not None else None
+        spawn(self._udp_forward(gen, query, verdict, data, addr, memo, started), "dns-udp")
+
+    async def _udp_forward(
+        self,
+        gen: Generation,
+        query: Query,
+        verdict: DnsVerdict,
+        data: bytes,
+        addr: tuple[Any, ...],
+        memo_key: tuple[str | None, bytes] | None,
+        started: float,
+    ) -> None:
+        answer = await self._forward(gen, query, verdict, tcp=False)
+        self._remember(answer, memo_key)
+        self._send_udp(data[:2] + answer.tail, addr)
+        self._log(answer, addr[0], len(data), len(answer.tail) + 2, started)
+
+    def _send_udp(self, reply: bytes, addr: tuple[Any, ...]) -> None:
+        if self._udp is not None and not self._udp.is_closing():
+            with contextlib.suppress(OSError):
+                self._udp.sendto(reply, addr)
+
+    def _remember(self, answer: _Answer, memo_key: tuple[str | None, bytes] | None) -> None:
+        if memo_key is not None and answer.expires > 0:
+            self._answers.put(memo_key, answer)
+
+    # ---- TCP (and the shared slow path)
+    async def tcp_query(self, data: bytes, host: str) -> bytes | None:
+        """The answer to one TCP frame (None: no answer, close)."""
+        started = time.perf_counter()
+        gen = self.ctx.state.current
+        if gen is not self._gen:
+            self._switch(gen)
+        replies: list[bytes] = []
+        try:
+            query = dns_wire.parse_query(data)
+        except Unanswerable as exc:
+            self._malformed(exc, host, len(data), started, replies.append)
+            return replies[0] if replies else None
+        verdict = self._decide(gen, host, query)
+        answer = self._local_answer(query, verdict)
+        if answer is None:
+            answer = await self._forward(gen, query, verdict, tcp=True)
+        reply = data[:2] + answer.tail
+        self._log(answer, host, len(data), len(reply), started)
+        return reply
+
+    def _decide(self, gen: Generation, host: str, query: Query) -> DnsVerdict:
+        assert self._rules is not None
+        client = ClientIdentity(ipaddress.ip_address(host))
+        return decide(
+            gen.policies, self._rules, client, query.name, query.qtype, query.qclass, query.opcode
+        )
+
+    def _local_answer(self, query: Query, verdict: DnsVerdict) -> _Answer | None:
+        """The answer that needs nobody else (refusals, proxy answers), or None: forward."""
+        rules = self._rules
+        assert rules is not None
+        limits = self.ctx.state.current.config.limits
+        if verdict.action is DnsAction.REFUSE:
+            wire = dns_wire.rcode_only(query, verdict.rcode)
+            # Valid until the generation changes (which forgets every answer); the clamp only
+            # keeps the memo's entries from living forever.
+            expires = time.monotonic() + limits.dns_cache_max_ttl_s
+            return _Answer(
+                wire[2:], expires, query.name, query.type_text, verdict, int(verdict.rcode)
+            )
+        if verdict.action is DnsAction.ANSWER_PROXY:
+            wire = dns_wire.proxy_answer(query, rules.proxy_v4, rules.proxy_v6, rules.proxy_ttl_s)
+            expires = time.monotonic() + min(rules.proxy_ttl_s, limits.dns_cache_max_ttl_s)
+            return _Answer(wire[2:], expires, query.name, query.type_text, verdict, 0)
+        return None
+
+    async def _forward(
+        self, gen: Generation, query: Query, verdict: DnsVerdict, tcp: bool
+    ) -> _Answer:
+        """Ask upstream (or the upstream cache), vet, and render the client's answer."""
+        try:
+            expires, upstream = await self._lookup(gen, query)
+        except _UpstreamFailure as failure:
+            wire = dns_wire.rcode_only(query, dns.rcode.SERVFAIL)
+            return _Answer(
+                wire[2:],
+                0.0,
+                query.name,
+                query.type_text,
+                verdict,
+                int(dns.rcode.SERVFAIL),
+                reason=failure.reason,
+                detail=failure.detail,
+            )
+        assert self._rules is not None
+        if not verdict.passthrough:
+            addresses = dns_wire.answer_addresses(upstream)
+            refused = vet_answer(gen.policies, self._rules, verdict, addresses)
+            if refused is not None:
+                refusal, address = refused
+                wire = dns_wire.rcode_only(query, refusal.rcode)
+                return _Answer(
+                    wire[2:],
+                    expires,
+                    query.name,
+                    query.type_text,
+                    refusal,
+                    int(refusal.rcode),
+                    address=str(address),
+                )
+        wire = dns_wire.forwarded(query, upstream, tcp)
+        truncated = not tcp and bool(int.from_bytes(wire[2:4], "big") & dns.flags.TC)
+        return _Answer(
+            wire[2:],
+            0.0 if truncated else expires,
+            query.name,
+            query.type_text,
+            verdict,
+            upstream.rcode(),
+        )
+
+    async def _lookup(self, gen: Generation, query: Query) -> tuple[float, dns.message.Message]:
+        """The upstream answer for the question, from the cache, a query in flight, or anew."""
+        key = (query.name, query.qtype, query.qclass)
+        cached = self._upstream.data.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cast(tuple[float, dns.message.Message], cached)
+        limits = gen.config.limits
+        future = self._inflight.get(key)
+        if future is None:
+            if len(self._inflight) >= limits.dns_max_inflight:
+                raise _UpstreamFailure(
+                    Reason.DNS_OVERLOADED, f"{limits.dns_max_inflight} upstream queries in flight"
+                )
+            future = asyncio.get_running_loop().create_future()
+            self._inflight[key] = future
+            try:
+                message = await self._ask(gen, query)
+            except _UpstreamFailure as failure:
+                future.set_exception(failure)
+                future.exception()  # retrieved: waiters re-raise it, nobody else must
+                raise
+            finally:
+                del self._inflight[key]
+            ttl_s = dns_wire.answer_ttl_s(
+                message, limits.dns_cache_min_ttl_s, limits.dns_cache_max_ttl_s
+            )
+            entry = (time.monotonic() + ttl_s, message)
+            if message.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+                self._upstream.put(key, entry)
+            else:
+                entry = (0.0, message)  # SERVFAIL, REFUSED...: passed on, never kept
+            future.set_result(message)
+            return entry
+        message = await future
+        return 0.0, message
+
+    async def _ask(self, gen: Generation, query: Query) -> dns.message.Message:
+        """One question to the nameservers in order, within limits.dns_timeout_s in total."""
+        servers = self._nameservers(gen.config)
+        if not servers:
+            raise _UpstreamFailure(Reason.DNS_FAILURE, "no nameservers configured or found")
+        request = dns_wire.upstream_query(query)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + gen.config.limits.dns_timeout_s
+        failure = _UpstreamFailure(Reason.DNS_TIMEOUT, "no nameserver answered in time")
+        for index, (host, port) in enumerate(servers):
+            left_s = deadline - loop.time()
+            if left_s <= 0:
+                break
+            timeout_s = left_s / (len(servers) - index)  # later nameservers keep their share
+            try:
+                response = await dns.asyncquery.udp(
+                    request, host, timeout=timeout_s, port=port, ignore_unexpected=True
+                )
+                if response.flags & dns.flags.TC:
+                    response = await dns.asyncquery.tcp(
+                        request, host, timeout=max(deadline - loop.time(), 0.001), port=port
+                    )
+                return response
+            except dns.exception.Timeout:
+                failure = _UpstreamFailure(Reason.DNS_TIMEOUT, f"{host}:{port} did not answer")
+            except Exception as exc:  # any decoding or socket error: try the next nameserver
+                failure = _UpstreamFailure(
+                    Reason.DNS_FAILURE, f"{host}:{port}: {type(exc).__name__}"
+                )
+        raise failure
+
+    def _nameservers(self, config: Config) -> tuple[tuple[str, int], ...]:
+        if config.nameservers:
+            parsed = (ListenAddress.parse(s) for s in config.nameservers)
+            return tuple((a.host, a.port) for a in parsed)
+        if self._system_nameservers is None:
+            try:
+                found = dns.resolver.Resolver(configure=True).nameservers
+            except dns.exception.DNSException:
+                found = []
+            self._system_nameservers = tuple((str(s), 53) for s in found)
+        return self._system_nameservers
+
+    # ---- records
+    def _malformed(
+        self, exc: Unanswerable, host: str, size: int, started: float, send: Any
+    ) -> None:
+        if exc.reply is not None:
+            send(exc.reply)
+        answer = _Answer(
+            b"",
+            0.0,
+            None,
+            "?",
+            None,
+            int(dns.rcode.FORMERR) if exc.reply is not None else -1,
+            reason=Reason.BAD_REQUEST,
+            detail=exc.why,
+        )
+        self._log(answer, host, size, len(exc.reply or b""), started)
+
+    def _log(self, answer: _Answer, host: str, up: int, down: int, started: float) -> None:
+        verdict = answer.verdict
+        if verdict is None:  # undecodable: refused as a bad request
+            reason, decision = answer.reason or Reason.BAD_REQUEST, "deny"
+        elif answer.reason is not None:  # the upstream failed us
+            reason, decision = answer.reason, "error"
+        else:
+            reason, decision = verdict.reason, verdict.decision
+        record = AccessRecord(
+            time.time(),
+            host,
+            answer.qtype,
+            "dns",
+            host=answer.name,
+            policy=verdict.policy if verdict else None,
+            address=answer.address,
+            decision=decision,
+            reason=reason.value,
+            rule=verdict.rule if verdict else None,
+            status=answer.rcode,
+            bytes_up=up,
+            bytes_down=down,
+            duration_ms=(time.perf_counter() - started) * 1000.0,
+            detail=answer.detail or (verdict.detail if verdict else None),
+        )
+        ctx = self.ctx
+        ctx.metrics.count_dns_query(decision, record.reason)
+        ctx.access_log.write(record)
+
+
+class _UpstreamFailure(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class _UdpServer(asyncio.DatagramProtocol):
+    __slots__ = ("guard",)
+
+    def __init__(self, guard: DnsGuard) -> None:
+        self.guard = guard
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.guard.udp_query(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # an ICMP error for an earlier reply: nothing to do, the next datagram is fine
+
+
+class _TcpClient(asyncio.Protocol):
+    """One TCP client: length-prefixed queries (RFC 7766), answered as each completes."""
+
+    def __init__(self, guard: DnsGuard) -> None:
+        self.guard = guard
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.queries = 0
+        self.pending = 0
+        self.host = ""
+        self.timer: asyncio.TimerHandle | None = None
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        limits = self.guard.ctx.state.current.config.limits
+        if len(self.guard.tcp_clients) >= limits.dns_max_tcp_connections:
+            self.transport.abort()
+            return
+        self.guard.tcp_clients.add(self)
+        peer = transport.get_extra_info("peername")
+        self.host = str(peer[0]) if peer else "?"
+        self._arm(limits.dns_tcp_idle_s)
+
+    def _arm(self, idle_s: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(idle_s, self.abort)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.buffer += data
+        limits = self.guard.ctx.state.current.config.limits
+        while len(self.buffer) >= 2:
+            length = int.from_bytes(self.buffer[:2], "big")  # RFC 7766 framing, not DNS
+            if length == 0 or length > limits.dns_max_message_bytes:
+                self.abort()
+                return
+            if len(self.buffer) < 2 + length:
+                return  # the idle timer bounds how long a frame may take to arrive
+            frame = bytes(self.buffer[2 : 2 + length])
+            del self.buffer[: 2 + length]
+            self.queries += 1
+            self.pending += 1
+            self._arm(limits.dns_tcp_idle_s)
+            spawn(self._answer(frame), "dns-tcp")
+            if self.queries >= limits.dns_tcp_max_queries:
+                self.closing = True
+                assert self.transport is not None
+                self.transport.pause_reading()
+                return
+
+    async def _answer(self, frame: bytes) -> None:
+        try:
+            reply = await self.guard.tcp_query(frame, self.host)
+        finally:
+            self.pending -= 1
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if reply is None:
+            self.abort()
+            return
+        transport.write(len(reply).to_bytes(2, "big") + reply)
+        if self.closing and self.pending == 0:
+            transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.tcp_clients.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+        self.transport = None
+
+
+def _bind_pair(listen: ListenAddress) -> tuple[Any, Any]:
+    """UDP and TCP sockets on the same port (port 0: UDP picks, TCP follows; bounded retries)."""
+    last: OSError | None = None
+    for _ in range(20):
+        udp = bind_udp(listen)
+        port = udp.getsockname()[1]
+        try:
+            tcp = bind(ListenAddress(listen.host, port))
+        except Exception as exc:
+            udp.close()
+            if listen.port != 0:
+                raise
+            last = OSError(str(exc))
+            continue
+        return udp, tcp
+    raise last or OSError("cannot bind UDP and TCP on one port")
