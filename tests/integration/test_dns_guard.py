@@ -275,9 +275,13 @@ def test_hostile_bytes_never_stop_the_guard(
         # A response (QR set) is never answered: two guards cannot ping-pong.
         response = dns.message.make_response(dns.message.make_query("a.test", "A"))
         udp.sendto(response.to_wire(), (host, port))
-        with pytest.raises(TimeoutError):
-            while True:  # drain late replies to the random blobs; the response gets none
-                assert udp.recv(4096)[:2] != response.to_wire()[:2]
+        late = []
+        for _ in range(50):  # drain late replies to the random blobs; the response gets none
+            try:
+                late.append(udp.recv(4096))
+            except TimeoutError:
+                break
+        assert all(reply[:2] != response.to_wire()[:2] for reply in late)
     # A 64 KB length prefix is refused at once; a valid prefix with a slow body times out.
     with socket.create_connection((host, port), timeout=TIMEOUT_S) as sock:
         sock.sendall(b"\xff\xff" + b"\x00" * 10)
@@ -352,7 +356,8 @@ def test_dig(proxy_factory: ProxyFactory, dns_server: DnsServer) -> None:
         return subprocess.run(command, capture_output=True, text=True, timeout=20).stdout
 
     allowed = dig("allowed.test", "A")
-    assert "status: NOERROR" in allowed and "93.184.216.34" in allowed
+    assert "status: NOERROR" in allowed
+    assert "93.184.216.34" in allowed
     assert "status: NXDOMAIN" in dig("denied.test", "A")
     assert "93.184.216.34" in dig("+tcp", "allowed.test", "A")
     assert dns_server.query_count("denied.test") == 0
