@@ -453,3 +453,44 @@ def test_synthetic_log_file() -> None:
     assert set(by_policy["ci"].allow) == {"pypi.org", "files.pythonhosted.org"}
     assert [r.host for r in by_policy["default"].private] == ["metadata.internal.example"]
     load_config_text(render_yaml(result), "<proposal>")
+
+
+def _dns_line(host: str, reason: str, decision: str, detail: str | None = None) -> str:
+    return json.dumps(
+        {
+            "ts": "2026-12-04T14:21:17.104Z",
+            "client": "10.0.0.7",
+            "user": None,
+            "policy": "default",
+            "method": "A",
+            "host": host,
+            "port": None,
+            "address": None,
+            "decision": decision,
+            "reason": reason,
+            "rule": None,
+            "status": 3,
+            "bytes_up": 30,
+            "bytes_down": 30,
+            "duration_ms": 0.1,
+            "kind": "dns",
+            "sni": None,
+            "detail": detail,
+        }
+    )
+
+
+def test_dns_guard_lines_propose_the_names_asked_for() -> None:
+    lines = [
+        _dns_line("api.github.com", "host-not-allowed", "deny"),
+        _dns_line("api.github.com", "host-not-allowed", "deny"),
+        _dns_line("x.ns.svc.cluster.local", "allowed", "allow", "dns_passthrough"),
+        _dns_line("allowed.test", "dns-query-type-refused", "deny"),
+    ]
+    result = learn(lines)
+    (proposal,) = result.proposals
+    assert proposal.allow == ("api.github.com",)
+    usage = proposal.groups[0].hosts[0]
+    assert (usage.requests, usage.dns_queries, usage.connect_ports) == (2, 2, ())
+    assert result.stats.used == 2
+    assert "DNS 2" in render_yaml(result)
