@@ -7,8 +7,8 @@ Owns the learning workflow's logic, pure over iterables of lines (the CLI opens 
   first/last seen, ports (CONNECT and plain HTTP apart) and decisions. The DNS guard's
   `kind: dns` lines count too (the name asked for, no port): a name an app looked up and was
   refused is proposed like a refused request; lookups of dns_passthrough names and refused
-  query types (ANY, AXFR, PTR...) are left out, since an allow entry would change neither. Lines that are not JSON
-  or lack a field are counted and skipped, never fatal.
+  query types (ANY, AXFR, PTR...) are left out, since an allow entry would change neither.
+  Lines that are not JSON or lack a field are counted and skipped, never fatal.
 - `LogAccumulator.result()` proposes the smallest allowlist that covers what was seen: hosts are
   grouped under their registrable domain (the Public Suffix List of the `publicsuffixlist`
   package), and a group becomes `.domain` when it has many hosts or CDN/shard-like names, else
