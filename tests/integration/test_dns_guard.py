@@ -12,6 +12,7 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -361,3 +362,22 @@ def test_dig(proxy_factory: ProxyFactory, dns_server: DnsServer) -> None:
     assert "status: NXDOMAIN" in dig("denied.test", "A")
     assert "93.184.216.34" in dig("+tcp", "allowed.test", "A")
     assert dns_server.query_count("denied.test") == 0
+
+
+def test_learn_reads_the_guard_records(proxy_factory: ProxyFactory, dns_server: DnsServer) -> None:
+    dns_server.set("a.test", ["93.184.216.34"])
+    proxy = guard(proxy_factory, allow=["a.test"])
+    ask(proxy, "a.test")
+    ask(proxy, "wanted.example.com")
+    ask(proxy, "api.ns.svc.cluster.local")
+    proxy.wait_for_records(3, 10.0, predicate=lambda r: r.get("kind") == "dns")
+    result = subprocess.run(
+        [sys.executable, "-m", "egressgate", "learn", str(proxy.access_log_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "- wanted.example.com  # DNS 1" in result.stdout, result.stdout
+    assert "- a.test  # DNS 1" in result.stdout
+    assert "cluster.local" not in result.stdout
