@@ -3,6 +3,7 @@
 /healthz  200 while the process runs its event loop (liveness).
 /readyz   200 when listeners accept and a policy is loaded, 503 while draining (readiness).
 /metrics  Prometheus text exposition of the standard prometheus_client registry we fill.
+Any other path: 404 naming the three. A method other than GET or HEAD: 405 with `Allow`.
 
 A deliberately small HTTP/1.x responder: one request per connection, head size and read time
 bounded, so a misbehaving scraper cannot hurt the proxy.
@@ -19,6 +20,15 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 MAX_ADMIN_HEAD = 8192
+# The standard reason phrases (RFC 9110 §15); the admin port used to say "405 Not Allowed".
+_PHRASES = {
+    200: b"OK",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
 ADMIN_READ_TIMEOUT_S = 5.0
 
 
@@ -59,7 +69,9 @@ class AdminProtocol(asyncio.Protocol):
             return
         method, path = line[0], line[1].split(b"?", 1)[0]
         if method not in (b"GET", b"HEAD"):
-            self._respond(405, b"text/plain", b"method not allowed\n")
+            # RFC 9110 §15.5.6: a 405 "MUST generate an Allow header field".
+            body = b"method not allowed: the admin endpoints answer GET and HEAD\n"
+            self._respond(405, b"text/plain", body, extra=b"Allow: GET, HEAD\r\n")
             return
         self._route(path, method == b"HEAD")
 
@@ -78,23 +90,21 @@ class AdminProtocol(asyncio.Protocol):
             self._respond(404, b"text/plain", b"not found: try /healthz, /readyz, /metrics\n")
 
     def _respond(
-        self, status: int, content_type: bytes, body: bytes, head_only: bool = False
+        self,
+        status: int,
+        content_type: bytes,
+        body: bytes,
+        head_only: bool = False,
+        extra: bytes = b"",
     ) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        phrase = {
-            200: b"OK",
-            400: b"Bad Request",
-            404: b"Not Found",
-            405: b"Not Allowed",
-            431: b"Too Large",
-            503: b"Service Unavailable",
-        }.get(status, b"Error")
+        phrase = _PHRASES.get(status, b"Error")
         head = (
-            b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+            b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%b"
             b"Cache-Control: no-store\r\nConnection: close\r\n\r\n"
-            % (status, phrase, content_type, len(body))
+            % (status, phrase, content_type, len(body), extra)
         )
         transport.write(head if head_only else head + body)
         transport.close()

@@ -9,9 +9,11 @@ worker processes can be summed (see runtime/workers.py).
 from __future__ import annotations
 
 import bisect
+import platform
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from prometheus_client import ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -19,6 +21,8 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+from egressgate import __version__
 
 PREFIX = "egressgate"
 DNS_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -36,6 +40,9 @@ CONFIG_INFO = f"{PREFIX}_config_info"
 ACCESS_LOG_ERRORS = f"{PREFIX}_access_log_errors"
 CONNECTIONS_REJECTED = f"{PREFIX}_connections_rejected"
 WORKERS = f"{PREFIX}_workers"
+BUILD_INFO = f"{PREFIX}_build_info"
+# `process_*` (CPU seconds, resident memory, open fds, start time) come from prometheus_client's
+# ProcessCollector, for the process that serves /metrics (the supervisor when workers > 1).
 
 
 class Metrics:
@@ -142,10 +149,22 @@ class MetricsCollector(Collector):
 
     def __init__(self, source: Any) -> None:
         self._source = source  # callable returning a snapshot dict
+        self._process = ProcessCollector(registry=None)  # read at scrape time, not registered
+        self._build = _build_info()
 
     def collect(self) -> Iterator[Metric]:
         snap: dict[str, Any] = self._source()
         yield from _families(snap)
+        yield self._build
+        yield from self._process.collect()
+
+
+def _build_info() -> Metric:
+    info = GaugeMetricFamily(
+        BUILD_INFO, "The running egressgate (value always 1)", labels=["version", "python"]
+    )
+    info.add_metric([__version__, platform.python_version()], 1)
+    return info
 
 
 def _families(snap: dict[str, Any]) -> Iterator[Metric]:

@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry
 from egressgate.config.model import ListenAddress
 from egressgate.net.listen import bind, bound_address
 from egressgate.observe.admin import AdminProtocol
-from egressgate.observe.events import emit
+from egressgate.observe.events import emit, set_process_fields
 from egressgate.observe.metrics import MetricsCollector, merge
 from egressgate.runtime.state import Generation
 
@@ -279,6 +279,7 @@ def _worker_main(
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_DFL)
+    set_process_fields(worker=index)  # every event of this worker says which one it is
 
     async def main() -> int:
         server = ProxyServer(

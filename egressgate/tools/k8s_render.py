@@ -83,8 +83,8 @@ COMPONENT_CLIENT_ENV = "client-env"
 # preStop sleep + shutdown_delay_s + drain_timeout_s, plus time to close what is left.
 GRACE_MARGIN_S = 10
 # While a deleted pod's endpoint is withdrawn, kube-proxy on every node keeps routing new
-# connections to it for a few seconds. The proxy refuses new connections from SIGTERM on (503
-# shutting-down, also during limits.shutdown_delay_s), so SIGTERM waits behind a preStop sleep.
+# connections to it for a few seconds. With the default limits.shutdown_delay_s of 0 the proxy
+# closes its listeners at SIGTERM (connection refused), so SIGTERM waits behind a preStop sleep.
 DEFAULT_PRESTOP_SLEEP_S = 5
 DEFAULT_CPU_PER_WORKER_M = 100
 DEFAULT_MEMORY_REQUEST_PER_WORKER_MI = 128
@@ -1005,8 +1005,9 @@ The proxy pods: non-root, read-only root filesystem, no capabilities, spread acr
     {check}
 - Shutdown: a preStop sleep keeps the proxy serving while the pod leaves the Service's
   endpoints everywhere (nodes route to it for a few seconds more). Then SIGTERM: /readyz fails,
-  new connections get 503, limits.shutdown_delay_s passes, open requests and tunnels drain for
-  limits.drain_timeout_s. terminationGracePeriodSeconds = preStop + both + a margin.
+  the proxy serves on for limits.shutdown_delay_s, closes its listeners (new connections are
+  refused), and open requests and tunnels drain for limits.drain_timeout_s.
+  terminationGracePeriodSeconds = preStop + both + a margin.
 - Replicas: the HorizontalPodAutoscaler owns the count (spec.replicas is left out so that a
   re-apply does not reset it); with --no-hpa the count is fixed here.""",
     ("PodDisruptionBudget", COMPONENT_PROXY): """\
