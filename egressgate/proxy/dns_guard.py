@@ -29,7 +29,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
-import dns.asyncquery
 import dns.exception
 import dns.flags
 import dns.message
@@ -38,8 +37,10 @@ import dns.resolver
 
 from egressgate.config.model import Config, ListenAddress
 from egressgate.errors import Reason
+from egressgate.net import dns_client
 from egressgate.net.listen import bind, bind_udp, bound_address
 from egressgate.net.tasks import spawn
+from egressgate.observe.accesslog import format_record
 from egressgate.observe.record import AccessRecord
 from egressgate.policy.decision import ClientIdentity
 from egressgate.policy.dns import DnsAction, DnsRules, DnsVerdict, decide, vet_answer
@@ -67,6 +68,29 @@ class _Answer:
     detail: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Remembered:
+    """A memoised answer with its access-log line pre-rendered around what varies per query:
+    line = '{"ts":"' + ts + '","client":"' + client + '",' + mid + duration + tail."""
+
+    tail: bytes  # the answer from offset 2 (the client's ID goes in front)
+    expires: float
+    mid: str
+    line_tail: str
+    metric: tuple[str, str]  # (decision, reason)
+
+
+class _NoClock:
+    """Renders every timestamp empty: the template line's `ts` is filled in per query."""
+
+    def format(self, t: float) -> str:
+        return ""
+
+
+_TEMPLATE_HEAD = '{"ts":"","client":"",'
+_DURATION = '"duration_ms":'
+
+
 class _Memo:
     """Bounded map with oldest-first eviction (a flood of unique names only evicts itself)."""
 
@@ -90,11 +114,13 @@ class DnsGuard:
         self.ctx = ctx
         self._gen: Generation | None = None
         self._rules: DnsRules | None = None
-        self._answers = _Memo(1)  # (policy key, query bytes without ID) → _Answer
+        self._answers = _Memo(1)  # (policy key, query bytes without ID) → _Remembered
         self._upstream = _Memo(1)  # (name, type, class) → (expires, dns.message.Message)
         self._policy_keys: dict[str, str] = {}  # client address → policy name
         self._inflight: dict[tuple[str, int, int], asyncio.Future[dns.message.Message]] = {}
         self._system_nameservers: tuple[tuple[str, int], ...] | None = None
+        self._max_bytes = 0
+        self._trivial = True
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self.tcp_clients: set[_TcpClient] = set()
@@ -128,6 +154,8 @@ class DnsGuard:
         self._answers = _Memo(limits.dns_cache_entries)
         self._upstream = _Memo(limits.dns_cache_entries)
         self._policy_keys = {}
+        self._max_bytes = limits.dns_max_message_bytes
+        self._trivial = gen.policies.selector.trivial
 
     def _policy_key(self, gen: Generation, host: str) -> str | None:
         """The client's policy name (memoised per address); None when it must authenticate."""
@@ -151,15 +179,14 @@ class DnsGuard:
         gen = self.ctx.state.current
         if gen is not self._gen:
             self._switch(gen)
-        if len(data) > gen.config.limits.dns_max_message_bytes:
+        if len(data) > self._max_bytes:
             return  # dropped: an oversized "query" is either an attack or not DNS
         host = addr[0]
-        policy_key = self._policy_key(gen, host)
+        policy_key = _TRIVIAL if self._trivial else self._policy_key(gen, host)
         memo_key = (policy_key, data[2:])
-        answer = self._answers.data.get(memo_key) if policy_key is not None else None
-        if answer is not None and answer.expires > time.monotonic():
-            self._send_udp(data[:2] + answer.tail, addr)
-            self._log(answer, host, len(data), len(answer.tail) + 2, started)
+        hit = self._answers.data.get(memo_key) if policy_key is not None else None
+        if hit is not None and hit.expires > time.monotonic():
+            self._replay(hit, data, addr, host, started)
             return
         try:
             query = dns_wire.parse_query(data)
@@ -191,14 +218,46 @@ class DnsGuard:
         self._send_udp(data[:2] + answer.tail, addr)
         self._log(answer, addr[0], len(data), len(answer.tail) + 2, started)
 
+    def _replay(
+        self, hit: _Remembered, data: bytes, addr: tuple[Any, ...], host: str, started: float
+    ) -> None:
+        """The hot path: a remembered answer, its record from the pre-rendered parts."""
+        udp = self._udp
+        if udp is not None:
+            try:
+                udp.sendto(data[:2] + hit.tail, addr)
+            except OSError:
+                pass  # the client's problem (buffer full, unreachable): never the guard's
+        ctx = self.ctx
+        queries = ctx.metrics.dns_queries
+        queries[hit.metric] = queries.get(hit.metric, 0) + 1
+        log = ctx.access_log
+        duration_ms = (time.perf_counter() - started) * 1000.0
+        log.write_line(
+            f'{{"ts":"{log.timestamp(time.time())}","client":"{host}",'
+            f"{hit.mid}{duration_ms:.3f}{hit.line_tail}"
+        )
+
     def _send_udp(self, reply: bytes, addr: tuple[Any, ...]) -> None:
         if self._udp is not None and not self._udp.is_closing():
             with contextlib.suppress(OSError):
                 self._udp.sendto(reply, addr)
 
     def _remember(self, answer: _Answer, memo_key: tuple[str | None, bytes] | None) -> None:
-        if memo_key is not None and answer.expires > 0:
-            self._answers.put(memo_key, answer)
+        """Keep an answer for replay; its log line rendered once, around what varies."""
+        if memo_key is None or answer.expires <= 0:
+            return
+        record = self._record(answer, "", len(memo_key[1]) + 2, len(answer.tail) + 2, 0.0)
+        line = format_record(record, cast(Any, _NoClock()))
+        rest = line[len(_TEMPLATE_HEAD) :]
+        cut = rest.find(_DURATION) + len(_DURATION)
+        after = rest[cut:]
+        if not line.startswith(_TEMPLATE_HEAD) or cut < len(_DURATION) or after[:5] != "0.000":
+            return  # the log's line layout changed: answer without replay rather than misrender
+        remembered = _Remembered(
+            answer.tail, answer.expires, rest[:cut], after[5:], (record.decision, record.reason)
+        )
+        self._answers.put(memo_key, remembered)
 
     # ---- TCP (and the shared slow path)
     async def tcp_query(self, data: bytes, host: str) -> bytes | None:
@@ -343,15 +402,8 @@ class DnsGuard:
                 break
             timeout_s = left_s / (len(servers) - index)  # later nameservers keep their share
             try:
-                response = await dns.asyncquery.udp(
-                    request, host, timeout=timeout_s, port=port, ignore_unexpected=True
-                )
-                if response.flags & dns.flags.TC:
-                    response = await dns.asyncquery.tcp(
-                        request, host, timeout=max(deadline - loop.time(), 0.001), port=port
-                    )
-                return response
-            except dns.exception.Timeout:
+                return await dns_client.ask(request, host, port, timeout_s)
+            except (TimeoutError, dns.exception.Timeout):
                 failure = _UpstreamFailure(Reason.DNS_TIMEOUT, f"{host}:{port} did not answer")
             except Exception as exc:  # any decoding or socket error: try the next nameserver
                 failure = _UpstreamFailure(
@@ -390,6 +442,14 @@ class DnsGuard:
         self._log(answer, host, size, len(exc.reply or b""), started)
 
     def _log(self, answer: _Answer, host: str, up: int, down: int, started: float) -> None:
+        duration_ms = (time.perf_counter() - started) * 1000.0
+        record = self._record(answer, host, up, down, duration_ms)
+        ctx = self.ctx
+        ctx.metrics.count_dns_query(record.decision, record.reason)
+        ctx.access_log.write(record)
+
+    @staticmethod
+    def _record(answer: _Answer, host: str, up: int, down: int, duration_ms: float) -> AccessRecord:
         verdict = answer.verdict
         if verdict is None:  # undecodable: refused as a bad request
             reason, decision = answer.reason or Reason.BAD_REQUEST, "deny"
@@ -411,12 +471,10 @@ class DnsGuard:
             status=answer.rcode,
             bytes_up=up,
             bytes_down=down,
-            duration_ms=(time.perf_counter() - started) * 1000.0,
+            duration_ms=duration_ms,
             detail=answer.detail or (verdict.detail if verdict else None),
         )
-        ctx = self.ctx
-        ctx.metrics.count_dns_query(decision, record.reason)
-        ctx.access_log.write(record)
+        return record
 
 
 class _UpstreamFailure(Exception):

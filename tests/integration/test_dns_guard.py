@@ -23,6 +23,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from egressgate.observe.record import FIELDS
 from tests.integration.helpers_ops import scrape, wait_for_metric
 from tests.support.dns import DnsServer
 from tests.support.proxy import ProxyFactory, ProxyProcess
@@ -108,7 +109,14 @@ def test_cached_answer_is_served_without_upstream(
     for _ in range(20):
         assert addresses(ask(proxy, "cached.test")) == ["93.184.216.34"]
     assert dns_server.query_count("cached.test") == 1  # TTL 5 s: one upstream query
-    proxy.wait_for_records(20, 10.0, predicate=lambda r: r.get("host") == "cached.test")
+    records = proxy.wait_for_records(20, 10.0, predicate=lambda r: r.get("host") == "cached.test")
+    # Replayed answers log from pre-rendered parts: the same line as a decoded query's.
+    varying = {"ts", "duration_ms"}
+    first = {k: v for k, v in records[0].items() if k not in varying}
+    for record in records[1:]:
+        assert list(record) == list(records[0])
+        assert {k: v for k, v in record.items() if k not in varying} == first
+    assert list(records[0]) == list(FIELDS)
 
 
 def test_dns_tunnelling_never_reaches_upstream(
