@@ -43,8 +43,8 @@ class _Exchange(asyncio.DatagramProtocol):
             self.done.set_exception(exc)  # ICMP port unreachable: nobody listens there
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_exception(exc or ConnectionError("closed"))
+        if exc is not None and not self.done.done():
+            self.done.set_exception(exc)  # a plain close is ours: the waiter has gone already
 
 
 async def ask_udp(
