@@ -42,6 +42,7 @@ from egressgate.net.listen import bind, bind_udp, bound_address
 from egressgate.net.tasks import spawn
 from egressgate.observe.accesslog import format_record
 from egressgate.observe.record import AccessRecord
+from egressgate.policy.clients import NeedsAuthentication
 from egressgate.policy.decision import ClientIdentity
 from egressgate.policy.dns import DnsAction, DnsRules, DnsVerdict, decide, vet_answer
 from egressgate.proxy import dns_wire
@@ -91,6 +92,13 @@ _TEMPLATE_HEAD = '{"ts":"","client":"",'
 _DURATION = '"duration_ms":'
 
 
+@dataclass(frozen=True, slots=True)
+class _Client:
+    identity: ClientIdentity
+    text: str  # the address as the access log writes it
+    policy: str | None  # its policy's name; "" when every client has the default; None: 407
+
+
 class _Memo:
     """Bounded map with oldest-first eviction (a flood of unique names only evicts itself)."""
 
@@ -116,11 +124,10 @@ class DnsGuard:
         self._rules: DnsRules | None = None
         self._answers = _Memo(1)  # (policy key, query bytes without ID) → _Remembered
         self._upstream = _Memo(1)  # (name, type, class) → (expires, dns.message.Message)
-        self._policy_keys: dict[str, str] = {}  # client address → policy name
+        self._clients: dict[str, _Client] = {}  # socket address → identity (per generation)
         self._inflight: dict[tuple[str, int, int], asyncio.Future[dns.message.Message]] = {}
         self._system_nameservers: tuple[tuple[str, int], ...] | None = None
         self._max_bytes = 0
-        self._trivial = True
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self.tcp_clients: set[_TcpClient] = set()
@@ -153,25 +160,30 @@ class DnsGuard:
         self._rules = DnsRules(gen.config.dns)
         self._answers = _Memo(limits.dns_cache_entries)
         self._upstream = _Memo(limits.dns_cache_entries)
-        self._policy_keys = {}
+        self._clients = {}
         self._max_bytes = limits.dns_max_message_bytes
-        self._trivial = gen.policies.selector.trivial
 
-    def _policy_key(self, gen: Generation, host: str) -> str | None:
-        """The client's policy name (memoised per address); None when it must authenticate."""
-        policies = gen.policies
-        if policies.selector.trivial:
-            return _TRIVIAL
-        key = self._policy_keys.get(host)
-        if key is None:
-            try:
-                key = policies.selector.select(ClientIdentity(ipaddress.ip_address(host)))
-            except Exception:  # NeedsAuthentication: decided on the slow path every time
-                return None
-            if len(self._policy_keys) >= _SELECTOR_MEMO_MAX:
-                self._policy_keys.clear()
-            self._policy_keys[host] = key
-        return key
+    def _client(self, gen: Generation, peer: str) -> _Client:
+        """Who sent a datagram (v4-mapped v6 → v4, as on the proxy's listener), its address as
+        logged, and its policy name (None: it would have to authenticate, so never memoised).
+        Memoised per socket address for the generation; bounded."""
+        known = self._clients.get(peer)
+        if known is None:
+            address = ipaddress.ip_address(peer.split("%", 1)[0])
+            if address.version == 6 and address.ipv4_mapped is not None:
+                address = address.ipv4_mapped
+            identity = ClientIdentity(address)
+            policy: str | None = _TRIVIAL
+            if not gen.policies.selector.trivial:
+                try:
+                    policy = gen.policies.selector.select(identity)
+                except NeedsAuthentication:
+                    policy = None
+            known = _Client(identity, address.compressed, policy)
+            if len(self._clients) >= _SELECTOR_MEMO_MAX:
+                self._clients.clear()  # a scan from many addresses cannot grow it
+            self._clients[peer] = known
+        return known
 
     # ---- the hot path (UDP)
     def udp_query(self, data: bytes, addr: tuple[Any, ...]) -> None:
@@ -181,42 +193,55 @@ class DnsGuard:
             self._switch(gen)
         if len(data) > self._max_bytes:
             return  # dropped: an oversized "query" is either an attack or not DNS
-        host = addr[0]
-        policy_key = _TRIVIAL if self._trivial else self._policy_key(gen, host)
-        memo_key = (policy_key, data[2:])
-        hit = self._answers.data.get(memo_key) if policy_key is not None else None
+        client = self._client(gen, addr[0])
+        memo_key = (client.policy, data[2:]) if client.policy is not None else None
+        hit = self._answers.data.get(memo_key) if memo_key is not None else None
         if hit is not None and hit.expires > time.monotonic():
-            self._replay(hit, data, addr, host, started)
+            self._replay(hit, data, addr, client.text, started)
             return
+        host = client.text
         try:
             query = dns_wire.parse_query(data)
         except Unanswerable as exc:
             self._malformed(exc, host, len(data), started, lambda r: self._send_udp(r, addr))
             return
-        verdict = self._decide(gen, host, query)
-        local = self._local_answer(query, verdict)
+        rules = self._rules
+        assert rules is not None
+        verdict = decide(
+            gen.policies,
+            rules,
+            client.identity,
+            query.name,
+            query.qtype,
+            query.qclass,
+            query.opcode,
+        )
+        local = _local_answer(gen, rules, query, verdict)
         if local is not None:
-            self._remember(local, memo_key if policy_key is not None else None)
+            self._remember(gen, local, memo_key)
             self._send_udp(data[:2] + local.tail, addr)
             self._log(local, host, len(data), len(local.tail) + 2, started)
             return
-        memo = memo_key if policy_key is not None else None
-        spawn(self._udp_forward(gen, query, verdict, data, addr, memo, started), "dns-udp")
+        spawn(
+            self._udp_forward(gen, rules, query, verdict, data, addr, memo_key, started),
+            "dns-udp",
+        )
 
     async def _udp_forward(
         self,
         gen: Generation,
+        rules: DnsRules,
         query: Query,
         verdict: DnsVerdict,
         data: bytes,
         addr: tuple[Any, ...],
-        memo_key: tuple[str | None, bytes] | None,
+        memo_key: tuple[str, bytes] | None,
         started: float,
     ) -> None:
-        answer = await self._forward(gen, query, verdict, tcp=False)
-        self._remember(answer, memo_key)
+        answer = await self._forward(gen, rules, query, verdict, tcp=False)
+        self._remember(gen, answer, memo_key)
         self._send_udp(data[:2] + answer.tail, addr)
-        self._log(answer, addr[0], len(data), len(answer.tail) + 2, started)
+        self._log(answer, self._client(gen, addr[0]).text, len(data), len(answer.tail) + 2, started)
 
     def _replay(
         self, hit: _Remembered, data: bytes, addr: tuple[Any, ...], host: str, started: float
@@ -243,9 +268,12 @@ class DnsGuard:
             with contextlib.suppress(OSError):
                 self._udp.sendto(reply, addr)
 
-    def _remember(self, answer: _Answer, memo_key: tuple[str | None, bytes] | None) -> None:
-        """Keep an answer for replay; its log line rendered once, around what varies."""
-        if memo_key is None or answer.expires <= 0:
+    def _remember(
+        self, gen: Generation, answer: _Answer, memo_key: tuple[str, bytes] | None
+    ) -> None:
+        """Keep an answer for replay; its log line rendered once, around what varies. An answer
+        decided under a generation that a reload has replaced meanwhile is not kept."""
+        if memo_key is None or answer.expires <= 0 or gen is not self._gen:
             return
         record = self._record(answer, "", len(memo_key[1]) + 2, len(answer.tail) + 2, 0.0)
         line = format_record(record, cast(Any, _NoClock()))
@@ -266,48 +294,33 @@ class DnsGuard:
         gen = self.ctx.state.current
         if gen is not self._gen:
             self._switch(gen)
+        rules = self._rules
+        assert rules is not None
+        client = self._client(gen, host)
         replies: list[bytes] = []
         try:
             query = dns_wire.parse_query(data)
         except Unanswerable as exc:
-            self._malformed(exc, host, len(data), started, replies.append)
+            self._malformed(exc, client.text, len(data), started, replies.append)
             return replies[0] if replies else None
-        verdict = self._decide(gen, host, query)
-        answer = self._local_answer(query, verdict)
+        verdict = decide(
+            gen.policies,
+            rules,
+            client.identity,
+            query.name,
+            query.qtype,
+            query.qclass,
+            query.opcode,
+        )
+        answer = _local_answer(gen, rules, query, verdict)
         if answer is None:
-            answer = await self._forward(gen, query, verdict, tcp=True)
+            answer = await self._forward(gen, rules, query, verdict, tcp=True)
         reply = data[:2] + answer.tail
-        self._log(answer, host, len(data), len(reply), started)
+        self._log(answer, client.text, len(data), len(reply), started)
         return reply
 
-    def _decide(self, gen: Generation, host: str, query: Query) -> DnsVerdict:
-        assert self._rules is not None
-        client = ClientIdentity(ipaddress.ip_address(host))
-        return decide(
-            gen.policies, self._rules, client, query.name, query.qtype, query.qclass, query.opcode
-        )
-
-    def _local_answer(self, query: Query, verdict: DnsVerdict) -> _Answer | None:
-        """The answer that needs nobody else (refusals, proxy answers), or None: forward."""
-        rules = self._rules
-        assert rules is not None
-        limits = self.ctx.state.current.config.limits
-        if verdict.action is DnsAction.REFUSE:
-            wire = dns_wire.rcode_only(query, verdict.rcode)
-            # Valid until the generation changes (which forgets every answer); the clamp only
-            # keeps the memo's entries from living forever.
-            expires = time.monotonic() + limits.dns_cache_max_ttl_s
-            return _Answer(
-                wire[2:], expires, query.name, query.type_text, verdict, int(verdict.rcode)
-            )
-        if verdict.action is DnsAction.ANSWER_PROXY:
-            wire = dns_wire.proxy_answer(query, rules.proxy_v4, rules.proxy_v6, rules.proxy_ttl_s)
-            expires = time.monotonic() + min(rules.proxy_ttl_s, limits.dns_cache_max_ttl_s)
-            return _Answer(wire[2:], expires, query.name, query.type_text, verdict, 0)
-        return None
-
     async def _forward(
-        self, gen: Generation, query: Query, verdict: DnsVerdict, tcp: bool
+        self, gen: Generation, rules: DnsRules, query: Query, verdict: DnsVerdict, tcp: bool
     ) -> _Answer:
         """Ask upstream (or the upstream cache), vet, and render the client's answer."""
         try:
@@ -324,10 +337,9 @@ class DnsGuard:
                 reason=failure.reason,
                 detail=failure.detail,
             )
-        assert self._rules is not None
         if not verdict.passthrough:
             addresses = dns_wire.answer_addresses(upstream)
-            refused = vet_answer(gen.policies, self._rules, verdict, addresses)
+            refused = vet_answer(gen.policies, rules, verdict, addresses)
             if refused is not None:
                 refusal, address = refused
                 wire = dns_wire.rcode_only(query, refusal.rcode)
@@ -378,10 +390,10 @@ class DnsGuard:
                 message, limits.dns_cache_min_ttl_s, limits.dns_cache_max_ttl_s
             )
             entry = (time.monotonic() + ttl_s, message)
-            if message.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-                self._upstream.put(key, entry)
-            else:
+            if message.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
                 entry = (0.0, message)  # SERVFAIL, REFUSED...: passed on, never kept
+            elif gen is self._gen:  # (a reload meanwhile has emptied the cache: keep it so)
+                self._upstream.put(key, entry)
             future.set_result(message)
             return entry
         message = await future
@@ -475,6 +487,24 @@ class DnsGuard:
             detail=answer.detail or (verdict.detail if verdict else None),
         )
         return record
+
+
+def _local_answer(
+    gen: Generation, rules: DnsRules, query: Query, verdict: DnsVerdict
+) -> _Answer | None:
+    """The answer that needs nobody else (refusals, proxy answers), or None: forward."""
+    limits = gen.config.limits
+    if verdict.action is DnsAction.REFUSE:
+        wire = dns_wire.rcode_only(query, verdict.rcode)
+        # Valid until the generation changes (which forgets every answer); the clamp only
+        # keeps the memo's entries from living forever.
+        expires = time.monotonic() + limits.dns_cache_max_ttl_s
+        return _Answer(wire[2:], expires, query.name, query.type_text, verdict, int(verdict.rcode))
+    if verdict.action is DnsAction.ANSWER_PROXY:
+        wire = dns_wire.proxy_answer(query, rules.proxy_v4, rules.proxy_v6, rules.proxy_ttl_s)
+        expires = time.monotonic() + min(rules.proxy_ttl_s, limits.dns_cache_max_ttl_s)
+        return _Answer(wire[2:], expires, query.name, query.type_text, verdict, 0)
+    return None
 
 
 class _UpstreamFailure(Exception):

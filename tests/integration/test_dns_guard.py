@@ -389,3 +389,23 @@ def test_learn_reads_the_guard_records(proxy_factory: ProxyFactory, dns_server: 
     assert "- wanted.example.com  # DNS 1" in result.stdout, result.stdout
     assert "- a.test  # DNS 1" in result.stdout
     assert "cluster.local" not in result.stdout
+
+
+def test_an_answer_in_flight_across_a_reload_is_not_kept(
+    proxy_factory: ProxyFactory, dns_server: DnsServer
+) -> None:
+    dns_server.set("slow.test", ["93.184.216.34"])
+    dns_server.set_delay("slow.test", 1.5)
+    proxy = guard(proxy_factory, allow=["slow.test"])
+    host, port = address(proxy)
+    query = dns.message.make_query("slow.test", "A")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.settimeout(TIMEOUT_S)
+        udp.sendto(query.to_wire(), (host, port))  # decided under the old generation
+        dns_server.wait_for_queries("slow.test", 1)
+        proxy.reload({**proxy.config, "allow": []}, wait_for="reloaded")
+        assert ask(proxy, "other.test").rcode() == dns.rcode.NXDOMAIN  # the new generation
+        assert addresses(dns.message.from_wire(udp.recv(4096))) == ["93.184.216.34"]
+        # The same bytes again, after the reload: refused, not replayed from the old answer.
+        udp.sendto(query.to_wire(), (host, port))
+        assert dns.message.from_wire(udp.recv(4096)).rcode() == dns.rcode.NXDOMAIN
