@@ -409,3 +409,17 @@ def test_an_answer_in_flight_across_a_reload_is_not_kept(
         # The same bytes again, after the reload: refused, not replayed from the old answer.
         udp.sendto(query.to_wire(), (host, port))
         assert dns.message.from_wire(udp.recv(4096)).rcode() == dns.rcode.NXDOMAIN
+
+
+def test_the_guard_runs_once_with_workers(
+    proxy_factory: ProxyFactory, dns_server: DnsServer
+) -> None:
+    dns_server.set("a.test", ["93.184.216.34"])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proxy = guard(proxy_factory, allow=["a.test"], workers=2, dns_listen=f"127.0.0.1:{port}")
+    assert address(proxy) == ("127.0.0.1", port)
+    assert addresses(ask(proxy, "a.test")) == ["93.184.216.34"]
+    assert addresses(ask(proxy, "a.test", tcp=True)) == ["93.184.216.34"]
+    assert ask(proxy, "b.test").rcode() == dns.rcode.NXDOMAIN

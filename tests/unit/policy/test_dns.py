@@ -9,6 +9,8 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from egressgate.config.model import (
     ClientRule,
@@ -315,3 +317,17 @@ def test_vet_answer(
             R.NXDOMAIN,
             "deny",
         )
+
+
+@given(
+    st.text(alphabet=st.sampled_from("abc.-_*\\\x00é5"), max_size=80),
+    st.sampled_from([T.A, T.AAAA, T.TXT, T.PTR, T.ANY, T.HTTPS]),
+)
+def test_only_allowlisted_or_passthrough_names_are_ever_forwarded(
+    name: str, qtype: dns.rdatatype.RdataType
+) -> None:
+    verdict = decide(POLICIES, RULES, HOME, name, qtype)
+    if verdict.action is not DnsAction.REFUSE:
+        matched = POLICIES.policies["default"].matcher.match_name(name)
+        assert matched is not None or RULES.passthrough.match_name(name) is not None
+        assert all(label and len(label) <= 63 for label in name.split("."))
