@@ -5,9 +5,11 @@ Owns the learning workflow's logic, pure over iterables of lines (the CLI opens 
 - `LogAccumulator` reads JSON access-log lines (one request or tunnel each, the fields of
   egressgate.observe.record.FIELDS) and counts, per policy and destination host, requests,
   first/last seen, ports (CONNECT and plain HTTP apart) and decisions. The DNS guard's
-  `kind: dns` lines count too (the name asked for, no port): a name an app looked up and was
-  refused is proposed like a refused request; lookups of dns_passthrough names and refused
-  query types (ANY, AXFR, PTR...) are left out, since an allow entry would change neither.
+  `kind: dns` lines count too (the name asked for, no port): a name an app looked up is
+  treated like a request to it (allowed or report mode: proposed; refused in enforce mode:
+  listed as denied; resolved to an internal address: suspicious); lookups of dns_passthrough
+  names and refused query types (ANY, AXFR, PTR...) are left out, since an allow entry would
+  change neither.
   Lines that are not JSON or lack a field are counted and skipped, never fatal.
 - `LogAccumulator.result()` proposes the smallest allowlist that covers what was seen: hosts are
   grouped under their registrable domain (the Public Suffix List of the `publicsuffixlist`
@@ -15,6 +17,11 @@ Owns the learning workflow's logic, pure over iterables of lines (the CLI opens 
   its exact names. A public suffix is never proposed as a domain. IP literals are proposed only
   as explicit addresses, with a warning; refusals of internal addresses are listed apart (an
   allow entry would not change them; allow_private would).
+- Nothing is proposed silently that a reviewer should look at first (issue 18). A destination
+  whose every request was refused (enforce mode) is listed as *denied*, with the reasons; a
+  *suspicious* one is never proposed, whatever the decision: an internal or cloud-metadata
+  IP literal, a name that contains an allowed or proposed name without being under it
+  (`registry.npmjs.org.evil.net`), and names that resolved to internal addresses.
 - `diff()` compares a proposal with the policies of a config: entries to add, entries nothing
   in the logs used, and the requests that config would refuse.
 - `render_yaml()` / `render_json()` format the result.
@@ -41,7 +48,8 @@ from egressgate.config.model import (
     PortRange,
 )
 from egressgate.errors import Reason
-from egressgate.names.hostname import InvalidHost, normalize_host
+from egressgate.names.addresses import AddressClass, classify_address
+from egressgate.names.hostname import Host, InvalidHost, normalize_host
 from egressgate.names.patterns import DomainPattern, HostMatcher
 
 # The fields a line must carry to be used; the others (user, address, rule, ...) are optional.
@@ -68,6 +76,10 @@ _SNI_REASONS = frozenset({Reason.SNI_MISMATCH.value, Reason.SNI_NOT_ALLOWED.valu
 # The detail of a private-address refusal names the address (policy/engine.py `vet`); proxies
 # up to 0.1.0 logged it only there, with `address` null.
 _REFUSED_ADDRESS = re.compile(r"\bresolves to (\S+) \(")
+# Instance-metadata endpoints: AWS, GCP, Azure, OpenStack (169.254.169.254), AWS over IPv6,
+# Alibaba Cloud. Any other internal address is flagged too, as "internal".
+_METADATA = frozenset({"169.254.169.254", "fd00:ec2::254", "100.100.100.200"})
+_LET_THROUGH = frozenset({"allow", "report", "error"})  # "error": allowed, then failed
 
 
 @lru_cache(maxsize=2)
@@ -125,6 +137,14 @@ class PrivateRefusal:
 
 
 @dataclass(frozen=True, slots=True)
+class Flagged:
+    """A destination that is not proposed, and why: refused in enforce mode, or suspicious."""
+
+    usage: HostUsage
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyProposal:
     """The proposed allowlist (and ports) of one policy."""
 
@@ -135,6 +155,8 @@ class PolicyProposal:
     private: tuple[PrivateRefusal, ...]
     connect_ports: tuple[int, ...] | None  # None: the current/default ports cover what was seen
     http_ports: tuple[int, ...] | None
+    denied: tuple[Flagged, ...] = ()  # every request refused: not proposed
+    suspicious: tuple[Flagged, ...] = ()  # metadata, internal, look-alike names: never proposed
 
     @property
     def allow(self) -> tuple[str, ...]:
@@ -441,11 +463,13 @@ class LogAccumulator:
         self, name: str, min_requests: int, current: PolicyConfig | None, warnings: list[str]
     ) -> PolicyProposal:
         usages = [c.usage(h) for (p, h), c in sorted(self.hosts.items()) if p == name]
-        kept = [u for u in usages if u.requests >= min_requests]
-        rare = tuple(u for u in usages if u.requests < min_requests)
+        known = _known_names(usages, current)
         names: list[HostUsage] = []
         addresses: list[HostUsage] = []
-        for usage in kept:
+        rare: list[HostUsage] = []
+        denied: list[Flagged] = []
+        suspicious: list[Flagged] = []
+        for usage in usages:
             try:
                 host = normalize_host(usage.host)
             except InvalidHost as exc:
@@ -453,7 +477,16 @@ class LogAccumulator:
                     f"policy {name}: host {usage.host!r} is not valid ({exc}); not proposed"
                 )
                 continue
-            (names if host.name is not None else addresses).append(usage)
+            why = _suspicion(host, known)
+            if why is not None:
+                suspicious.append(Flagged(usage, why))
+            elif not _LET_THROUGH.intersection(d for d, _ in usage.decisions):
+                denied.append(Flagged(usage, "refused in enforce mode"))
+            elif usage.requests < min_requests:
+                rare.append(usage)
+            else:
+                (names if host.name is not None else addresses).append(usage)
+        kept = names + addresses
         warnings.extend(
             f"policy {name}: {usage.host} was asked for by IP address ({usage.requests} "
             "request(s)); proposed as an explicit address: prefer a host name if the app "
@@ -471,11 +504,46 @@ class LogAccumulator:
             name,
             tuple(group_hosts(names)),
             tuple(addresses),
-            rare,
+            tuple(rare),
             private,
             _ports_needed({p for u in kept for p in u.connect_ports}, connect_base),
             _ports_needed({p for u in kept for p in u.http_ports}, http_base),
+            tuple(denied),
+            tuple(suspicious),
         )
+
+
+def _known_names(usages: Iterable[HostUsage], current: PolicyConfig | None) -> frozenset[str]:
+    """Names a look-alike would imitate: hosts let through, and the config's allow entries."""
+    known = {u.host.lower().rstrip(".") for u in usages if _LET_THROUGH.intersection(
+        d for d, _ in u.decisions)}  # fmt: skip
+    for entry in current.allow if current is not None else ():
+        known.add(entry.removeprefix("*.").removeprefix(".").lower())
+    return frozenset(n for n in known if "." in n)
+
+
+def _suspicion(host: Host, known: frozenset[str]) -> str | None:
+    """Why a destination must not be proposed without a look, or None."""
+    if host.address is not None:
+        kind = classify_address(host.address)
+        if str(host.address) in _METADATA:
+            return "a cloud instance-metadata address"
+        if kind is not AddressClass.PUBLIC:
+            return f"an internal address ({kind})"
+        return None
+    assert host.name is not None
+    labels = host.name.split(".")
+    # Every run of two or more labels that does not reach the end: `a.b` in `a.b.evil.net`.
+    for start in range(len(labels)):
+        for end in range(start + 2, len(labels)):
+            inner = ".".join(labels[start:end])
+            if inner in known:
+                return f"contains the name {inner} without being under it (a look-alike)"
+    return None
+
+
+def _reasons_text(usage: HostUsage) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in usage.reasons)
 
 
 def learn(
@@ -759,6 +827,24 @@ def _proposal_lines(proposal: PolicyProposal, indent: str, min_requests: int) ->
         f"{min_requests}): {usage.host}"
         for usage in proposal.rare
     )
+    return lines + _flagged_lines(proposal, indent)
+
+
+def _flagged_lines(proposal: PolicyProposal, indent: str) -> list[str]:
+    """The destinations a reviewer must see but that are not proposed: denied, suspicious."""
+    lines: list[str] = []
+    if proposal.denied:
+        lines.append(
+            f"{indent}# DENIED, not proposed: every request was refused. Add an entry yourself "
+            "only if the application needs it:"
+        )
+        lines.extend(f"{indent}#   {_flagged_text(f)}" for f in proposal.denied)
+    if proposal.suspicious or proposal.private:
+        lines.append(
+            f"{indent}# SUSPICIOUS, never proposed: find out which client asked for these "
+            "before allowing anything:"
+        )
+        lines.extend(f"{indent}#   {_flagged_text(f)}" for f in proposal.suspicious)
     lines.extend(
         f"{indent}# still refused: {refusal.host} resolved to internal address(es) "
         f"{', '.join(refusal.addresses) or '(not logged)'} "
@@ -767,6 +853,15 @@ def _proposal_lines(proposal: PolicyProposal, indent: str, min_requests: int) ->
         for refusal in proposal.private
     )
     return lines
+
+
+def _flagged_text(flagged: Flagged) -> str:
+    usage = flagged.usage
+    return (
+        f"{usage.host} ({_ports_text(usage)}): {flagged.why}; "
+        f"{_count(usage.requests, 'request')} ({_decisions_text(usage)}: {_reasons_text(usage)}); "
+        f"{_when(usage.first_seen)} .. {_when(usage.last_seen)}"
+    )
 
 
 def render_yaml(
@@ -868,6 +963,8 @@ def _proposal_json(p: PolicyProposal) -> dict[str, object]:
         ],
         "ip_literals": [_usage_json(a) for a in p.addresses],
         "below_min_requests": [_usage_json(r) for r in p.rare],
+        "denied": [{**_usage_json(f.usage), "why": f.why} for f in p.denied],
+        "suspicious": [{**_usage_json(f.usage), "why": f.why} for f in p.suspicious],
         "private_address_refusals": [
             {
                 "host": r.host,
@@ -906,6 +1003,7 @@ def render_json(result: LearnResult, diffs: tuple[PolicyDiff, ...] = ()) -> str:
 
 __all__ = [
     "DomainGroup",
+    "Flagged",
     "HostUsage",
     "LearnResult",
     "LearnStats",

@@ -386,7 +386,7 @@ def test_learn_reads_the_guard_records(proxy_factory: ProxyFactory, dns_server: 
         timeout=60,
         check=True,
     )
-    assert "- wanted.example.com  # DNS 1" in result.stdout, result.stdout
+    assert "wanted.example.com (DNS 1): refused in enforce mode" in result.stdout, result.stdout
     assert "- a.test  # DNS 1" in result.stdout
     assert "cluster.local" not in result.stdout
 

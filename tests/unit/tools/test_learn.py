@@ -1,8 +1,9 @@
 """egressgate.tools.learn: reading access logs, grouping, suggestions, output and the diff.
 
 The central property: the proposal, pasted into a config, allows every logged request that was
-seen often enough (except refusals of internal addresses, which only allow_private changes), and
-never proposes a bare public suffix.
+let through and seen often enough (except refusals of internal addresses, which only
+allow_private changes), never proposes a bare public suffix, and never proposes what it lists
+as denied or suspicious.
 """
 
 from __future__ import annotations
@@ -421,7 +422,16 @@ def test_proposal_allows_everything_seen_and_no_public_suffix(
     result = learn(lines)
     text = render_yaml(result)
     config = load_config_text(text, "<proposal>")
-    for host, policy, (method, port), _ in records:
+    flagged = {
+        (p.policy, f.usage.host): f for p in result.proposals for f in (*p.denied, *p.suspicious)
+    }
+    for host, policy, (method, port), decision in records:
+        if (policy, host) in flagged:  # listed for the reviewer, never proposed (issue 18)
+            assert host not in config.policy(policy).allow, (host, policy)
+            continue
+        assert decision != "deny" or any(
+            h == host and p == policy and d != "deny" for h, p, _, d in records
+        ), (host, policy)
         assert _allowed(config, policy, host, port, method == "CONNECT"), (host, policy, port)
     for proposal in result.proposals:
         for entry in proposal.allow:
@@ -455,6 +465,76 @@ def test_synthetic_log_file() -> None:
     load_config_text(render_yaml(result), "<proposal>")
 
 
+# ---------------------------------------------------------------------------------------------
+# Denied and suspicious destinations (issue 18)
+# ---------------------------------------------------------------------------------------------
+
+ENFORCE_LOG = [
+    line(host="registry.npmjs.org", decision="allow", reason="allowed"),
+    line(host="169.254.169.254", method="GET", port=80, decision="deny",
+         reason="ip-literal-not-allowed"),
+    line(host="registry.npmjs.org.evil.net", decision="deny", reason="host-not-allowed"),
+    line(host="other.example.net", decision="deny", reason="host-not-allowed"),
+    line(host="10.0.0.5", method="GET", port=80, decision="report",
+         reason="ip-literal-not-allowed"),
+]  # fmt: skip
+
+
+def test_enforce_mode_refusals_are_listed_as_denied_with_their_reason_not_proposed() -> None:
+    (proposal,) = learn(ENFORCE_LOG).proposals
+    assert proposal.allow == ("registry.npmjs.org",)
+    assert [(f.usage.host, f.usage.reasons) for f in proposal.denied] == [
+        ("other.example.net", (("host-not-allowed", 1),)),
+    ]
+
+
+def test_metadata_internal_and_look_alike_destinations_are_suspicious() -> None:
+    (proposal,) = learn(ENFORCE_LOG).proposals
+    why = {f.usage.host: f.why for f in proposal.suspicious}
+    assert why == {
+        "169.254.169.254": "a cloud instance-metadata address",
+        "10.0.0.5": "an internal address (private)",  # let through in report mode: still flagged
+        "registry.npmjs.org.evil.net": (
+            "contains the name registry.npmjs.org without being under it (a look-alike)"
+        ),
+    }
+
+
+def test_output_order_proposed_then_denied_then_suspicious() -> None:
+    text = render_yaml(learn(ENFORCE_LOG))
+    allow = text.index("- registry.npmjs.org")
+    denied = text.index("# DENIED, not proposed")
+    suspicious = text.index("# SUSPICIOUS, never proposed")
+    assert allow < denied < suspicious
+    assert (
+        "#   other.example.net (CONNECT 443): refused in enforce mode; 1 request (deny 1: "
+        "host-not-allowed 1)" in text
+    )
+    assert "#   169.254.169.254 (http 80): a cloud instance-metadata address" in text
+    assert entries_of(text) == ["registry.npmjs.org"]  # the YAML itself proposes nothing else
+    doc = json.loads(render_json(learn(ENFORCE_LOG)))["policies"]["default"]
+    assert [d["host"] for d in doc["denied"]] == ["other.example.net"]
+    assert {d["host"] for d in doc["suspicious"]} == {
+        "169.254.169.254", "10.0.0.5", "registry.npmjs.org.evil.net",
+    }  # fmt: skip
+
+
+def test_a_look_alike_of_a_configured_entry_is_suspicious() -> None:
+    config = load_config_text("allow: [.pythonhosted.org]\n")
+    accumulator = LogAccumulator()
+    accumulator.feed([line(host="files.pythonhosted.org.attacker.example")])
+    (proposal,) = accumulator.result(config=config).proposals
+    assert proposal.allow == ()
+    assert "contains the name pythonhosted.org" in proposal.suspicious[0].why
+
+
+def test_a_subdomain_of_an_allowed_name_is_not_a_look_alike() -> None:
+    lines = [line(host="registry.npmjs.org"), line(host="cdn.registry.npmjs.org")]
+    (proposal,) = learn(lines).proposals
+    assert proposal.suspicious == ()
+    assert set(proposal.allow) >= {"registry.npmjs.org"}
+
+
 def _dns_line(host: str, reason: str, decision: str, detail: str | None = None) -> str:
     return json.dumps(
         {
@@ -480,17 +560,21 @@ def _dns_line(host: str, reason: str, decision: str, detail: str | None = None) 
     )
 
 
-def test_dns_guard_lines_propose_the_names_asked_for() -> None:
+def test_dns_guard_lines_count_the_names_asked_for() -> None:
     lines = [
-        _dns_line("api.github.com", "host-not-allowed", "deny"),
-        _dns_line("api.github.com", "host-not-allowed", "deny"),
+        _dns_line("api.github.com", "host-not-allowed", "report"),
+        _dns_line("api.github.com", "host-not-allowed", "report"),
+        _dns_line("wanted.example.com", "host-not-allowed", "deny"),
         _dns_line("x.ns.svc.cluster.local", "allowed", "allow", "dns_passthrough"),
         _dns_line("allowed.test", "dns-query-type-refused", "deny"),
     ]
     result = learn(lines)
     (proposal,) = result.proposals
-    assert proposal.allow == ("api.github.com",)
+    assert proposal.allow == ("api.github.com",)  # looked up in report mode: proposed
     usage = proposal.groups[0].hosts[0]
     assert (usage.requests, usage.dns_queries, usage.connect_ports) == (2, 2, ())
-    assert result.stats.used == 2
-    assert "DNS 2" in render_yaml(result)
+    assert [f.usage.host for f in proposal.denied] == ["wanted.example.com"]  # like a request
+    assert result.stats.used == 3
+    text = render_yaml(result)
+    assert "- api.github.com  # DNS 2" in text
+    assert "wanted.example.com (DNS 1): refused in enforce mode" in text
