@@ -176,6 +176,8 @@ class Limits:
     header_timeout_s: float = 10.0
     keepalive_timeout_s: float = 60.0
     connect_timeout_s: float = 10.0
+    # All addresses of one destination together (net/connect.py connect_first).
+    connect_total_timeout_s: float = 20.0
     dns_timeout_s: float = 5.0
     response_timeout_s: float = 60.0
     idle_timeout_s: float = 300.0
@@ -191,6 +193,12 @@ class Limits:
     dns_cache_entries: int = 10_000  # answers kept (each for its TTL, clamped below)
     dns_cache_min_ttl_s: float = 1.0
     dns_cache_max_ttl_s: float = 300.0
+
+    # Access-log bytes that may wait for the writer thread (a slow disk, a stdout reader that
+    # stopped reading); beyond, whole batches are dropped and counted, traffic never waits.
+    access_log_buffer_bytes: int = 4 * 1024 * 1024
+    # How long the exit waits for the access-log writer to write what is queued.
+    access_log_flush_timeout_s: float = 2.0
 
 
 DEFAULT_DNS_PASSTHROUGH = (".cluster.local",)
