@@ -54,6 +54,7 @@ TOP_LEVEL_KEYS = (
     "listen",
     "admin_listen",
     "tls_listen",
+    "socks_listen",
     *POLICY_KEYS,
     "policies",
     "default_policy",
@@ -348,6 +349,14 @@ class _ConfigBuilder:
                 )
         if "tls_listen" in top:
             changes["tls_listen"] = self.w.attempt(top["tls_listen"], self._tls_listen)
+        if "socks_listen" in top:
+            node = top["socks_listen"]
+            if isinstance(node, yaml.ScalarNode) and self.w.attempt(node, self.w.scalar) is None:
+                changes["socks_listen"] = _NULL  # written out as off
+            else:
+                changes["socks_listen"] = self.w.attempt(
+                    node, lambda n: self.w.parsed(n, ListenAddress.parse)
+                )
 
     def _tls_listen(self, node: yaml.Node) -> TlsListenConfig | None:
         keys = ("listen", "cert_file", "key_file", "client_ca_file", "require_client_cert")

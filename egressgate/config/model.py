@@ -180,6 +180,8 @@ class Config:
         default_factory=lambda: ListenAddress.parse(DEFAULT_ADMIN_LISTEN)
     )
     tls_listen: TlsListenConfig | None = None
+    # A SOCKS5 listener (proxy/socks.py): the same policies, users and clients rules.
+    socks_listen: ListenAddress | None = None
     policies: tuple[PolicyConfig, ...] = (PolicyConfig(DEFAULT_POLICY_NAME),)
     default_policy: str = DEFAULT_POLICY_NAME
     clients: tuple[ClientRule, ...] = ()

@@ -36,6 +36,7 @@ from egressgate.observe.metrics import Metrics, MetricsCollector
 from egressgate.proxy.acceptor import Acceptor
 from egressgate.proxy.connection import ClientConnection
 from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.socks import SocksListener
 from egressgate.proxy.upstream_pool import UpstreamPool
 from egressgate.runtime.memory import freeze_long_lived
 from egressgate.runtime.reload import Reloader
@@ -81,6 +82,7 @@ class ProxyServer:
         self.metrics = Metrics()
         self._servers: list[asyncio.Server] = []
         self._acceptor: Acceptor | None = None
+        self._socks: SocksListener | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._admin: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
@@ -120,6 +122,11 @@ class ProxyServer:
         self.addresses["tls_proxy"] = None
         if config.tls_listen is not None:
             await self._start_tls_listener(config, ctx)
+        self.addresses["socks"] = None
+        if config.socks_listen is not None:
+            socks = bind(config.socks_listen, self.reuse_port)
+            self._socks = SocksListener(ctx, socks)
+            self.addresses["socks"] = bound_address(socks)
         self.addresses["admin"] = None
         if config.admin_listen is not None and self.worker is None:
             await self._start_admin(config)
@@ -300,6 +307,8 @@ class ProxyServer:
         self.state.accepting = False
         if self._acceptor is not None:
             self._acceptor.close()
+        if self._socks is not None:
+            self._socks.close()
         for server in self._servers:
             server.close()
         if self._reloader is not None:

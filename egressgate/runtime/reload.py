@@ -22,7 +22,7 @@ from egressgate.errors import ConfigError, ConfigIssue
 from egressgate.runtime.state import Generation, State, compile_generation
 
 POLL_INTERVAL_S = 1.0
-RESTART_ONLY = ("listen", "admin_listen", "tls_listen", "workers")
+RESTART_ONLY = ("listen", "admin_listen", "tls_listen", "socks_listen", "workers")
 
 
 def read_config(path: str) -> str:
