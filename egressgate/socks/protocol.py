@@ -193,13 +193,14 @@ class SocksParser:
     (`auth` is configured), so only USER_PASSWORD is accepted; otherwise NO_AUTH is preferred
     and USER_PASSWORD accepted (credentials then carry no weight: nothing checks them)."""
 
-    __slots__ = ("_buffer", "_login", "_phase", "_rest", "bytes_read")
+    __slots__ = ("_buffer", "_login", "_over", "_phase", "_rest", "bytes_read")
 
     def __init__(self, login: bool) -> None:
         self._login = login
         self._phase = _Phase.GREETING
         self._buffer = b""
         self._rest = b""
+        self._over = False  # rejected, or no acceptable method: no tunnel will follow
         self.bytes_read = 0  # bytes of the handshake seen, for the "sent nothing" case
 
     @property
@@ -222,7 +223,8 @@ class SocksParser:
     def feed(self, data: bytes) -> list[Event]:
         """Every event `data` completes, in order; a Rejected event ends the exchange."""
         if self.done:
-            self._rest += data  # the driver stops reading after the request; only its last read
+            if not self._over:
+                self._rest += data  # tunnel bytes (the driver stops reading after the request)
             return []
         self.bytes_read += len(data)
         buffer = self._buffer + data if self._buffer else data
@@ -238,10 +240,13 @@ class SocksParser:
         except SocksError as exc:
             self._phase = _Phase.DONE
             self._buffer = b""
+            self._over = True
             events.append(exc.rejected)
             return events
         if self.done:
-            self._rest, self._buffer = buffer, b""
+            self._buffer = b""
+            if not self._over:
+                self._rest = buffer
         else:
             self._buffer = buffer
         return events
@@ -282,6 +287,7 @@ class SocksParser:
             method = None
         if method is None:
             self._phase = _Phase.DONE
+            self._over = True
             return MethodChosen(Method.NO_ACCEPTABLE), end
         self._phase = _Phase.AUTH if method is Method.USER_PASSWORD else _Phase.REQUEST
         return MethodChosen(method), end
@@ -313,30 +319,38 @@ class SocksParser:
         return Credentials(user, password), password_end
 
     def _request(self, buffer: bytes) -> tuple[Event, int] | None:
-        if len(buffer) < 5:
-            if buffer and buffer[0] != VERSION:
-                raise _request_version_error(buffer[0])
+        # Each fixed field is judged as soon as it arrives: a hostile client learns early.
+        if not buffer:
             return None
-        version, command, reserved, atyp = buffer[0], buffer[1], buffer[2], buffer[3]
-        if version != VERSION:
-            raise _request_version_error(version)
+        if buffer[0] != VERSION:
+            raise _request_version_error(buffer[0])
+        if len(buffer) < 2:
+            return None
+        command = buffer[1]
         if command != Command.CONNECT:
             raise SocksError(
                 Reason.SOCKS_COMMAND_UNSUPPORTED,
                 f"SOCKS5 command {_command_name(command)} is not supported (only CONNECT)",
                 reply(ReplyCode.COMMAND_NOT_SUPPORTED),
             )
-        if reserved != 0:
+        if len(buffer) < 3:
+            return None
+        if buffer[2] != 0:
             raise SocksError(
                 Reason.BAD_REQUEST,
-                f"the reserved byte of the SOCKS5 request is {reserved}, not 0",
+                f"the reserved byte of the SOCKS5 request is {buffer[2]}, not 0",
                 reply(ReplyCode.GENERAL_FAILURE),
             )
+        if len(buffer) < 4:
+            return None
+        atyp = buffer[3]
         if atyp == AddressType.IPV4:
             end = 4 + 4
         elif atyp == AddressType.IPV6:
             end = 4 + 16
         elif atyp == AddressType.DOMAIN:
+            if len(buffer) < 5:
+                return None
             end = 5 + buffer[4]
         else:
             raise SocksError(
