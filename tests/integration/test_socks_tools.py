@@ -13,9 +13,11 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -310,3 +312,48 @@ def test_ssh_to_a_name_not_allowed_is_refused(sshd: Sshd, proxy_factory: ProxyFa
     done = ssh_via_socks(proxy, sshd, "root")
     assert done.returncode != 0
     wait_record(proxy, kind="socks", host="ssh.test", reason="host-not-allowed")
+
+
+def test_the_ssh_config_from_egressgate_env_reaches_sshd(
+    sshd: Sshd, proxy_factory: ProxyFactory
+) -> None:
+    """`egressgate env --socks … --format ssh-config`, pasted as is, is a working ssh config."""
+    proxy = start_proxy(
+        proxy_factory, allow=["ssh.test"], ports=[sshd.port], socks_listen="127.0.0.1:0"
+    )
+    need("nc", "netcat-openbsd")
+    done = run(
+        [
+            sys.executable,
+            "-m",
+            "egressgate",
+            "env",
+            "--socks",
+            proxy.socks_url,
+            "--format",
+            "ssh-config",
+        ],
+        clean_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    config = sshd.dir / "ssh_config"
+    config.write_text(done.stdout)
+    argv = [
+        need("ssh", "openssh-client"),
+        "-F", str(config),
+        "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null",
+        "-i", str(sshd.client_key),
+        "-p", str(sshd.port),
+        f"{current_user()}@ssh.test",
+        "echo", "configured",
+    ]  # fmt: skip
+    result = run(argv, clean_env({"HOME": str(sshd.dir)}))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "configured"
+    wait_record(proxy, kind="socks", host="ssh.test", decision="allow")
+
+
+def current_user() -> str:
+    return pwd.getpwuid(os.getuid()).pw_name
