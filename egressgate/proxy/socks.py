@@ -166,7 +166,8 @@ class SocksSession:
             self._handshake_readable()
 
     def _handshake_readable(self) -> None:
-        # Edge-triggered: read until a short read (or the request is complete).
+        # Edge-triggered: read until a short read, or on to the EOF the event announced (a
+        # client that sends its last bytes and closes raises one edge for both).
         for _ in range(MAX_HANDSHAKE_READS):
             if self.done or self.parser.done:
                 return
@@ -183,8 +184,8 @@ class SocksSession:
             full = len(data) == HANDSHAKE_READ_BYTES
             self.client_state.after_read(full)
             self._handshake_bytes(data)
-            if not full:
-                return
+            if not self.client_state.ready:
+                return  # a short read emptied the socket, and no EOF is announced
         self.reactor.loop.call_soon(self._handshake_readable)  # a flood: after the others
 
     def _handshake_bytes(self, data: bytes) -> None:
@@ -247,9 +248,9 @@ class SocksSession:
         if not self.parser.started:
             self._drop()
             return
-        self.record.status = 499
         self._finish_refused(
-            Refused(Reason.BAD_REQUEST, "the client closed before its SOCKS5 request was complete")
+            Refused(Reason.BAD_REQUEST, "the client closed before its SOCKS5 request was complete"),
+            status=499,
         )
 
     def _protocol_refusal(self, rejected: Rejected) -> None:
@@ -378,7 +379,8 @@ class SocksSession:
             full = len(chunk) == MAX_HELLO_BYTES
             self.client_state.after_read(full)
             self._hello += chunk
-            if not self._judge(False) and full:
+            if not self._judge(False) and self.client_state.ready:
+                # more bytes, or the EOF that came with these: read on after the others
                 self.reactor.loop.call_soon(self._hello_readable)
         elif self._hello:
             self.client_state.ready = True  # the EOF is still there for the relay to see
@@ -458,9 +460,14 @@ class SocksSession:
             sent = -1
         if sent == len(data):
             return True
-        if not self.done:
+        if self.done:
+            return False
+        gone = "the client went away during the SOCKS5 exchange"
+        if self.admission is None:
+            self._finish_refused(Refused(Reason.BAD_REQUEST, gone), status=499)
+        else:
             self.record.status = 499
-            self.record.detail = "the client went away during the SOCKS5 exchange"
+            self.record.detail = gone
             self._finish(RelayStats(0, 0, "reset"))
         return False
 
@@ -471,14 +478,18 @@ class SocksSession:
         self.deadline = 0.0
         self._on_deadline = None
 
-    def _finish_refused(self, failure: ProxyFailure) -> None:
-        """A refusal during the handshake (before any Admission)."""
+    def _finish_refused(self, failure: ProxyFailure, status: int | None = None) -> None:
+        """A refusal during the handshake (before any Admission). `status`: instead of the
+        reason's (499: the client left)."""
         if self.done:
             return
         self._leave_handshake()
         self.done = True
         self._close_sockets()
-        self.ctx.finish(gate.conclude(self.record, None, failure))
+        record = gate.conclude(self.record, None, failure)
+        if status is not None:
+            record.status = status
+        self.ctx.finish(record)
 
     def _finish(self, stats: RelayStats) -> None:
         if self.done:

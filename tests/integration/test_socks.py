@@ -408,3 +408,19 @@ def test_sni_check_refuses_domain_fronting_with_an_alert(env: Env) -> None:
     record = wait_record(proxy, kind="socks", host="tls.test", reason="sni-not-allowed")
     assert record["status"] == 403
     assert record["sni"] == "evil.test"
+
+
+def test_a_client_leaving_mid_handshake_is_logged_and_a_silent_one_is_not(env: Env) -> None:
+    proxy = env.start()
+    with socks_socket(proxy):
+        pass  # connects and leaves without a byte: no record (as on the HTTP listener)
+    with socks_socket(proxy) as sock:
+        sock.sendall(b"\x05\x01\x00")
+        assert recv_exactly(sock, 2) == b"\x05\x00"
+        sock.sendall(b"\x05\x01\x00\x03\x08tls.")  # half a request, then gone
+    record = wait_record(proxy, kind="socks", reason="bad-request")
+    assert record["status"] == 499
+    assert "closed before" in record["detail"]
+    assert socks_curl(env, proxy, env.url()).exit_code == 0
+    records = proxy.wait_for_records(2, predicate=lambda r: r["kind"] == "socks")
+    assert len(records) == 2  # the silent connection left no line
