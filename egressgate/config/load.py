@@ -271,6 +271,8 @@ def load_config_text(text: str, source: str = "<config>", base_dir: str | None =
     walker = _Walker(source)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError([_reader_issue(source, text, exc)]) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -286,6 +288,25 @@ def load_config_text(text: str, source: str = "<config>", base_dir: str | None =
     if walker.issues:
         raise ConfigError(sorted(walker.issues, key=lambda i: (i.line or 0, i.column or 0)))
     return config
+
+
+def _reader_issue(source: str, text: str, exc: yaml.reader.ReaderError) -> ConfigIssue:
+    """A character YAML does not allow, located.
+
+    Fix (fuzz tests, tests/fuzz/test_fuzz_config.py): a control character (NUL, BEL, U+FFFE...)
+    fails in YAML's reader, whose error has an offset but no mark: it came out without a line,
+    and with PyYAML's '"<unicode string>", position N' as the message.
+    """
+    offset = exc.position
+    line_start = text.rfind("\n", 0, offset) + 1
+    char = exc.character
+    shown = f"U+{char:04X}" if isinstance(char, int) else repr(char)
+    return ConfigIssue(
+        source,
+        text.count("\n", 0, offset) + 1,
+        offset - line_start + 1,
+        f"YAML syntax: character {shown} is not allowed in YAML ({exc.reason})",
+    )
 
 
 class _ConfigBuilder:
