@@ -424,3 +424,19 @@ def test_a_client_leaving_mid_handshake_is_logged_and_a_silent_one_is_not(env: E
     assert socks_curl(env, proxy, env.url()).exit_code == 0
     records = proxy.wait_for_records(2, predicate=lambda r: r["kind"] == "socks")
     assert len(records) == 2  # the silent connection left no line
+
+
+def test_a_tls_hello_that_cannot_be_read_is_refused_fail_closed(env: Env) -> None:
+    """Half a ClientHello, then EOF: not relayed unchecked, whatever tunnels_without_sni says."""
+    proxy = env.start(allow=["tls.test"])
+    with socks_socket(proxy) as sock:
+        sock.sendall(b"\x05\x01\x00" + request(1, 3, domain("tls.test"), env.origin.port))
+        assert recv_exactly(sock, 2) == b"\x05\x00"
+        assert recv_exactly(sock, 10)[:2] == b"\x05\x00"
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(20))
+        sock.shutdown(socket.SHUT_WR)
+        read_until_close(sock)
+    record = wait_record(proxy, kind="socks", host="tls.test")
+    assert record["reason"] == "sni-unreadable", record
+    assert record["status"] == 403
+    assert env.origin.request_records() == []
