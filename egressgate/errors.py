@@ -34,6 +34,7 @@ class Reason(StrEnum):
     SNI_MISMATCH = "sni-mismatch"
     SNI_NOT_ALLOWED = "sni-not-allowed"
     SNI_MISSING = "sni-missing"
+    SNI_UNREADABLE = "sni-unreadable"
     NO_POLICY = "no-policy"
     # Authentication: 407.
     AUTH_REQUIRED = "proxy-auth-required"
@@ -85,6 +86,7 @@ _STATUS: dict[Reason, int] = {
     Reason.SNI_MISMATCH: 403,
     Reason.SNI_NOT_ALLOWED: 403,
     Reason.SNI_MISSING: 403,
+    Reason.SNI_UNREADABLE: 403,
     Reason.NO_POLICY: 403,
     Reason.AUTH_REQUIRED: 407,
     Reason.BAD_REQUEST: 400,
@@ -119,6 +121,8 @@ _TEXT: dict[Reason, str] = {
     Reason.SNI_MISMATCH: "the TLS server name differs from the CONNECT host",
     Reason.SNI_NOT_ALLOWED: "the TLS server name is not on the allowlist",
     Reason.SNI_MISSING: "the tunnel carries no TLS server name",
+    Reason.SNI_UNREADABLE: "the tunnel's TLS ClientHello could not be read (too slow, too large "
+    "or malformed)",
     Reason.NO_POLICY: "no policy applies to this client",
     Reason.AUTH_REQUIRED: "proxy authentication required",
     Reason.BAD_REQUEST: "malformed request",

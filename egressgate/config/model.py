@@ -162,6 +162,8 @@ class Limits:
     header_timeout_s: float = 10.0
     keepalive_timeout_s: float = 60.0
     connect_timeout_s: float = 10.0
+    # All addresses of one destination together (net/connect.py connect_first).
+    connect_total_timeout_s: float = 20.0
     dns_timeout_s: float = 5.0
     response_timeout_s: float = 60.0
     idle_timeout_s: float = 300.0

@@ -223,7 +223,7 @@ class ProxyServer:
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
 
     # ---- reload
-    def reload(self, trigger: str = "api") -> bool:
+    def reload(self, trigger: str = "api") -> None:
         if self._reloader is None:
             emit(
                 "reload-skipped",
@@ -231,9 +231,10 @@ class ProxyServer:
                 trigger=trigger,
                 why="running on the built-in default config: no file to reload",
             )
-            return False
+            return
         emit("reload-requested", trigger=trigger)
-        return self._reloader.reload(trigger)
+        # Compiled in a thread, applied on the loop: a large allowlist never pauses traffic.
+        self._reloader.request_reload(trigger)
 
     # ---- access log
     def _open_access_log(self, config: Config) -> AccessLog:
