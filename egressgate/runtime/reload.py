@@ -7,7 +7,10 @@ over the file, and the symlink swap by which Kubernetes updates a mounted Config
 (`..data` → a new timestamped directory), with no inotify edge cases.
 
 Settings that only take effect at start (listeners, workers) are reported as needing a restart;
-everything else applies to new requests at once. Requests in flight keep their Generation.
+everything else applies to new requests at once. Requests in flight keep their Generation. The
+comparison is with what the process is running on (the config it started with), not with the
+previous generation: a `listen` change stays pending across later reloads until a restart, and
+changing it back clears it (`restart_needed`, also in /readyz).
 """
 
 from __future__ import annotations
@@ -18,11 +21,17 @@ import os
 from collections.abc import Callable
 
 from egressgate.config.load import load_config_text
+from egressgate.config.model import Config
 from egressgate.errors import ConfigError, ConfigIssue
 from egressgate.runtime.state import Generation, State, compile_generation
 
 POLL_INTERVAL_S = 1.0
 RESTART_ONLY = ("listen", "admin_listen", "tls_listen", "workers")
+
+
+def _start_only(config: Config) -> dict[str, object]:
+    """The settings the running listeners and workers were made from."""
+    return {name: getattr(config, name) for name in RESTART_ONLY}
 
 
 def read_config(path: str) -> str:
@@ -58,6 +67,10 @@ class Reloader:
         self._on_failure = on_failure
         self._fingerprint = self._stat()
         self._task: asyncio.TimerHandle | None = None
+        # Fix (issue 18): compared with the previous generation, a comment-only edit after a
+        # `listen` change reported nothing pending, and changing it back reported a restart.
+        self._running = _start_only(state.current.config)
+        self.restart_needed: list[str] = []  # settings whose new value waits for a restart
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -98,8 +111,9 @@ class Reloader:
             self._on_failure(exc)
             return False
         restart_needed = [
-            name for name in RESTART_ONLY if getattr(new.config, name) != getattr(old.config, name)
+            name for name, value in _start_only(new.config).items() if value != self._running[name]
         ]
+        self.restart_needed = restart_needed
         self._state.current = new
         self._on_success(old, new, restart_needed)
         return True
