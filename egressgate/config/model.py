@@ -155,6 +155,10 @@ class Limits:
     max_connections: int = 10_000
     max_request_line_bytes: int = 8 * 1024
     max_header_bytes: int = 32 * 1024
+    # An origin's response head (status line + header lines, trailers too) and its number of
+    # header fields; beyond either: 502 upstream-bad-response (issue 19: was unbounded).
+    max_response_header_bytes: int = 64 * 1024
+    max_response_headers: int = 256
     header_timeout_s: float = 10.0
     keepalive_timeout_s: float = 60.0
     connect_timeout_s: float = 10.0

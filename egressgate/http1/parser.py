@@ -92,7 +92,12 @@ class RequestParser:
         # checked against max_header_bytes. Count the header lines themselves as well.
         self._header_bytes += len(name) + len(value) + 4  # "name: value\r\n"
         self._check_head_size(self._head_size())
-        self._headers.append((name.lower(), name, value))
+        if self._in_head:
+            self._headers.append((name.lower(), name, value))
+        # else: a trailer field of a chunked body (llhttp reports trailers through on_header
+        # too). Security fix (issue 19): trailers were appended to the head's header list, so
+        # a trailer `Host: evil` reached the forwarded head. They are discarded (RFC 9110
+        # §6.5.1 lets a proxy do so); their bytes still count against max_header_bytes.
 
     def _head_size(self) -> int:
         """The head parsed so far, as written canonically: "METHOD SP target SP HTTP/x.y CRLF"
@@ -153,26 +158,62 @@ def _reason_for_llhttp_error(message: str) -> Reason:
 
 
 class ResponseParser:
-    """Parses the upstream side: one response at a time on a connection."""
+    """Parses the upstream side: one response at a time on a connection.
 
-    __slots__ = ("_events", "_headers", "_parser", "_reason")
+    Security fix (issue 19): the response head was unbounded (an origin streaming header lines
+    forever grew the proxy by gigabytes). It is bounded like the request head: at most
+    `max_head_bytes` bytes (status line and header lines, trailers included) and
+    `max_headers` header fields, else ProtocolError(UPSTREAM_BAD_RESPONSE).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "_count",
+        "_events",
+        "_field_bytes",
+        "_head_bytes",
+        "_headers",
+        "_in_head",
+        "_max_head",
+        "_max_headers",
+        "_parser",
+        "_reason",
+    )
+
+    def __init__(self, max_head_bytes: int, max_headers: int) -> None:
         self._parser = httptools.HttpResponseParser(self)
+        self._max_head = max_head_bytes
+        self._max_headers = max_headers
         self._events: list[Event] = []
         self._headers: list[Header] = []
         self._reason = b""
+        self._in_head = True  # between messages or inside a head
+        self._head_bytes = 0  # bytes received while in the head (an upper bound of its size)
+        self._count = 0  # header fields (and trailer fields) of the current message
+        self._field_bytes = 0  # their size as "name: value\r\n" lines
 
     def feed(self, data: bytes) -> list[Event]:
         events = self._events = []
+        if self._in_head:
+            # Counted before parsing: httptools buffers a header line that has not ended yet,
+            # so one endless line never reaches on_header.
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0] if upgrade.args else len(data)
             events.append(TunnelStart(bytes(data[offset:])))
         except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, ProtocolError):
+                raise exc.__context__ from None
             raise ProtocolError(Reason.UPSTREAM_BAD_RESPONSE, str(exc)) from None
+        if self._in_head and self._head_bytes > self._max_head:
+            raise self._too_large()
         return events
+
+    def _too_large(self) -> ProtocolError:
+        return ProtocolError(
+            Reason.UPSTREAM_BAD_RESPONSE, f"response head exceeds {self._max_head} bytes"
+        )
 
     def set_head_request(self) -> None:
         """The next response answers a HEAD: it has no body whatever its headers say."""
@@ -182,12 +223,26 @@ class ResponseParser:
     def on_message_begin(self) -> None:
         self._headers = []
         self._reason = b""
+        self._count = 0
+        self._field_bytes = 0
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), name, value))
+        self._count += 1
+        if self._count > self._max_headers:
+            raise ProtocolError(
+                Reason.UPSTREAM_BAD_RESPONSE,
+                f"response has more than {self._max_headers} header fields",
+            )
+        # A head that arrives whole in one read is measured here, not by `feed`.
+        self._field_bytes += len(name) + len(value) + 4  # "name: value\r\n"
+        if self._field_bytes > self._max_head:
+            raise self._too_large()
+        if self._in_head:
+            self._headers.append((name.lower(), name, value))
+        # else: a trailer field, discarded: never merged into the head relayed to the client.
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -212,9 +267,13 @@ class ResponseParser:
                 None if chunked else length,
             )
         )
+        self._in_head = False
+        self._head_bytes = 0
 
     def on_body(self, body: bytes) -> None:
         self._events.append(body)
 
     def on_message_complete(self) -> None:
         self._events.append(END)
+        self._in_head = True
+        self._head_bytes = 0

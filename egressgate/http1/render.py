@@ -19,12 +19,19 @@ def request_head(
     upgrade: bytes | None,
     chunked: bool,
     forwarded_for: bytes | None,
+    content_length: int | None = None,
 ) -> bytes:
-    """An HTTP/1.1 request head for the origin: origin-form target, Host from the URI."""
+    """An HTTP/1.1 request head for the origin: origin-form target, Host from the URI, and
+    the framing the proxy forwards: `Transfer-Encoding: chunked` if `chunked`, else
+    `Content-Length: content_length` unless that is None (no body, no length sent).
+
+    The client's own Host and Content-Length lines are never copied (security fix, issue 19):
+    the framing written is the framing of the bytes that follow, whatever the client's
+    Connection header named."""
     parts = [method, b" ", path, b" HTTP/1.1\r\nHost: ", authority, b"\r\n"]
     via_seen = False
     for lname, name, value in headers:
-        if lname == b"host":
+        if lname in _WRITTEN_BY_US:
             continue
         if lname == b"via":
             value = value + b", " + VIA_VALUE
@@ -36,11 +43,17 @@ def request_head(
         parts += (b"X-Forwarded-For: ", forwarded_for, b"\r\n")
     if chunked:
         parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif content_length is not None:
+        parts.append(b"Content-Length: %d\r\n" % content_length)
     if upgrade is not None:
         parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n\r\n")
     else:
         parts.append(b"\r\n")
     return b"".join(parts)
+
+
+# Header lines of the request that the proxy writes itself instead of copying.
+_WRITTEN_BY_US = frozenset({b"host", b"content-length"})
 
 
 def response_head(
@@ -50,11 +63,17 @@ def response_head(
     keep_alive: bool,
     chunked: bool,
     upgrade: bytes | None = None,
+    content_length: int | None = None,
 ) -> bytes:
-    """The response head for the client, with our own framing and connection headers."""
+    """The response head for the client, with our own framing and connection headers:
+    `Transfer-Encoding: chunked` if `chunked`, else `Content-Length: content_length` unless
+    that is None. The origin's Content-Length lines are never copied (security fix, issue 19:
+    the framing written is that of the body relayed)."""
     parts = [_status_line(head.status, head.reason)]
     via_seen = False
     for lname, name, value in headers:
+        if lname == b"content-length":
+            continue
         if lname == b"via":
             value = value + b", " + VIA_VALUE
             via_seen = True
@@ -63,6 +82,8 @@ def response_head(
         parts.append(b"Via: " + VIA_VALUE + b"\r\n")
     if chunked:
         parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif content_length is not None:
+        parts.append(b"Content-Length: %d\r\n" % content_length)
     if upgrade is not None:
         parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n\r\n")
     elif not keep_alive:

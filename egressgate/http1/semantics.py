@@ -197,11 +197,23 @@ def connection_tokens(headers: list[Header]) -> frozenset[bytes]:
     return tokens
 
 
+# Security fix (issue 19): `Connection: Content-Length` made the proxy drop the request's
+# Content-Length and forward its body unframed (request smuggling, cross-client response
+# poisoning through the shared upstream pool). The message's framing and its Host are never
+# hop-by-hop, whatever Connection names; render.py writes the framing of what is forwarded.
+NEVER_HOP_BY_HOP = frozenset({b"content-length", b"host", b"transfer-encoding"})
+
+
 def end_to_end(headers: list[Header], extra_hop: frozenset[bytes] | set[bytes]) -> list[Header]:
-    """The headers without hop-by-hop ones (fixed list + those named in Connection)."""
+    """The headers without hop-by-hop ones (fixed list + those named in Connection, except
+    the framing headers and Host: see NEVER_HOP_BY_HOP)."""
     if not extra_hop:
         return [h for h in headers if h[0] not in HOP_BY_HOP]
-    return [h for h in headers if h[0] not in HOP_BY_HOP and h[0] not in extra_hop]
+    return [
+        h
+        for h in headers
+        if h[0] not in HOP_BY_HOP and (h[0] not in extra_hop or h[0] in NEVER_HOP_BY_HOP)
+    ]
 
 
 def wants_upgrade(head: RequestHead, tokens: frozenset[bytes]) -> bytes | None:

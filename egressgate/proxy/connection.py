@@ -58,6 +58,7 @@ class ClientConnection(asyncio.Protocol):
         "exchange",
         "first_bytes",
         "identity",
+        "idle",
         "output",
         "parser",
         "peer_port",
@@ -96,6 +97,9 @@ class ClientConnection(asyncio.Protocol):
         self.identity: ClientIdentity | None = None
         self.address: IPAddress | None = None
         self.upgraded = False  # the parser is done: later bytes belong to a tunnel
+        # Idle between requests on a kept-alive connection (the keep-alive timer runs); the
+        # first byte of the next head switches to the header timer.
+        self.idle = False
 
     # ---- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -140,6 +144,11 @@ class ClientConnection(asyncio.Protocol):
             if self.exchange is not None:
                 self.exchange.tunnel_start(data)  # raw bytes of the tunnel or new protocol
             return
+        if self.idle:
+            # Fix (issue 19): a kept-alive connection whose next head trickled in was bounded
+            # by keepalive_timeout_s (60 s), not header_timeout_s (slowloris on keep-alive).
+            self.idle = False
+            self._arm_timer(self.ctx.limits.header_timeout_s)
         try:
             events = self.parser.feed(data)
         except ProtocolError as exc:
@@ -157,8 +166,8 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return None
         if self.exchange is not None and self.request_open:
-            self.exchange.client_eof()
-        return True
+            self.exchange.client_eof()  # a plain-HTTP body can never complete: aborts both
+        return None if self.state is ConnState.CLOSED else True
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -204,6 +213,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _start_request(self, head: RequestHead) -> None:
         self._cancel_timer()
+        self.idle = False
         self.state = ConnState.BUSY
         self.request_open = True
         exchange: Exchange
@@ -224,7 +234,11 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return
         self.state = ConnState.HEAD
-        self._arm_timer(self.ctx.limits.keepalive_timeout_s)
+        if self.parser_mid_head():
+            self._arm_timer(self.ctx.limits.header_timeout_s)  # the next head has begun
+        else:
+            self.idle = True
+            self._arm_timer(self.ctx.limits.keepalive_timeout_s)
         if self._queue:
             queued, self._queue = self._queue, deque()
             self._dispatch(queued)

@@ -20,11 +20,13 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
+from egressgate.config.model import Limits
 from egressgate.errors import ProtocolError, ProxyFailure, Reason, Refused, UpstreamError
 from egressgate.http1 import render
 from egressgate.http1.events import END, Event, RequestHead, ResponseHead, TunnelStart
 from egressgate.http1.parser import ResponseParser
 from egressgate.http1.semantics import (
+    NO_BODY,
     connection_tokens,
     end_to_end,
     parse_proxy_target,
@@ -54,12 +56,24 @@ HEALTH_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Lengt
 class UpstreamConnection(asyncio.Protocol):
     """An HTTP/1.1 connection to one vetted address; serves one exchange at a time."""
 
-    __slots__ = ("exchange", "idle_since", "key", "output", "parser", "pool", "transport")
+    __slots__ = (
+        "exchange",
+        "idle_since",
+        "key",
+        "max_head_bytes",
+        "max_headers",
+        "output",
+        "parser",
+        "pool",
+        "transport",
+    )
 
-    def __init__(self, pool: UpstreamPool, key: PoolKey, output: Output) -> None:
+    def __init__(self, pool: UpstreamPool, key: PoolKey, output: Output, limits: Limits) -> None:
         self.pool = pool
         self.key = key
-        self.parser = ResponseParser()
+        self.max_head_bytes = limits.max_response_header_bytes
+        self.max_headers = limits.max_response_headers
+        self.parser = ResponseParser(self.max_head_bytes, self.max_headers)
         self.transport: asyncio.Transport | None = None
         self.output = output  # every byte for the origin goes through it (net/outbox.py)
         self.exchange: HttpExchange | None = None
@@ -68,6 +82,10 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; same interface.
         self.transport = self.output.transport = cast(asyncio.Transport, transport)
+
+    def fresh_parser(self) -> None:
+        """A new parser for the next response on this connection (after a HEAD answer)."""
+        self.parser = ResponseParser(self.max_head_bytes, self.max_headers)
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
@@ -202,6 +220,9 @@ class HttpExchange:
             upgrade=self.upgrade,
             chunked=framing.chunked,
             forwarded_for=forwarded,
+            # The framing of the body forwarded, always written by us (issue 19): a length
+            # only if the client sent one (NO_BODY: it sent neither length nor chunked).
+            content_length=None if framing is NO_BODY else framing.content_length,
         )
         self._early_body.append(request)
         found = gate.known_addresses(self.ctx, destination)
@@ -236,7 +257,8 @@ class HttpExchange:
                 output = Output(self.ctx.outbox)
                 try:
                     _, upstream = await loop.create_connection(
-                        lambda: UpstreamConnection(self.ctx.pool, key, output), sock=sock
+                        lambda: UpstreamConnection(self.ctx.pool, key, output, self.ctx.limits),
+                        sock=sock,
                     )
                 except OSError as exc:
                     sock.close()
@@ -299,7 +321,16 @@ class HttpExchange:
             self._arm_response_timer()
 
     def client_eof(self) -> None:
-        """The client half-closed with its request incomplete: nothing more will come."""
+        """The client half-closed with its request incomplete: nothing more will come.
+
+        Security fix (issue 19): this was ignored, so the client socket sat in CLOSE-WAIT, the
+        upstream connection stayed pinned with a half-sent body until the origin gave up, and
+        no record was written. The request can never complete: abort both sides and log 499.
+        """
+        self.record.detail = (
+            f"client left mid-body after {self.record.bytes_up} request body bytes relayed"
+        )
+        self.conn.force_close()  # → client_lost(): aborts the upstream, writes the record
 
     def client_lost(self) -> None:
         if self.done:
@@ -398,13 +429,21 @@ class HttpExchange:
         self.chunk_response = chunked
         self.keep_alive = keep_alive
         self._to_client(
-            render.response_head(head, headers, keep_alive=self.keep_alive, chunked=chunked)
+            render.response_head(
+                head,
+                headers,
+                keep_alive=self.keep_alive,
+                chunked=chunked,
+                # The origin's length, written by us: for a body relayed as it came, and for
+                # HEAD / 304 answers, where it describes the representation (RFC 9110 §8.6).
+                content_length=None if chunked else head.content_length,
+            )
         )
         if no_body:
             if self.is_head and self.upstream is not None:
                 # httptools cannot be told the response answers a HEAD; a fresh parser for
                 # the next response on this connection.
-                self.upstream.parser = ResponseParser()
+                self.upstream.fresh_parser()
             self._response_end(upstream_reusable=head.keep_alive)
 
     def _response_end(self, upstream_reusable: bool | None = None) -> None:
@@ -516,6 +555,13 @@ class HttpExchange:
             self.conn.refuse(error, self.record, self.record.host)
             return
         # The head is already on its way to the client: all we can do is cut the connection.
-        self.record.detail = error.detail
+        # Fix (issue 19): this was logged as allow / allowed; the decision stays allow (the
+        # request was allowed and relayed), the reason says how it ended.
+        record = self.record
+        record.reason = error.reason.value
+        record.detail = (
+            f"{error.detail} after {record.bytes_down} response body bytes relayed"
+            " (client connection cut)"
+        )
         self._finish()
         self.conn.force_close()

@@ -961,7 +961,9 @@ def check_bypass(host: str, port: int, timeout_s: float) -> Check:
         first = through[0]
         detail = (
             f"direct TCP connection to {first.address}{_named(host, first.address)} succeeded in "
-            f"{first.elapsed_ms:.0f} ms: egress is not restricted: the app can go around the proxy"
+            # The same rounding as the report's attempts, so text and JSON agree.
+            f"{round(first.elapsed_ms, 1):.0f} ms: egress is not restricted: the app can go around "
+            "the proxy"
         )
         return Check("bypass", title, Status.FAIL, detail, target, data)
     parts = [

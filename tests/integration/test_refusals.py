@@ -242,7 +242,8 @@ def test_allowed_name_resolving_to_an_internal_network_address_is_refused(
     assert address.encode() in tunnel.body
     records = isolated.proxy.wait_for_records(2, predicate=lambda r: r["host"] == name)
     assert {r["reason"] for r in records} == {"private-address"}
-    assert all(r["address"] is None for r in records)  # no connection was attempted
+    # No connection was attempted; the record names the refused address (issue 12).
+    assert {r["address"] for r in records} == {address}
 
 
 def test_isolated_namespace_turns_an_internal_address_into_502_upstream_unreachable(

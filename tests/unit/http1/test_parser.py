@@ -22,8 +22,18 @@ LINE_LIMIT = 8192
 HEAD_LIMIT = 32768
 
 
+RESPONSE_HEAD_LIMIT = 65536
+RESPONSE_HEADERS_LIMIT = 256
+
+
 def request_parser(line: int = LINE_LIMIT, head: int = HEAD_LIMIT) -> RequestParser:
     return RequestParser(line, head)
+
+
+def response_parser(
+    head: int = RESPONSE_HEAD_LIMIT, count: int = RESPONSE_HEADERS_LIMIT
+) -> ResponseParser:
+    return ResponseParser(head, count)
 
 
 def coalesce(events: Iterable[Event]) -> list[Event]:
@@ -345,7 +355,7 @@ def test_arbitrary_bytes_give_events_or_protocol_error(data: bytes) -> None:
 
 
 def test_response_with_content_length() -> None:
-    events = feed_pieces(ResponseParser(), [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"])
+    events = feed_pieces(response_parser(), [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"])
     assert events == [
         ResponseHead(
             200, b"OK", "1.1", [(b"content-length", b"Content-Length", b"5")], True, False, 5
@@ -370,7 +380,7 @@ def test_response_is_chunked_only_when_the_final_coding_is_chunked(
     coding: bytes, chunked: bool
 ) -> None:
     data = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding + b"\r\n\r\n"
-    head = ResponseParser().feed(data)[0]
+    head = response_parser().feed(data)[0]
     assert isinstance(head, ResponseHead)
     assert head.chunked is chunked
     assert head.content_length is None
@@ -378,11 +388,11 @@ def test_response_is_chunked_only_when_the_final_coding_is_chunked(
 
 def test_chunked_response_body_is_decoded() -> None:
     data = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-    assert feed_pieces(ResponseParser(), [data])[1:] == [b"hello", END]
+    assert feed_pieces(response_parser(), [data])[1:] == [b"hello", END]
 
 
 def test_close_delimited_response_has_no_end_until_the_close() -> None:
-    events = feed_pieces(ResponseParser(), [b"HTTP/1.0 200 OK\r\n\r\nuntil close"])
+    events = feed_pieces(response_parser(), [b"HTTP/1.0 200 OK\r\n\r\nuntil close"])
     head = events[0]
     assert isinstance(head, ResponseHead)
     assert (head.keep_alive, head.chunked, head.content_length) == (False, False, None)
@@ -391,14 +401,14 @@ def test_close_delimited_response_has_no_end_until_the_close() -> None:
 
 def test_switching_protocols_response_ends_with_tunnel_start() -> None:
     data = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-    events = ResponseParser().feed(data + b"\x81\x00")
+    events = response_parser().feed(data + b"\x81\x00")
     assert events[-1] == TunnelStart(b"\x81\x00")
 
 
 def test_response_split_at_every_byte_gives_the_same_events() -> None:
     data = b"HTTP/1.1 200 Fine\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
-    whole = feed_pieces(ResponseParser(), [data])
-    assert feed_pieces(ResponseParser(), [data[i : i + 1] for i in range(len(data))]) == whole
+    whole = feed_pieces(response_parser(), [data])
+    assert feed_pieces(response_parser(), [data[i : i + 1] for i in range(len(data))]) == whole
 
 
 @pytest.mark.parametrize(
@@ -411,5 +421,80 @@ def test_response_split_at_every_byte_gives_the_same_events() -> None:
 )
 def test_invalid_response_is_upstream_bad_response(data: bytes) -> None:
     with pytest.raises(ProtocolError) as caught:
-        ResponseParser().feed(data)
+        response_parser().feed(data)
     assert caught.value.reason is Reason.UPSTREAM_BAD_RESPONSE
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 19: trailers are never merged into a head; the response head is bounded
+# ---------------------------------------------------------------------------------------------
+
+CHUNKED_POST_WITH_TRAILERS = (
+    b"POST http://a.test/ HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\nHost: evil.test\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("step", [None, 1, 7])
+def test_request_trailers_are_not_merged_into_the_head(step: int | None) -> None:
+    data = CHUNKED_POST_WITH_TRAILERS
+    pieces = [data] if step is None else [data[i : i + step] for i in range(0, len(data), step)]
+    events = feed_pieces(request_parser(), pieces)
+    head = events[0]
+    assert isinstance(head, RequestHead)
+    assert [h[0] for h in head.headers] == [b"host", b"transfer-encoding"]
+    assert events[1:] == [b"hello", END]
+
+
+def test_request_trailers_count_against_the_head_limit() -> None:
+    trailer = b"X-T: " + b"a" * 300 + b"\r\n"
+    data = CHUNKED_POST_WITH_TRAILERS[:-2] + trailer * 10 + b"\r\n"
+    assert refusal(data, head=1024) is Reason.HEADERS_TOO_LARGE
+
+
+def test_response_trailers_are_not_merged_into_the_head() -> None:
+    data = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nContent-Type: evil\r\nX-T: 1\r\n\r\n"
+    )
+    events = response_parser().feed(data)
+    head = events[0]
+    assert isinstance(head, ResponseHead)
+    assert [h[0] for h in head.headers] == [b"transfer-encoding"]
+    assert events[1:] == [b"abc", END]
+
+
+def _too_large(parser: ResponseParser, pieces: Iterable[bytes]) -> ProtocolError:
+    with pytest.raises(ProtocolError) as caught:
+        feed_pieces(parser, pieces)
+    assert caught.value.reason is Reason.UPSTREAM_BAD_RESPONSE
+    return caught.value
+
+
+@pytest.mark.parametrize("step", [None, 1, 100, 4096])
+def test_response_head_over_the_byte_limit_is_refused(step: int | None) -> None:
+    data = b"HTTP/1.1 200 OK\r\n" + (b"X-Filler: " + b"f" * 90 + b"\r\n") * 20 + b"\r\n"
+    pieces = [data] if step is None else [data[i : i + step] for i in range(0, len(data), step)]
+    error = _too_large(response_parser(head=1024), pieces)
+    assert "1024 bytes" in error.detail
+
+
+def test_one_endless_response_header_line_is_refused() -> None:
+    parser = response_parser(head=4096)
+    parser.feed(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+    _too_large(parser, [b"x" * 1000] * 5)
+
+
+def test_response_with_too_many_header_fields_is_refused() -> None:
+    data = b"HTTP/1.1 200 OK\r\n" + b"A: 1\r\n" * 11 + b"\r\n"
+    error = _too_large(response_parser(count=10), [data])
+    assert "more than 10 header fields" in error.detail
+    ok = b"HTTP/1.1 200 OK\r\n" + b"A: 1\r\n" * 9 + b"Content-Length: 0\r\n\r\n"
+    assert feed_pieces(response_parser(count=10), [ok])[-1] is END
+
+
+def test_response_limits_apply_to_each_response_on_a_connection() -> None:
+    one = b"HTTP/1.1 200 OK\r\n" + b"A: 1\r\n" * 5 + b"Content-Length: 2\r\n\r\nok"
+    parser = response_parser(head=200, count=8)
+    for _ in range(50):  # the counts restart with every response
+        assert parser.feed(one)[-1] is END

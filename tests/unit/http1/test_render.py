@@ -141,3 +141,42 @@ def test_fixed_messages() -> None:
     assert LAST_CHUNK == b"0\r\n\r\n"
     assert CONNECT_ESTABLISHED.startswith(b"HTTP/1.1 200 ")
     assert CONNECT_ESTABLISHED.endswith(b"\r\n\r\n")
+
+
+# ---- issue 19: the proxy writes the framing of what it forwards, never the sender's lines
+
+
+def test_request_head_writes_its_own_content_length() -> None:
+    sent = headers((b"Content-Length", b"999"), (b"Accept", b"*/*"))
+    rendered = lines(
+        request_head(
+            b"POST",
+            b"/",
+            b"a.test",
+            sent,
+            upgrade=None,
+            chunked=False,
+            forwarded_for=None,
+            content_length=52,
+        )
+    )
+    assert [line for line in rendered if line.lower().startswith(b"content-length")] == [
+        b"Content-Length: 52"
+    ]
+
+
+def test_request_head_without_a_body_has_no_length_and_chunked_has_no_length() -> None:
+    sent = headers((b"Content-Length", b"5"))
+    assert not any(b"Content-Length" in line for line in render_request(sent))
+    chunked = render_request(sent, chunked=True)
+    assert not any(b"Content-Length" in line for line in chunked)
+    assert b"Transfer-Encoding: chunked" in chunked
+
+
+def test_response_head_writes_its_own_content_length() -> None:
+    head = _response((b"Connection", b"Content-Length"), (b"Content-Length", b"7"))
+    kept = [h for h in head.headers if h[0] != b"connection"]
+    rendered = lines(response_head(head, kept, keep_alive=True, chunked=False, content_length=7))
+    assert rendered[1:] == [b"Via: " + VIA_VALUE, b"Content-Length: 7"]
+    rechunked = lines(response_head(head, kept, keep_alive=True, chunked=True))
+    assert rechunked[1:] == [b"Via: " + VIA_VALUE, b"Transfer-Encoding: chunked"]

@@ -7,6 +7,8 @@ own, but its defaults are not our rules, so each rule has its own test here.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from egressgate.errors import ProtocolError, Reason
 from egressgate.http1.events import Header, RequestHead
@@ -298,3 +300,33 @@ def test_wants_upgrade_needs_the_upgrade_connection_token() -> None:
 def test_expects_continue(value: bytes, expected: bool) -> None:
     assert expects_continue(head((b"Expect", value))) is expected
     assert expects_continue(head()) is False
+
+
+@pytest.mark.parametrize(
+    "named",
+    [b"Content-Length", b"content-length, keep-alive", b"Host", b"Transfer-Encoding"],
+)
+def test_connection_cannot_remove_framing_or_host(named: bytes) -> None:
+    # Issue 19: `Connection: Content-Length` removed the length of a forwarded body, so the
+    # body was read by the origin as a second request (smuggling). Framing and Host stay.
+    sent = headers(
+        (b"Host", b"a"),
+        (b"Connection", named),
+        (b"Content-Length", b"52"),
+        (b"X-Kept", b"1"),
+    )
+    kept = end_to_end(sent, connection_tokens(sent))
+    assert kept == headers((b"Host", b"a"), (b"Content-Length", b"52"), (b"X-Kept", b"1"))
+
+
+@given(st.lists(st.sampled_from([b"content-length", b"host", b"x-a", b"keep-alive"]), max_size=4))
+def test_framing_and_host_survive_any_connection_tokens(tokens: list[bytes]) -> None:
+    sent = headers(
+        (b"Host", b"a"),
+        (b"Content-Length", b"3"),
+        (b"Connection", b", ".join(tokens) or b"close"),
+        (b"X-A", b"1"),
+    )
+    kept = [h[0] for h in end_to_end(sent, connection_tokens(sent))]
+    assert kept[:2] == [b"host", b"content-length"]
+    assert (b"x-a" in kept) is (b"x-a" not in tokens)
