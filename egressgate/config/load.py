@@ -429,8 +429,9 @@ class _ConfigBuilder:
         if value == "-":
             return value
         path = self._path(value)
-        if not os.path.isdir(os.path.dirname(path) or "."):
-            raise _Invalid(node, f"directory of access_log does not exist: {path}")
+        problem = _unwritable(path)
+        if problem is not None:
+            raise _Invalid(node, f"access_log {path}: {problem}")
         return path
 
     def _limits(self, node: yaml.Node) -> Limits:
@@ -593,6 +594,27 @@ class _ConfigBuilder:
 
 
 _NULL = object()
+
+
+def _unwritable(path: str) -> str | None:
+    """Why the proxy could not open `path` to append to it, or None if it can (issue 19,
+    item 3: a reload to an unopenable access_log was accepted). Checked without creating
+    anything; the proxy still opens the new log before it lets go of the old one."""
+    path = os.path.realpath(path)  # open() follows symlinks, and creates a dangling one's target
+    parent = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        return "is a directory (give a file name)"
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            return "not writable"
+        return None
+    if not os.path.exists(parent):
+        return f"directory does not exist: {parent}"
+    if not os.path.isdir(parent):
+        return f"not a directory: {parent}"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create the file: directory {parent} is not writable"
+    return None
 
 
 def _nameserver(text: str) -> str:

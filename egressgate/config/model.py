@@ -168,6 +168,11 @@ class Limits:
     upstream_idle_s: float = 30.0
     drain_timeout_s: float = 25.0
     shutdown_delay_s: float = 0.0  # keep accepting this long after SIGTERM (endpoint removal)
+    # Access-log bytes that may wait for the writer thread (a slow disk, a stdout reader that
+    # stopped reading); beyond, whole batches are dropped and counted, traffic never waits.
+    access_log_buffer_bytes: int = 4 * 1024 * 1024
+    # How long the exit waits for the access-log writer to write what is queued.
+    access_log_flush_timeout_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)

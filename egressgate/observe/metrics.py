@@ -37,6 +37,8 @@ RELOADS = f"{PREFIX}_reloads"
 CONFIG_GENERATION = f"{PREFIX}_config_generation"
 CONFIG_INFO = f"{PREFIX}_config_info"
 ACCESS_LOG_ERRORS = f"{PREFIX}_access_log_errors"
+LOG_DROPPED = f"{PREFIX}_log_dropped"
+RELOAD_WATCHER_ERRORS = f"{PREFIX}_reload_watcher_errors"
 CONNECTIONS_REJECTED = f"{PREFIX}_connections_rejected"
 WORKERS = f"{PREFIX}_workers"
 BUILD_INFO = f"{PREFIX}_build_info"
@@ -56,6 +58,8 @@ class Metrics:
         self.dns_counts: dict[str, list[int]] = {}
         self.dns_sums: dict[str, float] = {}
         self.access_log_errors = 0
+        self.log_dropped = 0  # access records dropped: the log writer was too far behind
+        self.reload_watcher_errors = 0  # unexpected exceptions in the config-file watcher
         self.connections_rejected = 0
         self.active_connections = 0
         self.active_tunnels = 0
@@ -97,6 +101,8 @@ class Metrics:
             "dns_counts": {result: list(counts) for result, counts in self.dns_counts.items()},
             "dns_sums": dict(self.dns_sums),
             "access_log_errors": self.access_log_errors,
+            "log_dropped": self.log_dropped,
+            "reload_watcher_errors": self.reload_watcher_errors,
             "connections_rejected": self.connections_rejected,
             "active_connections": self.active_connections,
             "active_tunnels": self.active_tunnels,
@@ -121,11 +127,13 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
             total["dns_counts"][result] = [a + b for a, b in zip(mine, counts, strict=True)]
         for name in (
             "access_log_errors",
+            "log_dropped",
+            "reload_watcher_errors",
             "connections_rejected",
             "active_connections",
             "active_tunnels",
         ):
-            total[name] += snap[name]
+            total[name] += snap.get(name, 0)
         if snap["config_generation"] >= total["config_generation"]:
             for name in ("config_generation", "config_hash", "config_source"):
                 total[name] = snap[name]
@@ -201,6 +209,17 @@ def _families(snap: dict[str, Any]) -> Iterator[Metric]:
         ACCESS_LOG_ERRORS,
         "Access-log batches that could not be written",
         value=snap["access_log_errors"],
+    )
+    yield CounterMetricFamily(
+        LOG_DROPPED,
+        "Access-log records dropped because the log writer was too far behind "
+        "(limits.access_log_buffer_bytes)",
+        value=snap["log_dropped"],
+    )
+    yield CounterMetricFamily(
+        RELOAD_WATCHER_ERRORS,
+        "Unexpected errors in the config-file watcher (it keeps polling)",
+        value=snap["reload_watcher_errors"],
     )
     yield CounterMetricFamily(
         CONNECTIONS_REJECTED,

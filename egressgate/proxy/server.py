@@ -19,12 +19,13 @@ import os
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from egressgate.config.model import Config, ListenAddress
-from egressgate.errors import ConfigError
+from egressgate.errors import ConfigError, ConfigIssue, StartupError
 from egressgate.net.listen import bind, bound_address
 from egressgate.net.outbox import Outbox
 from egressgate.net.reactor import Reactor
@@ -97,7 +98,12 @@ class ProxyServer:
     async def start(self) -> None:
         config = self.state.current.config
         self._stopped = asyncio.Event()
-        access_log = AccessLog(config.access_log, on_error=self._access_log_error)
+        try:
+            access_log = self._open_access_log(config)
+        except OSError as exc:
+            raise StartupError(
+                f"access_log {config.access_log}: cannot open for writing: {exc.strerror or exc}"
+            ) from exc
         resolver = Resolver(
             config.nameservers,
             config.hosts_file,
@@ -128,7 +134,13 @@ class ProxyServer:
         self._install_signals()
         if self.config_path is not None:
             self._reloader = Reloader(
-                self.state, self.config_path, self._reloaded, self._reload_failed
+                self.state,
+                self.config_path,
+                self._reloaded,
+                self._reload_failed,
+                prepare=self._prepare_reload,
+                on_watcher_error=self._watcher_error,
+                report=emit,
             )
             self._reloader.start_watching()
         freeze_long_lived()  # start-up objects: out of the collector's way (runtime/memory.py)
@@ -194,6 +206,8 @@ class ProxyServer:
     def _status(self) -> dict[str, object]:
         gen = self.state.current
         return {
+            "reason": self.state.not_ready_reason(),
+            "config_watcher": self.state.watcher_problem() or "ok",
             "generation": gen.number,
             "sha256": gen.sha256,
             "draining": self.state.draining,
@@ -227,6 +241,79 @@ class ProxyServer:
         emit("reload-requested", trigger=trigger)
         return self._reloader.reload(trigger)
 
+    # ---- access log
+    def _open_access_log(self, config: Config) -> AccessLog:
+        """A new AccessLog for `config`; raises OSError if its target cannot be opened."""
+        loop = asyncio.get_running_loop()
+
+        def on_error() -> None:  # called from the log's writer thread
+            try:
+                loop.call_soon_threadsafe(self._access_log_error)
+            except RuntimeError:  # the loop is closed: the process is exiting
+                pass
+
+        return AccessLog(
+            config.access_log,
+            on_error,
+            max_pending_bytes=config.limits.access_log_buffer_bytes,
+            on_drop=self._access_log_dropped,
+            on_backlog=self._access_log_backlog,
+        )
+
+    def _access_log_dropped(self, records: int) -> None:
+        self.metrics.log_dropped += records
+
+    def _access_log_backlog(self, dropping: bool, records: int) -> None:
+        if dropping:
+            emit(
+                "access-log-dropping",
+                level="warning",
+                why="the access-log writer is limits.access_log_buffer_bytes behind "
+                "(a stalled stdout reader or a slow disk); records are dropped and counted "
+                "in egressgate_log_dropped_total, traffic is not held up",
+            )
+        else:
+            emit("access-log-recovered", level="warning", dropped_records=records)
+
+    def _prepare_reload(self, old: Generation, new: Generation) -> Callable[[], None]:
+        """Open what the new generation needs before anything is replaced (issue 19, item 3:
+        the old log used to be closed first, and records went to its reused descriptor)."""
+        ctx = self.ctx
+        assert ctx is not None
+        target = new.config.access_log
+        if target == old.config.access_log:
+            return lambda: None
+        try:
+            new_log = self._open_access_log(new.config)
+        except OSError as exc:
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        new.config.source,
+                        None,
+                        None,
+                        f"access_log {target}: cannot open for writing: "
+                        f"{exc.strerror or exc}; the old access log and policy stay in use",
+                    )
+                ]
+            ) from exc
+
+        def install() -> None:
+            previous, ctx.access_log = ctx.access_log, new_log
+            previous.close(timeout_s=None)  # its writer finishes, then closes its descriptor
+            emit(
+                "access-log-switched",
+                level="warning",
+                old=previous.target,
+                new=new_log.target,
+                generation=new.number,
+            )
+
+        return install
+
+    def _watcher_error(self) -> None:
+        self.metrics.reload_watcher_errors += 1
+
     def _reloaded(self, old: Generation, new: Generation, restart_needed: list[str]) -> None:
         self.metrics.reloads["success"] += 1
         self._note_generation(new)
@@ -248,9 +335,8 @@ class ProxyServer:
             )
             # Lookups in flight on the old resolver finish within its timeout.
             asyncio.get_running_loop().call_later(old_cfg.limits.dns_timeout_s + 1, previous.close)
-        if old_cfg.access_log != new_cfg.access_log:
-            ctx.access_log.close()
-            ctx.access_log = AccessLog(new_cfg.access_log, on_error=self._access_log_error)
+        ctx.access_log.max_pending_bytes = new_cfg.limits.access_log_buffer_bytes
+        _warn_emptied_allowlists(old, new)
         ctx.limits = new_cfg.limits
         ctx.pool.idle_s = new_cfg.limits.upstream_idle_s
         emit(
@@ -276,7 +362,16 @@ class ProxyServer:
 
     def _reopen_logs(self) -> None:
         if self.ctx is not None:
-            self.ctx.access_log.reopen()
+            try:
+                self.ctx.access_log.reopen()
+            except OSError as exc:
+                emit(
+                    "access-log-reopen-failed",
+                    level="error",
+                    file=self.ctx.access_log.target,
+                    reason=exc.strerror or str(exc),
+                    note="still writing to the file open before",
+                )
 
     def _access_log_error(self) -> None:
         self.metrics.access_log_errors += 1
@@ -326,7 +421,14 @@ class ProxyServer:
         ctx.pool.close_all()
         if self._admin is not None:
             self._admin.close()
-        ctx.access_log.close()
+        if not ctx.access_log.close(timeout_s=limits.access_log_flush_timeout_s):
+            emit(
+                "access-log-unflushed",
+                level="warning",
+                pending_bytes=ctx.access_log.pending_bytes,
+                why="the access-log writer did not finish within "
+                "limits.access_log_flush_timeout_s (a stalled reader?); exiting without it",
+            )
         ctx.resolver.close()
         ctx.reactor.close()
         emit("stopped", forced_closed=left)
@@ -335,6 +437,22 @@ class ProxyServer:
     async def wait_stopped(self) -> None:
         assert self._stopped is not None
         await self._stopped.wait()
+
+
+def _warn_emptied_allowlists(old: Generation, new: Generation) -> None:
+    """Loudly, when a reload leaves a policy that allowed something with nothing allowed
+    (an editor's truncated save refused 10,182 requests in seconds, reported at level info)."""
+    before = {p.name: len(p.allow) for p in old.config.policies}
+    emptied = [p.name for p in new.config.policies if not p.allow and before.get(p.name)]
+    if emptied:
+        emit(
+            "allowlist-emptied",
+            level="warning",
+            generation=new.number,
+            policies=emptied,
+            previous_entries={name: before[name] for name in emptied},
+            note="these policies now refuse every destination",
+        )
 
 
 class _TlsClientConnection(ClientConnection):

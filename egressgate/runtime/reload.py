@@ -6,6 +6,18 @@ compares inode, size and mtime, then the content hash. That catches an edit in p
 over the file, and the symlink swap by which Kubernetes updates a mounted ConfigMap
 (`..data` → a new timestamped directory), with no inotify edge cases.
 
+Integrity (issue 19, item 9), fail closed:
+- a changed file is applied only once it is stable: the same stat and content hash on two
+  consecutive polls, so an editor's non-atomic save (truncate, then write) is not applied
+  half-written (SIGHUP is an explicit request and applies the file as it is);
+- an empty file (nothing but blanks and comments) is refused on reload: at start it means the
+  built-in defaults, mid-flight it is almost always a truncated write;
+- a reload is atomic: the new generation and everything the process must open for it
+  (`prepare`, e.g. a new access log) are ready before anything is replaced; any failure, of
+  any exception type, keeps the old generation and is reported as `reload-failed`;
+- the watcher survives any exception (reported once with its traceback, counted, retried on
+  the next poll) and reports its health to `State` for /readyz.
+
 Settings that only take effect at start (listeners, workers) are reported as needing a restart;
 everything else applies to new requests at once. Requests in flight keep their Generation. The
 comparison is with what the process is running on (the config it started with), not with the
@@ -18,7 +30,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import traceback
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from egressgate.config.load import load_config_text
 from egressgate.config.model import Config
@@ -26,7 +40,24 @@ from egressgate.errors import ConfigError, ConfigIssue
 from egressgate.runtime.state import Generation, State, compile_generation
 
 POLL_INTERVAL_S = 1.0
+# The watcher counts as dead (readiness fails) when its last poll is older than this.
+WATCHER_STALL_S = 5 * POLL_INTERVAL_S
 RESTART_ONLY = ("listen", "admin_listen", "tls_listen", "workers")
+
+# prepare(old, new) opens what the new generation needs and returns the step that installs it
+# (which must not fail); it raises ConfigError (or anything) to refuse the reload.
+Prepare = Callable[[Generation, Generation], Callable[[], None]]
+Fingerprint = tuple[int, int, int]
+
+
+class Report(Protocol):
+    """Where process events go (observe.events.emit; runtime may not import observe)."""
+
+    def __call__(self, event: str, *, level: str = "info", **fields: Any) -> None: ...
+
+
+def _silent(event: str, *, level: str = "info", **fields: Any) -> None:
+    """The default Report: nothing."""
 
 
 def _start_only(config: Config) -> dict[str, object]:
@@ -44,11 +75,36 @@ def read_config(path: str) -> str:
         raise ConfigError([ConfigIssue(path, None, None, "not UTF-8 text")]) from exc
 
 
-def load_generation(path: str, number: int) -> Generation:
-    """Read, validate and compile the config at `path`; raises ConfigError."""
+def is_empty_config(text: str) -> bool:
+    """Nothing but blank lines and comments (YAML: no document at all)."""
+    return all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines())
+
+
+def load_generation(path: str, number: int, *, reloading: bool = False) -> Generation:
+    """Read, validate and compile the config at `path`; raises ConfigError.
+
+    With `reloading`, an empty file is refused rather than read as the built-in defaults."""
     text = read_config(path)
+    if reloading and is_empty_config(text):
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    path,
+                    None,
+                    None,
+                    "the file is empty: refused on reload (a truncated write?); "
+                    "the running policy stays; restart to run on the built-in defaults",
+                )
+            ]
+        )
     config = load_config_text(text, path, base_dir=os.path.dirname(os.path.abspath(path)))
     return compile_generation(config, text, number)
+
+
+def _unexpected(path: str, exc: BaseException) -> ConfigError:
+    return ConfigError(
+        [ConfigIssue(path, None, None, f"unexpected error: {type(exc).__name__}: {exc}")]
+    )
 
 
 class Reloader:
@@ -60,60 +116,129 @@ class Reloader:
         path: str,
         on_success: Callable[[Generation, Generation, list[str]], None],
         on_failure: Callable[[ConfigError], None],
+        *,
+        prepare: Prepare | None = None,
+        on_watcher_error: Callable[[], None] | None = None,
+        report: Report = _silent,
     ) -> None:
         self._state = state
         self._path = path
         self._on_success = on_success
         self._on_failure = on_failure
+        self._prepare = prepare
+        self._on_watcher_error = on_watcher_error
+        self._report = report
         self._fingerprint = self._stat()
+        # A change seen on the last poll and not applied yet: (stat, sha256 of the bytes).
+        self._pending: tuple[Fingerprint, str | None] | None = None
+        self._last_error: str | None = None  # the watcher's last unexpected error, reported once
         self._task: asyncio.TimerHandle | None = None
         # Fix (issue 18): compared with the previous generation, a comment-only edit after a
         # `listen` change reported nothing pending, and changing it back reported a restart.
         self._running = _start_only(state.current.config)
         self.restart_needed: list[str] = []  # settings whose new value waits for a restart
 
-    def _stat(self) -> tuple[int, int, int] | None:
+    def _stat(self) -> Fingerprint | None:
         try:
             st = os.stat(self._path)
         except OSError:
             return None
         return st.st_ino, st.st_size, st.st_mtime_ns
 
+    def _digest(self) -> str | None:
+        try:
+            with open(self._path, "rb") as handle:
+                return hashlib.sha256(handle.read()).hexdigest()
+        except OSError:
+            return None
+
     def start_watching(self) -> None:
+        self._state.watch_started(WATCHER_STALL_S)
+        self._schedule()
+
+    def _schedule(self) -> None:
         self._task = asyncio.get_running_loop().call_later(POLL_INTERVAL_S, self._poll)
 
     def stop(self) -> None:
+        self._state.watch_stopped()
         if self._task is not None:
             self._task.cancel()
+            self._task = None
 
     def _poll(self) -> None:
+        """One poll; whatever happens, the next one is scheduled."""
+        try:
+            self._check_file()
+        except Exception as exc:  # the watcher must outlive any bug
+            self._watcher_failed(exc)
+        else:
+            if self._last_error is not None:
+                self._report(
+                    "reload-watcher-recovered", level="warning", previous_error=self._last_error
+                )
+                self._last_error = None
+            self._state.watch_polled(None)
+        finally:
+            self._schedule()
+
+    def _watcher_failed(self, exc: Exception) -> None:
+        text = f"{type(exc).__name__}: {exc}"
+        if self._on_watcher_error is not None:
+            self._on_watcher_error()
+        self._state.watch_polled(text)
+        if text != self._last_error:  # the traceback once per distinct error, not every second
+            self._last_error = text
+            self._report(
+                "reload-watcher-error",
+                level="error",
+                error=text,
+                traceback=traceback.format_exc(),
+                note="the watcher keeps polling; /readyz is not ready until a poll succeeds",
+            )
+
+    def _check_file(self) -> None:
         fingerprint = self._stat()
-        if fingerprint is not None and fingerprint != self._fingerprint:
-            self._fingerprint = fingerprint
-            try:
-                text = read_config(self._path)
-            except ConfigError:
-                text = None
-            if (
-                text is None
-                or hashlib.sha256(text.encode()).hexdigest() != self._state.current.sha256
-            ):
-                self.reload("file-change")
-        self.start_watching()
+        if fingerprint is None or fingerprint == self._fingerprint:
+            self._pending = None
+            return
+        candidate = (fingerprint, self._digest())
+        if candidate != self._pending:
+            # Changed since the last poll: the writer may not be done. Apply only when the
+            # next poll finds the very same file (a non-atomic save is never applied half-way).
+            self._pending = candidate
+            return
+        self._pending = None
+        self._fingerprint = fingerprint
+        try:
+            text: str | None = read_config(self._path)
+        except ConfigError:
+            text = None
+        if text is None or hashlib.sha256(text.encode()).hexdigest() != self._state.current.sha256:
+            self.reload("file-change")
 
     def reload(self, trigger: str) -> bool:
-        """Load and swap; True if the new config is now in force."""
+        """Load, prepare and swap, all or nothing; True if the new config is now in force."""
         old = self._state.current
         self._fingerprint = self._stat()
+        self._pending = None
         try:
-            new = load_generation(self._path, old.number + 1)
+            new = load_generation(self._path, old.number + 1, reloading=True)
+            install = self._prepare(old, new) if self._prepare is not None else None
         except ConfigError as exc:
             self._on_failure(exc)
+            return False
+        except Exception as exc:  # fail closed: keep the old generation
+            self._report(
+                "reload-error", level="error", trigger=trigger, traceback=traceback.format_exc()
+            )
+            self._on_failure(_unexpected(self._path, exc))
             return False
         restart_needed = [
             name for name, value in _start_only(new.config).items() if value != self._running[name]
         ]
         self.restart_needed = restart_needed
         self._state.current = new
+        if install is not None:
+            install()
         self._on_success(old, new, restart_needed)
         return True

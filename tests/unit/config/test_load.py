@@ -7,6 +7,7 @@ reported in one ConfigError, sorted by position.
 
 from __future__ import annotations
 
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -407,6 +408,26 @@ def test_hosts_file_with_a_bad_line_names_the_hosts_line(files: Path) -> None:
 
 def test_access_log_in_a_missing_directory_is_refused() -> None:
     assert "does not exist" in only_issue("access_log: /nonexistent/dir/access.log\n")[2]
+
+
+def test_access_log_that_cannot_be_opened_for_appending_is_refused(tmp_path: Path) -> None:
+    """Issue 19, item 3: `check` (and a reload) accepted an access_log the proxy cannot open."""
+    (tmp_path / "a-dir").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    os.symlink(tmp_path / "gone" / "x.log", tmp_path / "dangling")
+    cases = {
+        "a-dir": "is a directory",
+        "a-file/access.log": "not a directory",
+        "nowhere/access.log": "directory does not exist",
+        "dangling": "directory does not exist",
+    }
+    for value, message in cases.items():
+        line, column, text = only_issue(f"access_log: {value}\n", tmp_path)
+        assert (line, column) == (1, 13)
+        assert text.startswith(f"access_log {tmp_path / value}: {message}"), text
+    # Creatable, and existing and writable, are fine.
+    assert load("access_log: new.log\n", tmp_path).access_log == str(tmp_path / "new.log")
+    assert load("access_log: a-file\n", tmp_path).access_log == str(tmp_path / "a-file")
 
 
 @pytest.mark.parametrize(

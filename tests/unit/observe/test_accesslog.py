@@ -7,8 +7,12 @@ itself produces (an IP address and enum values).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from egressgate.errors import Reason
-from egressgate.observe.accesslog import _Clock, format_record
+from egressgate.observe.accesslog import AccessLog, _Clock, format_record
 from egressgate.observe.record import FIELDS, AccessRecord
 
 FREE_TEXT = ("user", "policy", "method", "host", "address", "rule", "sni", "detail")
@@ -152,3 +156,125 @@ def test_clock_reused_across_seconds_stays_correct() -> None:
 def test_timestamp_format_is_always_rfc3339(start: float) -> None:
     text = _Clock().format(start)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", text)
+
+
+# ---------------------------------------------------------------------------------------------
+# AccessLog: the writer thread, its bound, and descriptor ownership (issue 19, items 3 and 10)
+# ---------------------------------------------------------------------------------------------
+
+
+def _drain_pipe(fd: int) -> bytes:
+    data = bytearray()
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return bytes(data)
+        if not chunk:
+            return bytes(data)
+        data += chunk
+
+
+def test_a_stalled_pipe_reader_drops_whole_batches_and_never_blocks(tmp_path: Path) -> None:
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    drops: list[int] = []
+    backlog: list[tuple[bool, int]] = []
+
+    async def scenario() -> AccessLog:
+        log = AccessLog(
+            str(fifo),
+            max_pending_bytes=32 * 1024,
+            on_drop=drops.append,
+            on_backlog=lambda dropping, n: backlog.append((dropping, n)),
+        )
+        started = time.monotonic()
+        for n in range(5000):  # ~2 MB of lines into a 64 KiB pipe nobody reads
+            log.write(record(detail=f"n={n}"))
+            if n % 100 == 0:
+                log.flush()
+        assert time.monotonic() - started < 5, "writing must never wait for the reader"
+        log.flush()
+        return log
+
+    log = asyncio.run(scenario())
+    assert sum(drops) > 0
+    assert backlog[0] == (True, drops[0])
+    data = _drain_pipe(reader)
+    for _ in range(200):  # the writer thread fills the pipe again as it is emptied
+        time.sleep(0.01)
+        more = _drain_pipe(reader)
+        data += more
+        if not more and log.pending_bytes == 0:
+            break
+    lines = data.split(b"\n")
+    assert lines[-1] == b""
+    written = [json.loads(line) for line in lines[:-1]]  # never a torn line
+    assert len(written) + sum(drops) == 5000
+    assert log.close(timeout_s=5)
+    os.close(reader)
+
+
+def test_close_gives_up_on_a_stuck_writer_without_closing_its_descriptor(tmp_path: Path) -> None:
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+
+    async def scenario() -> AccessLog:
+        log = AccessLog(str(fifo), max_pending_bytes=1 << 20)
+        for _n in range(2000):
+            log.write(record(detail="x" * 200))
+        log.flush()
+        return log
+
+    log = asyncio.run(scenario())
+    started = time.monotonic()
+    assert log.close(timeout_s=0.3) is False  # blocked on the full pipe
+    assert time.monotonic() - started < 2
+    fd = log._fd
+    os.fstat(fd)  # still open: nobody else can be handed this number while the thread writes
+    for _ in range(500):  # a reader turns up: the writer finishes and closes its fd
+        _drain_pipe(reader)
+        if not log.pending_bytes:
+            break
+        time.sleep(0.01)
+    assert log.pending_bytes == 0
+    assert log.close(timeout_s=5)
+    os.close(reader)
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo-without-reader", "missing-dir"])
+def test_a_target_that_cannot_be_opened_raises_at_construction(tmp_path: Path, kind: str) -> None:
+    target = tmp_path / "target"
+    if kind == "directory":
+        target.mkdir()
+    elif kind == "fifo-without-reader":
+        os.mkfifo(target)  # must fail at once (ENXIO), never hang in open()
+    else:
+        target = tmp_path / "missing" / "access.log"
+    with pytest.raises(OSError):
+        AccessLog(str(target))
+
+
+def test_reopen_switches_files_between_batches(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    rotated = tmp_path / "access.log.1"
+
+    async def scenario() -> None:
+        log = AccessLog(str(path))
+        log.write(record(detail="one"))
+        log.flush()
+        for _ in range(200):
+            if path.exists() and path.read_bytes().endswith(b"\n"):
+                break
+            await asyncio.sleep(0.01)
+        os.rename(path, rotated)
+        log.write(record(detail="two"))
+        log.reopen()  # "two" still goes to the old (rotated) file, then the new one is used
+        log.write(record(detail="three"))
+        assert log.close(timeout_s=5)
+
+    asyncio.run(scenario())
+    assert [json.loads(x)["detail"] for x in rotated.read_text().splitlines()] == ["one", "two"]
+    assert [json.loads(x)["detail"] for x in path.read_text().splitlines()] == ["three"]
