@@ -93,7 +93,12 @@ STEPS = (
     Step(
         "SNI",
         "CONNECT, after 200: TLS server name = CONNECT host, allowed",
-        (Reason.SNI_NOT_ALLOWED, Reason.SNI_MISMATCH, Reason.SNI_MISSING),
+        (
+            Reason.SNI_NOT_ALLOWED,
+            Reason.SNI_MISMATCH,
+            Reason.SNI_MISSING,
+            Reason.SNI_UNREADABLE,
+        ),
         "TLS alert; logged as 403",
     ),
 )

@@ -1,9 +1,10 @@
 """classify_address(): is this IP address a public destination, and if not, what is it?
 
 Pure. The table follows the IANA IPv4 and IPv6 Special-Purpose Address Registries (RFC 6890 and
-its updates). Addresses that embed an IPv4 address (IPv4-mapped, NAT64 64:ff9b::/96, 6to4
-2002::/16) are judged by the embedded address, so an internal IPv4 target cannot be reached by
-wrapping it in IPv6. The most specific range wins.
+its updates). Addresses that embed an IPv4 address (IPv4-mapped ::ffff:0:0/96, IPv4-translated
+::ffff:0:0:0/96 (RFC 2765), NAT64 64:ff9b::/96, 6to4 2002::/16) are judged by the embedded
+address, so an internal IPv4 target cannot be reached by wrapping it in IPv6. The most specific
+range wins.
 """
 
 from __future__ import annotations
@@ -64,16 +65,17 @@ _NETWORKS = sorted(
     key=lambda item: -item[0].prefixlen,
 )
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # RFC 2765 SIIT IPv4-translated
 _SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
 
 
 def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address leads to (mapped, NAT64, 6to4), if any."""
+    """The IPv4 address an IPv6 address leads to (mapped, translated, NAT64, 6to4), if any."""
     if isinstance(address, ipaddress.IPv4Address):
         return None
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
-    if address in _NAT64:
+    if address in _NAT64 or address in _TRANSLATED:
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     if address in _SIX_TO_FOUR:
         return address.sixtofour

@@ -1,5 +1,11 @@
 """connect(): open a TCP connection to one vetted IP address — never a name, never re-resolved.
 
+connect_first(): the first of several vetted addresses to answer, Happy-Eyeballs style
+(RFC 8305 §5): attempts start CONNECTION_ATTEMPT_DELAY_S apart (at once after a failure), at
+most MAX_ATTEMPTS_IN_FLIGHT at a time, the first to connect wins and the others are closed, and
+the whole search is bounded by a total deadline: a name with many blackholed addresses ends in
+`upstream-timeout` after `connect_total_timeout_s`, not after one `connect_timeout_s` each.
+
 OSError becomes UpstreamError with an UPSTREAM_* reason here, once, at the edge.
 """
 
@@ -9,9 +15,11 @@ import asyncio
 import errno
 import os
 import socket
+from collections.abc import Callable, Sequence
 
 from egressgate.errors import Reason, UpstreamError
 from egressgate.names.hostname import IPAddress
+from egressgate.net.tasks import spawn
 
 _UNREACHABLE = {
     errno.ENETUNREACH,
@@ -86,3 +94,79 @@ async def _wait_connected(sock: socket.socket, timeout_s: float, what: str) -> N
     finally:
         timer.cancel()
         loop.remove_writer(fd)
+
+
+# RFC 8305 §8 recommends 250 ms between attempts; a few in flight bound the sockets one
+# request can hold against a name with many unresponsive addresses.
+CONNECTION_ATTEMPT_DELAY_S = 0.25
+MAX_ATTEMPTS_IN_FLIGHT = 4
+
+
+async def connect_first(
+    addresses: Sequence[IPAddress],
+    port: int,
+    attempt_timeout_s: float,
+    total_timeout_s: float,
+    on_failure: Callable[[UpstreamError], None] | None = None,
+) -> tuple[socket.socket, IPAddress]:
+    """A connected socket to the first of `addresses` (tried in order) that answers.
+
+    Raises UpstreamError: the last attempt's error when every address failed, UPSTREAM_TIMEOUT
+    when `total_timeout_s` passed first. `on_failure` hears each failed attempt.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + total_timeout_s
+    attempts: dict[asyncio.Task[socket.socket], IPAddress] = {}
+    last: UpstreamError | None = None
+    started = 0
+    try:
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            if started < len(addresses) and len(attempts) < MAX_ATTEMPTS_IN_FLIGHT:
+                address = addresses[started]
+                started += 1
+                attempt = connect(address, port, min(attempt_timeout_s, remaining))
+                attempts[spawn(attempt, name="egressgate-connect-attempt")] = address
+            if not attempts:
+                break  # every address failed
+            more_to_start = started < len(addresses) and len(attempts) < MAX_ATTEMPTS_IN_FLIGHT
+            wait_s = min(CONNECTION_ATTEMPT_DELAY_S, remaining) if more_to_start else remaining
+            done, _ = await asyncio.wait(
+                attempts, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                address = attempts.pop(task)
+                error = task.exception()
+                if error is None:
+                    return task.result(), address  # the finally closes the others
+                if not isinstance(error, UpstreamError):
+                    raise error
+                last = error
+                if on_failure is not None:
+                    on_failure(error)
+    finally:
+        for task in attempts:
+            _discard(task)
+    if started < len(addresses) or last is None or loop.time() >= deadline:
+        tried = f"{started} of {len(addresses)} address(es)"
+        raise UpstreamError(
+            Reason.UPSTREAM_TIMEOUT,
+            f"port {port}: no connection within {total_timeout_s:g}s ({tried} tried)",
+        )
+    raise last
+
+
+def _discard(task: asyncio.Task[socket.socket]) -> None:
+    """Cancel a losing attempt; close its socket if it connected anyway."""
+    if not task.done():
+        task.cancel()  # connect() closes its socket on cancellation
+        task.add_done_callback(_close_if_connected)
+    else:
+        _close_if_connected(task)
+
+
+def _close_if_connected(task: asyncio.Task[socket.socket]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()

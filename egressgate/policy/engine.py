@@ -154,6 +154,12 @@ class CompiledPolicy:
             return self._refuse(Reason.SNI_MISSING, why)
         return None
 
+    def sni_unreadable(self, why: str) -> Decision:
+        """A tunnel that starts as TLS but whose ClientHello cannot be read within the bounds
+        (too slow, too large, malformed): refused whatever `tunnels_without_sni` says, or an
+        unchecked hello would carry any server name past the check."""
+        return self._refuse(Reason.SNI_UNREADABLE, why)
+
     def _refuse(self, reason: Reason, detail: str, rule: str | None = None) -> Decision:
         verdict = Verdict.REPORT if self.report else Verdict.DENY
         return Decision(verdict, reason, self.name, rule, detail)

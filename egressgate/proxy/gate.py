@@ -47,7 +47,7 @@ from enum import Enum
 from egressgate.config.model import NoSniAction
 from egressgate.errors import ProxyFailure, Reason, Refused, UpstreamError
 from egressgate.names.hostname import Host, InvalidHost, IPAddress, address_text, normalize_host
-from egressgate.net.connect import connect
+from egressgate.net.connect import connect, connect_first
 from egressgate.observe.record import AccessRecord
 from egressgate.policy.clients import NeedsAuthentication
 from egressgate.policy.decision import ClientIdentity, Decision, Target, Verdict
@@ -65,6 +65,24 @@ _NO_SNI_WHY = {
     HelloResult.NOT_TLS: "the tunnel does not carry TLS",
     HelloResult.NO_SNI: "the TLS ClientHello has no server name",
 }
+
+
+def starts_as_tls(data: bytes) -> bool:
+    """The first bytes are (the start of) a TLS handshake record: content type 22, version 3.x.
+    Such a tunnel is TLS: `tunnels_without_sni: allow` never lets its unread hello through."""
+    return data[:1] == b"\x16" and data[1:2] in (b"", b"\x03")
+
+
+def unreadable_hello_why(result: HelloResult, size: int, eof: bool, wait_s: float) -> str:
+    """The access-log detail of an `sni-unreadable` refusal: which bound the hello broke."""
+    if result is HelloResult.TOO_LARGE:
+        return f"the TLS ClientHello is larger than {MAX_HELLO_BYTES} bytes"
+    if result is HelloResult.MALFORMED:
+        return "the TLS ClientHello is malformed"
+    if eof:
+        return f"the client closed after {size} bytes of an incomplete TLS ClientHello"
+    return f"the TLS ClientHello was incomplete after {wait_s:g}s ({size} bytes arrived)"
+
 
 _HOST_CACHE: dict[str, Host] = {}
 _HOST_CACHE_MAX = 4096
@@ -101,7 +119,8 @@ class NeedAddresses:
 class Connect:
     """Connect to one of `addresses` (all vetted, in the resolver's order; never anything
     else) on `port`: each attempt bounded by `attempt_timeout_s`, the whole connect phase by
-    `total_timeout_s` (both from the generation's `limits.connect_timeout_s`). A pooled
+    `total_timeout_s` (the generation's `limits.connect_timeout_s` and
+    `connect_total_timeout_s`; net/connect.py connect_first staggers the attempts). A pooled
     upstream connection to one of them will do. Report `connected(address)` or, when every
     attempt failed, `connect_failed(error)`."""
 
@@ -309,7 +328,10 @@ class Admission:
         limits = self.gen.config.limits
         assert self.port is not None
         step = self._step = Connect(
-            found, self.port, limits.connect_timeout_s, limits.connect_timeout_s
+            found,
+            self.port,
+            min(limits.connect_timeout_s, limits.connect_total_timeout_s),
+            limits.connect_total_timeout_s,
         )
         self.next = self._same
         return step
@@ -349,6 +371,10 @@ class Admission:
         if isinstance(result, str):
             self.sni = result
             verdict = policy.decide_sni(target.host, result)
+        elif result is not HelloResult.NO_SNI and starts_as_tls(data):
+            # TLS whose ClientHello cannot be read: never relayed unchecked (fail closed).
+            why = unreadable_hello_why(result, len(data), eof, self.hello_wait_s())
+            verdict = policy.sni_unreadable(why)
         elif policy.tunnels_without_sni is not NoSniAction.DENY:
             verdict = None  # no_sni would pass it: skip building the explanation
         elif timed_out and not data:
@@ -466,17 +492,31 @@ def vet(
 async def connect_any(
     ctx: ProxyContext, found: tuple[IPAddress, ...], port: int, record: AccessRecord
 ) -> tuple[socket.socket, IPAddress]:
-    """Connect to the first vetted address that answers (in resolver order: IPv4 first)."""
-    last: UpstreamError | None = None
-    for address in found:
-        try:
-            sock = await connect(address, port, ctx.limits.connect_timeout_s)
-        except UpstreamError as exc:
+    """Connect to the first vetted address that answers (in resolver order: IPv4 first).
+
+    One address: a plain connect. Several: staggered attempts, the first to connect wins, all
+    of it bounded by `connect_total_timeout_s` (net/connect.py connect_first).
+    """
+    limits = ctx.limits
+    attempt_s = min(limits.connect_timeout_s, limits.connect_total_timeout_s)
+    try:
+        if len(found) == 1:
+            sock, address = await connect(found[0], port, attempt_s), found[0]
+        else:
+            sock, address = await connect_first(
+                found, port, attempt_s, limits.connect_total_timeout_s, _count_failure(ctx)
+            )
+    except UpstreamError as exc:
+        if len(found) == 1:
             ctx.metrics.count_upstream_error(exc.reason.value)
-            last = exc
-            continue
-        record.address = str(address)
-        return sock, address
-    assert last is not None
-    record.address = str(found[0]) if found else None
-    raise last
+        record.address = str(found[0]) if found else None
+        raise
+    record.address = str(address)
+    return sock, address
+
+
+def _count_failure(ctx: ProxyContext) -> Callable[[UpstreamError], None]:
+    def count(exc: UpstreamError) -> None:
+        ctx.metrics.count_upstream_error(exc.reason.value)
+
+    return count

@@ -37,6 +37,7 @@ from egressgate.observe.metrics import Metrics, MetricsCollector
 from egressgate.proxy.acceptor import Acceptor
 from egressgate.proxy.connection import ClientConnection
 from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.dns_guard import DnsGuard
 from egressgate.proxy.upstream_pool import UpstreamPool
 from egressgate.runtime.memory import freeze_long_lived
 from egressgate.runtime.reload import Reloader
@@ -86,6 +87,7 @@ class ProxyServer:
         self._admin: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
         self._reloader: Reloader | None = None
+        self._dns: DnsGuard | None = None
         self.ctx: ProxyContext | None = None
         self.addresses: dict[str, str | None] = {}
         self._note_generation(generation)
@@ -126,6 +128,10 @@ class ProxyServer:
         self.addresses["tls_proxy"] = None
         if config.tls_listen is not None:
             await self._start_tls_listener(config, ctx)
+        self.addresses["dns"] = None
+        if config.dns_listen is not None and not self.worker:  # one guard: worker 0 or alone
+            self._dns = DnsGuard(ctx)
+            self.addresses["dns"] = await self._dns.start(config.dns_listen)
         self.addresses["admin"] = None
         if config.admin_listen is not None and self.worker is None:
             await self._start_admin(config)
@@ -229,7 +235,7 @@ class ProxyServer:
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
 
     # ---- reload
-    def reload(self, trigger: str = "api") -> bool:
+    def reload(self, trigger: str = "api") -> None:
         if self._reloader is None:
             emit(
                 "reload-skipped",
@@ -237,9 +243,10 @@ class ProxyServer:
                 trigger=trigger,
                 why="running on the built-in default config: no file to reload",
             )
-            return False
+            return
         emit("reload-requested", trigger=trigger)
-        return self._reloader.reload(trigger)
+        # Compiled in a thread, applied on the loop: a large allowlist never pauses traffic.
+        self._reloader.request_reload(trigger)
 
     # ---- access log
     def _open_access_log(self, config: Config) -> AccessLog:
@@ -403,6 +410,8 @@ class ProxyServer:
             self._acceptor.close()
         for server in self._servers:
             server.close()
+        if self._dns is not None:
+            self._dns.close()
         if self._reloader is not None:
             self._reloader.stop()
         loop = asyncio.get_running_loop()

@@ -12,8 +12,11 @@ SNI check (per policy, on by default): after "200", the first bytes from the cli
 and, if they are a TLS ClientHello, its server name must be the CONNECT host and allowed by the
 policy (no domain fronting through an allowed name). A refused tunnel gets a TLS access_denied
 alert (an HTTP 403 is no longer possible after "200") and a 403 line in the access log. Tunnels
-that carry no TLS or no SNI are allowed or refused by the policy's `tunnels_without_sni`. The
-bytes read for the check are relayed unchanged.
+that carry no TLS or no SNI are allowed or refused by the policy's `tunnels_without_sni`. A
+tunnel that starts with a TLS handshake record is TLS: if its ClientHello cannot be read within
+`hello_wait_s()` and MAX_HELLO_BYTES (too slow, too large, malformed) it is refused
+(`sni-unreadable`) whatever `tunnels_without_sni` says. The bytes read for the check are relayed
+unchanged.
 """
 
 from __future__ import annotations
@@ -111,8 +114,13 @@ class _TunnelCore:
     def sni_policy_applies(self) -> bool:
         return self.gen.policies.policies[self.decision.policy].sni_check
 
-    def judge_hello(self, data: bytes, timed_out: bool) -> Decision | HelloResult | None:
-        """None: relay. A Decision: refuse. NEED_MORE: keep reading."""
+    def judge_hello(
+        self, data: bytes, timed_out: bool, eof: bool = False
+    ) -> Decision | HelloResult | None:
+        """None: relay. A Decision: refuse. NEED_MORE: keep reading.
+
+        `timed_out`: no more bytes will be waited for (the hello wait passed, or `eof`).
+        """
         policy = self.gen.policies.policies[self.decision.policy]
         result = read_sni(data)
         if result is HelloResult.NEED_MORE and not timed_out and len(data) < MAX_HELLO_BYTES:
@@ -120,6 +128,10 @@ class _TunnelCore:
         if isinstance(result, str):
             self.record.sni = result
             verdict = policy.decide_sni(self.destination.host, result)
+        elif result is not HelloResult.NO_SNI and gate.starts_as_tls(data):
+            # TLS whose ClientHello cannot be read: never relayed unchecked (fail closed).
+            why = gate.unreadable_hello_why(result, len(data), eof, self.hello_wait_s())
+            verdict = policy.sni_unreadable(why)
         elif policy.tunnels_without_sni is not NoSniAction.DENY:
             verdict = None  # no_sni would pass it: skip building the explanation
         elif timed_out and not data:
@@ -135,6 +147,10 @@ class _TunnelCore:
             self.record.detail = verdict.detail
             return None
         return verdict
+
+    def hello_wait_s(self) -> float:
+        """The bound on the whole ClientHello phase: first byte to last byte of the hello."""
+        return min(MAX_HELLO_WAIT_S, self.ctx.limits.header_timeout_s)
 
     def note_refusal(self, verdict: Decision) -> None:
         record = self.record
@@ -240,7 +256,7 @@ class RawTunnel(_TunnelCore):
 
     def _connect_first(self) -> None:
         if not self.done:  # not ended meanwhile (a drain)
-            self._connect_next()
+            self._connect_vetted()
 
     async def _resolve_then_connect(self) -> None:
         try:
@@ -250,9 +266,33 @@ class RawTunnel(_TunnelCore):
             self._refuse_http(exc)
             return
         if not self.done:
-            self._connect_next()
+            self._connect_vetted()
 
-    # ---- connecting, one vetted address after another
+    def _connect_vetted(self) -> None:
+        """One address (the usual case, and the benchmarked one): connect on the reactor.
+        Several: gate.connect_any's staggered, deadline-bounded attempts, in a task."""
+        if len(self._addresses) == 1:
+            self._connect_next()
+        else:
+            spawn(self._connect_any(), name="egressgate-connect")
+
+    async def _connect_any(self) -> None:
+        try:
+            sock, _ = await gate.connect_any(
+                self.ctx, self._addresses, self.destination.port, self.record
+            )
+        except ProxyFailure as exc:
+            self._refuse_http(exc)
+            return
+        if self.done:  # ended meanwhile (a drain)
+            sock.close()
+            return
+        self.upstream = sock
+        self.upstream_state = Readiness()
+        self.reactor.add(sock.fileno(), self._connect_event, writable=True)
+        self._connected()
+
+    # ---- connecting to the one vetted address on the reactor
     def _connect_next(self, last: UpstreamError | None = None) -> None:
         if self._attempt >= len(self._addresses):
             assert last is not None
@@ -274,7 +314,9 @@ class RawTunnel(_TunnelCore):
             if error == 0:
                 self._connected()
             else:
-                self._arm(self.ctx.limits.connect_timeout_s, self._connect_expired)
+                limits = self.ctx.limits
+                wait_s = min(limits.connect_timeout_s, limits.connect_total_timeout_s)
+                self._arm(wait_s, self._connect_expired)
         else:
             self._connect_failed(OSError(error, "connect"))
 
@@ -350,8 +392,7 @@ class RawTunnel(_TunnelCore):
         self._hello = self.rest
         if self._hello and self._judge(False):
             return
-        wait = min(MAX_HELLO_WAIT_S, self.ctx.limits.header_timeout_s)
-        self._arm(wait, self._hello_expired)
+        self._arm(self.hello_wait_s(), self._hello_expired)
         self.reactor.set_handler(self.client_fd, self._hello_event)
         if self.client_state.ready:
             self._hello_readable()
@@ -377,7 +418,7 @@ class RawTunnel(_TunnelCore):
                 self.loop.call_soon(self._hello_readable)
         elif self._hello:
             self.client_state.ready = True  # the EOF is still there for the relay to see
-            self._judge(True)  # judge what arrived before the client's EOF
+            self._judge(True, eof=True)  # judge what arrived before the client's EOF
         else:
             self._stop_hello()
             self._end(RelayStats(0, 0, "eof"))
@@ -385,10 +426,10 @@ class RawTunnel(_TunnelCore):
     def _hello_expired(self) -> None:
         self._judge(True)
 
-    def _judge(self, timed_out: bool) -> bool:
+    def _judge(self, timed_out: bool, eof: bool = False) -> bool:
         if self.done or self._relay is not None:
             return True
-        outcome = self.judge_hello(self._hello, timed_out)
+        outcome = self.judge_hello(self._hello, timed_out, eof)
         if outcome is HelloResult.NEED_MORE:
             return False
         self._stop_hello()
@@ -606,7 +647,7 @@ class _TransportHello(asyncio.Protocol):
         self.upstream = upstream
         self.data = tunnel.rest
         self.finished = False
-        wait = min(MAX_HELLO_WAIT_S, tunnel.ctx.limits.header_timeout_s)
+        wait = tunnel.hello_wait_s()
         self.timer = asyncio.get_running_loop().call_later(wait, self._judge, True)
         client.set_protocol(self)
         if not (self.data and self._judge(False)):
@@ -617,7 +658,7 @@ class _TransportHello(asyncio.Protocol):
         self._judge(False)
 
     def eof_received(self) -> bool:
-        self._judge(True)
+        self._judge(True, eof=True)
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -627,10 +668,10 @@ class _TransportHello(asyncio.Protocol):
             self.upstream.close()
             self.tunnel.tunnel_done(RelayStats(0, 0, "eof"))
 
-    def _judge(self, timed_out: bool) -> bool:
+    def _judge(self, timed_out: bool, eof: bool = False) -> bool:
         if self.finished:
             return True
-        outcome = self.tunnel.judge_hello(self.data, timed_out)
+        outcome = self.tunnel.judge_hello(self.data, timed_out, eof)
         if outcome is HelloResult.NEED_MORE:
             return False
         self.finished = True

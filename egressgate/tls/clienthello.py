@@ -2,8 +2,10 @@
 
 Decrypts nothing and needs no TLS library: it reads the plaintext handshake record that opens
 every TLS connection (RFC 8446 §4.1.2, RFC 5246 §7.4.1.2) and the server_name extension
-(RFC 6066 §3). The handshake message may span several records; bytes are accumulated up to
-MAX_HELLO_BYTES. Results: a name (str), NEED_MORE, NOT_TLS, or NO_SNI.
+(RFC 6066 §3). The handshake message may span several records (post-quantum key shares make
+1.5-2 KB hellos, split by some clients); bytes are accumulated up to MAX_HELLO_BYTES, far above
+any real ClientHello. Results: a name (str), NEED_MORE, NOT_TLS, NO_SNI, MALFORMED or TOO_LARGE
+(a hello that declares or takes more than MAX_HELLO_BYTES: it cannot be read within the bound).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class HelloResult(Enum):
     NOT_TLS = "not-tls"
     NO_SNI = "no-sni"
     MALFORMED = "malformed"
+    TOO_LARGE = "too-large"
 
 
 def read_sni(data: bytes) -> str | HelloResult:
@@ -36,8 +39,10 @@ def read_sni(data: bytes) -> str | HelloResult:
     if handshake[0] != _CLIENT_HELLO:
         return HelloResult.MALFORMED
     length = int.from_bytes(handshake[1:4], "big")
+    if 4 + length > MAX_HELLO_BYTES:
+        return HelloResult.TOO_LARGE  # known from its header: no need to wait for the bytes
     if len(handshake) < 4 + length:
-        return HelloResult.NEED_MORE if len(data) < MAX_HELLO_BYTES else HelloResult.MALFORMED
+        return HelloResult.NEED_MORE if len(data) < MAX_HELLO_BYTES else HelloResult.TOO_LARGE
     try:
         return _server_name(handshake[4 : 4 + length])
     except (IndexError, ValueError):
@@ -52,7 +57,9 @@ def _handshake_bytes(data: bytes) -> bytes | HelloResult:
         if data[offset] != _HANDSHAKE:
             return HelloResult.MALFORMED
         if data[offset + 1] != 0x03:
-            return HelloResult.NOT_TLS
+            # Only the first record decides "not TLS"; a later odd record is a broken hello
+            # (else a client could end its hello's checking by appending one).
+            return HelloResult.NOT_TLS if offset == 0 else HelloResult.MALFORMED
         length = int.from_bytes(data[offset + 3 : offset + 5], "big")
         if length == 0 or length > 18432:
             return HelloResult.MALFORMED

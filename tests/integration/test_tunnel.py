@@ -528,19 +528,39 @@ def test_a_connect_that_is_never_answered_ends_in_504_after_connect_timeout(
     assert 0.9 <= elapsed < 4.0, f"answered after {elapsed:.2f}s, connect_timeout_s is 1"
 
 
+def two_records(hello: bytes) -> tuple[bytes, bytes]:
+    """A one-record ClientHello re-framed as two TLS records (the handshake message cut in
+    half, RFC 8446 §5.1), as clients with large post-quantum key shares send it."""
+    assert hello[0] == 0x16
+    length = int.from_bytes(hello[3:5], "big")
+    assert len(hello) == 5 + length, "expected exactly one record"
+    message, half = hello[5:], length // 2
+    return tuple(  # type: ignore[return-value]
+        hello[:3] + len(piece).to_bytes(2, "big") + piece
+        for piece in (message[:half], message[half:])
+    )
+
+
 def tls_exchange_with_split_hello(
-    sock: socket.socket, context: ssl.SSLContext, server_hostname: str, request: bytes
+    sock: socket.socket,
+    context: ssl.SSLContext,
+    server_hostname: str,
+    request: bytes,
+    *,
+    reframe: bool = False,
 ) -> bytes:
     """A TLS client over `sock` (a CONNECT tunnel) that sends its ClientHello in two TCP
-    segments 200 ms apart, then `request`; returns the decrypted reply (read until close)."""
+    segments 200 ms apart (with `reframe`: as two TLS records, one per segment), then
+    `request`; returns the decrypted reply (read until close)."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
     with pytest.raises(ssl.SSLWantReadError):
         tls.do_handshake()
     hello = outgoing.read()
-    sock.sendall(hello[:40])
+    first, second = two_records(hello) if reframe else (hello[:40], hello[40:])
+    sock.sendall(first)
     time.sleep(0.2)
-    sock.sendall(hello[40:])
+    sock.sendall(second)
     for _ in range(100):  # handshake round trips, bounded
         data = sock.recv(65536)
         if not data:
@@ -591,6 +611,23 @@ def test_client_hello_split_across_segments_is_still_checked_and_relayed(env: En
             )
     refused = wait_record(proxy, method="CONNECT", reason="sni-mismatch")
     assert refused["sni"] == "other.test"
+
+
+def test_client_hello_in_two_records_within_the_wait_is_checked_and_relayed(env: Env) -> None:
+    proxy = env.start(limits={"header_timeout_s": 1})  # the hello wait: min(5 s, 1 s)
+    with open_connect_tunnel(proxy.proxy_address, f"tls.test:{env.port}") as tunnel:
+        assert tunnel.status == 200
+        reply = tls_exchange_with_split_hello(
+            tunnel.sock, env.ca.client_context(), "tls.test", GET_CLOSE, reframe=True
+        )
+    assert b"hello from tls" in reply
+    record = wait_record(proxy, method="CONNECT")
+    assert (record["sni"], record["reason"]) == ("tls.test", "allowed"), record
+    result = openssl_s_client_via_connect(
+        proxy.proxy_address, "tls.test", env.port, env.ca.ca_pem_path, send=GET_CLOSE
+    )
+    assert result.verified, result.stderr
+    assert b"hello from tls" in result.stdout
 
 
 def test_idle_tunnel_is_closed_after_idle_timeout(

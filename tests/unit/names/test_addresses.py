@@ -121,6 +121,18 @@ IPV6_ROWS: list[tuple[str, AddressClass]] = [
     ("::ffff:169.254.169.254", LINK_LOCAL),
     ("::ffff:100.64.0.1", CGNAT),
     ("::ffff:8.8.8.8", PUBLIC),
+    # ::ffff:0:0:0/96 IPv4-translated (RFC 2765 SIIT): judged as the IPv4 address
+    ("::ffff:0:0:0", UNSPECIFIED),
+    ("::ffff:0:7f00:1", LOOPBACK),
+    ("::ffff:0:a00:1", PRIVATE),
+    ("::ffff:0:a9fe:a9fe", LINK_LOCAL),  # cloud metadata, wrapped: was "public"
+    ("::ffff:0:ac10:0", PRIVATE),
+    ("::ffff:0:c0a8:101", PRIVATE),
+    ("::ffff:0:6440:1", CGNAT),
+    ("::ffff:0:808:808", PUBLIC),
+    ("::ffff:0:ffff:ffff", RESERVED),
+    ("::fffe:ffff:ffff:ffff", PUBLIC),  # just below the /96: no embedded address
+    ("::ffff:1:0:0", PUBLIC),  # just past the /96: no embedded address
     # 64:ff9b::/96 NAT64 well-known prefix (RFC 6052): judged by the embedded IPv4 address
     ("64:ff9b::", UNSPECIFIED),
     ("64:ff9b::7f00:1", LOOPBACK),

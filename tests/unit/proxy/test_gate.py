@@ -334,8 +334,8 @@ def test_connect_carries_the_generations_timeouts_and_only_vetted_addresses() ->
     assert step == Connect(
         (ip(PUBLIC), ip(PUBLIC6)),
         443,
-        gen.config.limits.connect_timeout_s,
-        gen.config.limits.connect_timeout_s,
+        min(gen.config.limits.connect_timeout_s, gen.config.limits.connect_total_timeout_s),
+        gen.config.limits.connect_total_timeout_s,
     )
 
 
@@ -397,6 +397,28 @@ HELLOS = [
     ("other allowed name: fronting", {}, client_hello("b.ok.test"), False, "sni-mismatch", "", ""),
     ("name not allowed", {}, client_hello("evil.test"), False, "sni-not-allowed", "", ""),
     ("half a hello", {}, client_hello("a.ok.test")[:20], False, Hello.NEED_MORE, "", ""),
+    # TLS whose hello cannot be read is refused even under tunnels_without_sni: allow
+    ("half a hello, too late", {}, client_hello("a.ok.test")[:20], True, "sni-unreadable", "", ""),
+    (
+        "a ServerHello",
+        {},
+        b"\x16\x03\x01\x00\x08\x02\x00\x00\x04" + bytes(4),
+        False,
+        "sni-unreadable",
+        "",
+        "",
+    ),
+    (
+        "declares 16 MiB",
+        {},
+        b"\x16\x03\x01\x00\x04\x01\xff\xff\xff",
+        False,
+        "sni-unreadable",
+        "",
+        "",
+    ),
+    ("a lone 0x16, too late", {}, b"\x16", True, "sni-unreadable", "", ""),
+    ("0x16 then not TLS: not TLS, allowed", {}, b"\x16\x00abc", True, Hello.RELAY, "allowed", None),
     ("not TLS, allowed", {}, b"SSH-2.0-x\r\n", False, Hello.RELAY, "allowed", None),
     (
         "not TLS, denied",

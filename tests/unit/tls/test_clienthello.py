@@ -174,12 +174,37 @@ def test_malformed_records_are_malformed(data: bytes) -> None:
     assert read_sni(data) is HelloResult.MALFORMED
 
 
-def test_a_hello_that_never_completes_within_the_limit_is_malformed() -> None:
-    # A handshake length of 16 MiB: after MAX_HELLO_BYTES the reader gives up.
+def test_a_hello_declaring_more_than_the_limit_is_too_large_from_its_first_record() -> None:
+    # A handshake length of 16 MiB: known from the header, no need to wait for the bytes.
     header = b"\x01\xff\xff\xff"
+    assert read_sni(records(header + bytes(100), [])) is HelloResult.TOO_LARGE
     payload = header + bytes(MAX_HELLO_BYTES)
     data = records(payload, [16384] * 8)[: MAX_HELLO_BYTES + 100]
-    assert read_sni(data) is HelloResult.MALFORMED
+    assert read_sni(data) is HelloResult.TOO_LARGE
+
+
+@pytest.mark.parametrize(
+    ("declared", "expected"),
+    [
+        (MAX_HELLO_BYTES - 4, HelloResult.NEED_MORE),  # the largest hello that fits: wait for it
+        (MAX_HELLO_BYTES - 3, HelloResult.TOO_LARGE),  # one byte more: refused at once
+    ],
+)
+def test_the_hello_size_limit_boundary(declared: int, expected: HelloResult) -> None:
+    header = b"\x01" + declared.to_bytes(3, "big")
+    assert read_sni(records(header + bytes(100), [])) is expected
+
+
+def test_a_hello_in_tiny_records_whose_overhead_passes_the_limit_is_too_large() -> None:
+    message = b"\x01" + (20000).to_bytes(3, "big") + bytes(20000)
+    data = records(message, [1] * 30000)[:MAX_HELLO_BYTES]
+    assert read_sni(data) is HelloResult.TOO_LARGE
+
+
+def test_a_later_record_with_a_foreign_version_byte_is_malformed_not_non_tls() -> None:
+    # "not TLS" would let tunnels_without_sni: allow relay the hello unchecked.
+    first = b"\x16\x03\x01\x00\x04" + b"\x01\x00\x01\x00"
+    assert read_sni(first + b"\x16\x00\x00\x00\x05hello") is HelloResult.MALFORMED
 
 
 HAND_BUILT: list[tuple[bytes | None, str | HelloResult]] = [
