@@ -13,7 +13,8 @@ FILE written by `yaml.safe_dump` from the config dict (`listen`, `admin_listen`,
 `mode`, ...). Its environment is the test process's minus every *_proxy variable.
 
 Contract with the proxy: on startup it writes one JSON object per line to STDERR; the line with
-`"event": "listening"` carries `"proxy": "HOST:PORT"`, `"admin": "HOST:PORT"` or null, and
+`"event": "listening"` carries `"proxy": "HOST:PORT"`, `"admin": "HOST:PORT"` or null, `"dns":
+"HOST:PORT"` or null (the DNS guard, bound port read back), and
 `"pid"`. A reader thread keeps every stderr line (`stderr_lines`; the parsed JSON ones in
 `json_events()`); `start()` waits (bounded) for the listening line and raises `ProxyStartError`
 with the captured stderr if the process exits or the wait times out. The process is started in
@@ -343,6 +344,11 @@ class ProxyProcess:
     def tls_proxy_address(self) -> tuple[str, int] | None:
         """(host, port) of the TLS (HTTPS-to-proxy) listener, if the proxy reports one."""
         return self.listening_address("tls_proxy")
+
+    @property
+    def dns_address(self) -> tuple[str, int] | None:
+        """(host, port) of the DNS guard (`dns_listen`, UDP and TCP), if the proxy runs one."""
+        return self.listening_address("dns")
 
     @property
     def admin_address(self) -> tuple[str, int] | None:
