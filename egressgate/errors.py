@@ -55,6 +55,7 @@ class Reason(StrEnum):
     # Overload: 503.
     TOO_MANY_CONNECTIONS = "too-many-connections"
     SHUTTING_DOWN = "shutting-down"
+    TLS_HANDSHAKE_FAILED = "tls-handshake-failed"
     DNS_OVERLOADED = "dns-overloaded"  # the DNS guard's upstream queries in flight are at the cap
     # Upstream failures: 502 / 504.
     DNS_NXDOMAIN = "dns-nxdomain"
@@ -109,6 +110,7 @@ _STATUS: dict[Reason, int] = {
     Reason.SOCKS_ADDRESS_TYPE_UNSUPPORTED: 400,
     Reason.TOO_MANY_CONNECTIONS: 503,
     Reason.SHUTTING_DOWN: 503,
+    Reason.TLS_HANDSHAKE_FAILED: 400,
     Reason.DNS_OVERLOADED: 503,
     Reason.DNS_NXDOMAIN: 502,
     Reason.DNS_NO_ADDRESS: 502,
@@ -150,6 +152,7 @@ _TEXT: dict[Reason, str] = {
     Reason.SOCKS_ADDRESS_TYPE_UNSUPPORTED: "unknown SOCKS5 address type",
     Reason.TOO_MANY_CONNECTIONS: "too many connections",
     Reason.SHUTTING_DOWN: "the proxy is shutting down",
+    Reason.TLS_HANDSHAKE_FAILED: "the TLS handshake with the proxy failed (no response is sent)",
     Reason.DNS_OVERLOADED: "too many DNS queries are waiting for the upstream resolver",
     Reason.DNS_NXDOMAIN: "the destination name does not exist",
     Reason.DNS_NO_ADDRESS: "the destination name has no address",

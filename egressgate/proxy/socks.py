@@ -39,6 +39,7 @@ from egressgate.proxy.gate import Admission, Connect, Hello, NeedAddresses, Open
 from egressgate.proxy.refusal import TLS_ACCESS_DENIED_ALERT
 from egressgate.socks.protocol import (
     Credentials,
+    Event,
     Method,
     MethodChosen,
     Rejected,
@@ -105,9 +106,11 @@ class SocksSession:
     """One SOCKS5 client from accept to the end of its tunnel (or its refusal)."""
 
     __slots__ = (
+        "_auth_held",
         "_hello",
         "_in_hello",
         "_on_deadline",
+        "_pending",
         "_relay",
         "admission",
         "client",
@@ -141,6 +144,8 @@ class SocksSession:
         self.upstream_state = Readiness()
         self._relay: Relay | None = None
         self._hello = b""
+        self._auth_held = False
+        self._pending: list[Event] = []  # events after a login held for verification
         self._in_hello = False
         self.done = False
         # The current phase's deadline (handshake, ClientHello), checked by the server's
@@ -169,7 +174,7 @@ class SocksSession:
         # Edge-triggered: read until a short read, or on to the EOF the event announced (a
         # client that sends its last bytes and closes raises one edge for both).
         for _ in range(MAX_HANDSHAKE_READS):
-            if self.done or self.parser.done:
+            if self.done or self.parser.done or self._auth_held:
                 return
             try:
                 data = self.client.recv(HANDSHAKE_READ_BYTES)
@@ -189,12 +194,17 @@ class SocksSession:
         self.reactor.loop.call_soon(self._handshake_readable)  # a flood: after the others
 
     def _handshake_bytes(self, data: bytes) -> None:
-        for event in self.parser.feed(data):
+        self._handle(self.parser.feed(data))
+
+    def _handle(self, events: list[Event]) -> None:
+        for index, event in enumerate(events):
             if isinstance(event, MethodChosen):
                 if not self._method_chosen(event.method):
                     return
             elif isinstance(event, Credentials):
                 if not self._credentials(event):
+                    if self._auth_held:
+                        self._pending = events[index + 1 :]  # after the verdict
                     return
             elif isinstance(event, Request):
                 self._request(event)
@@ -221,17 +231,51 @@ class SocksSession:
         return True
 
     def _credentials(self, event: Credentials) -> bool:
-        login = Login(event.user, event.password)
+        """Verify before answering the sub-negotiation (RFC 1929 answers it before the request),
+        through the same stage 1 as HTTP (proxy/auth.py): slow hashes off the loop, and the
+        per-address failure back-off. False: the session waits or ended; `_auth_done` goes on."""
+        ctx = self.ctx
+        login = self.login = Login(event.user, event.password)
+        self.reactor.set_handler(self.fd, self.client_state.note)  # held: remember events
+        held = ctx.auth.hold_login(
+            login,
+            ctx.state.current.credentials,
+            self.record.client,
+            ctx.limits.auth_failure_delay_s,
+            self._auth_done,
+        )
+        if held:
+            self._auth_held = True
+            return False
+        return self._auth_checked(None)
+
+    def _auth_done(self, refused: Refused | None) -> None:
+        self._auth_held = False
+        if self.done:
+            return  # closed meanwhile (a drain, the header timeout)
+        pending, self._pending = self._pending, []
+        if self._auth_checked(refused):
+            # Go on with what the client sent with its login (an optimistic request), then
+            # with what arrived while it was held.
+            self._handle(pending)
+            if not self.done and not self.parser.done and self.client_state.ready:
+                self._handshake_readable()
+
+    def _auth_checked(self, refused: Refused | None) -> bool:
+        """Stage 2: the verdict stage 1 recorded; answer the sub-negotiation with it."""
         try:
-            # Checked here because RFC 1929 answers the sub-negotiation before the request;
-            # the admission checks them again (cheap) and takes the verified user from there.
-            verify(login, self.ctx.state.current.credentials)
+            if refused is not None:
+                raise refused
+            # The admission checks them again (a cache hit) and takes the verified user.
+            verify(self.login, self.ctx.state.current.credentials)
         except Refused as exc:
             self._send(auth_reply(False))
             self._finish_refused(exc)
             return False
-        self.login = login
-        return self._send(auth_reply(True))
+        if not self._send(auth_reply(True)):
+            return False
+        self.reactor.set_handler(self.fd, self._handshake_event)
+        return True
 
     def _handshake_expired(self) -> None:
         if not self.parser.started:

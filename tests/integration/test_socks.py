@@ -171,6 +171,11 @@ def test_curl_bad_credentials_are_refused_by_the_sub_negotiation(env: Env) -> No
     )
     assert len(records) == 2
     assert env.origin.accept_records() == []
+    # the failed login went through the HTTP side's stage 1: counted (and backed off)
+    metrics = requests.get(proxy.admin_url + "/metrics", timeout=10).text
+    assert "egressgate_auth_failures_total 1.0" in metrics, [
+        line for line in metrics.splitlines() if "auth" in line
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,3 +445,26 @@ def test_a_tls_hello_that_cannot_be_read_is_refused_fail_closed(env: Env) -> Non
     assert record["reason"] == "sni-unreadable", record
     assert record["status"] == 403
     assert env.origin.request_records() == []
+
+
+def login(user: bytes, password: bytes) -> bytes:
+    return bytes((1, len(user))) + user + bytes((len(password),)) + password
+
+
+def test_a_pipelined_login_held_by_the_back_off_goes_on_with_its_request(env: Env) -> None:
+    """After a failed login the address is backed off: the next login (sent together with
+    its request, as optimistic clients do) waits for its slot, then both are answered."""
+    proxy = env.start(auth={"users_env": "EG_SOCKS_USERS"}, env={"EG_SOCKS_USERS": "alice:s3cret"})
+    with socks_socket(proxy) as sock:
+        sock.sendall(b"\x05\x01\x02" + login(b"alice", b"wrong"))
+        assert recv_exactly(sock, 4) == b"\x05\x02\x01\x01"
+    with socks_socket(proxy) as sock:
+        sock.sendall(
+            b"\x05\x01\x02"
+            + login(b"alice", b"s3cret")
+            + request(1, 3, domain("tls.test"), env.origin.port)
+        )
+        assert recv_exactly(sock, 4) == b"\x05\x02\x01\x00"
+        assert recv_exactly(sock, 10)[:2] == b"\x05\x00"
+    record = wait_record(proxy, kind="socks", user="alice")
+    assert record["decision"] == "allow"
