@@ -54,6 +54,7 @@ TOP_LEVEL_KEYS = (
     "listen",
     "admin_listen",
     "tls_listen",
+    "transparent_listen",
     *POLICY_KEYS,
     "policies",
     "default_policy",
@@ -369,6 +370,14 @@ class _ConfigBuilder:
                 )
         if "tls_listen" in top:
             changes["tls_listen"] = self.w.attempt(top["tls_listen"], self._tls_listen)
+        if "transparent_listen" in top:
+            node = top["transparent_listen"]
+            if isinstance(node, yaml.ScalarNode) and self.w.attempt(node, self.w.scalar) is None:
+                changes["transparent_listen"] = _NULL  # explicitly off (the default)
+            else:
+                changes["transparent_listen"] = self.w.attempt(
+                    node, lambda n: self.w.parsed(n, ListenAddress.parse)
+                )
 
     def _tls_listen(self, node: yaml.Node) -> TlsListenConfig | None:
         keys = ("listen", "cert_file", "key_file", "client_ca_file", "require_client_cert")

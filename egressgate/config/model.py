@@ -187,6 +187,9 @@ class Config:
         default_factory=lambda: ListenAddress.parse(DEFAULT_ADMIN_LISTEN)
     )
     tls_listen: TlsListenConfig | None = None
+    # Transparent listener (docs/transparent.md): connections redirected by the kernel
+    # (nftables/iptables REDIRECT), routed by their TLS SNI or HTTP Host.
+    transparent_listen: ListenAddress | None = None
     policies: tuple[PolicyConfig, ...] = (PolicyConfig(DEFAULT_POLICY_NAME),)
     default_policy: str = DEFAULT_POLICY_NAME
     clients: tuple[ClientRule, ...] = ()

@@ -37,6 +37,7 @@ from egressgate.observe.metrics import Metrics, MetricsCollector
 from egressgate.proxy.acceptor import Acceptor
 from egressgate.proxy.connection import ClientConnection
 from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.transparent import TransparentListener
 from egressgate.proxy.upstream_pool import UpstreamPool
 from egressgate.runtime.memory import freeze_long_lived
 from egressgate.runtime.reload import Reloader
@@ -86,6 +87,7 @@ class ProxyServer:
         self._admin: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
         self._reloader: Reloader | None = None
+        self._transparent: TransparentListener | None = None
         self.ctx: ProxyContext | None = None
         self.addresses: dict[str, str | None] = {}
         self._note_generation(generation)
@@ -126,6 +128,11 @@ class ProxyServer:
         self.addresses["tls_proxy"] = None
         if config.tls_listen is not None:
             await self._start_tls_listener(config, ctx)
+        self.addresses["transparent"] = None
+        if config.transparent_listen is not None and not self.worker:  # worker 0 or alone
+            transparent = bind(config.transparent_listen, self.reuse_port)
+            self._transparent = TransparentListener(ctx, transparent)
+            self.addresses["transparent"] = bound_address(transparent)
         self.addresses["admin"] = None
         if config.admin_listen is not None and self.worker is None:
             await self._start_admin(config)
@@ -397,6 +404,8 @@ class ProxyServer:
             self._acceptor.close()
         for server in self._servers:
             server.close()
+        if self._transparent is not None:
+            self._transparent.close()
         if self._reloader is not None:
             self._reloader.stop()
         loop = asyncio.get_running_loop()

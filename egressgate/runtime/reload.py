@@ -38,7 +38,7 @@ from egressgate.runtime.state import Generation, State, compile_generation
 POLL_INTERVAL_S = 1.0
 # The watcher counts as dead (readiness fails) when its last poll is older than this.
 WATCHER_STALL_S = 5 * POLL_INTERVAL_S
-RESTART_ONLY = ("listen", "admin_listen", "tls_listen", "workers")
+RESTART_ONLY = ("listen", "admin_listen", "tls_listen", "transparent_listen", "workers")
 
 # prepare(old, new) opens what the new generation needs and returns the step that installs it
 # (which must not fail); it raises ConfigError (or anything) to refuse the reload.

@@ -345,6 +345,11 @@ class ProxyProcess:
         return self.listening_address("tls_proxy")
 
     @property
+    def transparent_address(self) -> tuple[str, int] | None:
+        """(host, port) of the transparent listener (`transparent_listen`), if it runs one."""
+        return self.listening_address("transparent")
+
+    @property
     def admin_address(self) -> tuple[str, int] | None:
         """(host, port) of the admin listener, or None if it has none."""
         return self.listening_address("admin")
