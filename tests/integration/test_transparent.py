@@ -101,7 +101,8 @@ def record_of(env: Env, **fields: Any) -> dict[str, Any]:
 
 def test_listening_event_reports_the_transparent_address(env: Env) -> None:
     host, port = env.address
-    assert host == "127.0.0.1" and port > 0
+    assert host == "127.0.0.1"
+    assert port > 0
 
 
 def test_allowed_https_name_is_relayed_to_its_vetted_address(env: Env) -> None:
