@@ -38,6 +38,7 @@ class Reason(StrEnum):
     NO_POLICY = "no-policy"
     # Transparent listener: no SNI, not HTTP, and the original destination is no listed IP.
     NO_DESTINATION_NAME = "no-destination-name"
+    DNS_QUERY_TYPE_REFUSED = "dns-query-type-refused"  # the DNS guard never forwards this type
     # Authentication: 407.
     AUTH_REQUIRED = "proxy-auth-required"
     # Malformed or unsupported requests: 4xx / 501.
@@ -52,6 +53,7 @@ class Reason(StrEnum):
     # Overload: 503.
     TOO_MANY_CONNECTIONS = "too-many-connections"
     SHUTTING_DOWN = "shutting-down"
+    DNS_OVERLOADED = "dns-overloaded"  # the DNS guard's upstream queries in flight are at the cap
     # Upstream failures: 502 / 504.
     DNS_NXDOMAIN = "dns-nxdomain"
     DNS_NO_ADDRESS = "dns-no-address"
@@ -91,6 +93,7 @@ _STATUS: dict[Reason, int] = {
     Reason.SNI_UNREADABLE: 403,
     Reason.NO_POLICY: 403,
     Reason.NO_DESTINATION_NAME: 403,
+    Reason.DNS_QUERY_TYPE_REFUSED: 403,
     Reason.AUTH_REQUIRED: 407,
     Reason.BAD_REQUEST: 400,
     Reason.NOT_A_PROXY_REQUEST: 400,
@@ -102,6 +105,7 @@ _STATUS: dict[Reason, int] = {
     Reason.UNSUPPORTED_METHOD: 501,
     Reason.TOO_MANY_CONNECTIONS: 503,
     Reason.SHUTTING_DOWN: 503,
+    Reason.DNS_OVERLOADED: 503,
     Reason.DNS_NXDOMAIN: 502,
     Reason.DNS_NO_ADDRESS: 502,
     Reason.DNS_FAILURE: 502,
@@ -129,6 +133,7 @@ _TEXT: dict[Reason, str] = {
     Reason.NO_POLICY: "no policy applies to this client",
     Reason.NO_DESTINATION_NAME: "the connection names no destination (no TLS server name, "
     "not HTTP) and its original destination is not an allowed IP",
+    Reason.DNS_QUERY_TYPE_REFUSED: "the DNS guard refuses this query type, class or opcode",
     Reason.AUTH_REQUIRED: "proxy authentication required",
     Reason.BAD_REQUEST: "malformed request",
     Reason.NOT_A_PROXY_REQUEST: "this is a forward proxy: send absolute-form requests or CONNECT",
@@ -140,6 +145,7 @@ _TEXT: dict[Reason, str] = {
     Reason.UNSUPPORTED_METHOD: "method not supported by this proxy",
     Reason.TOO_MANY_CONNECTIONS: "too many connections",
     Reason.SHUTTING_DOWN: "the proxy is shutting down",
+    Reason.DNS_OVERLOADED: "too many DNS queries are waiting for the upstream resolver",
     Reason.DNS_NXDOMAIN: "the destination name does not exist",
     Reason.DNS_NO_ADDRESS: "the destination name has no address",
     Reason.DNS_FAILURE: "the destination name could not be resolved",

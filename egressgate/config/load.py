@@ -27,6 +27,9 @@ from egressgate.config.model import (
     AuthConfig,
     ClientRule,
     Config,
+    DnsAnswer,
+    DnsConfig,
+    DnsRefusal,
     Limits,
     ListenAddress,
     Mode,
@@ -50,11 +53,20 @@ POLICY_KEYS = (
     "sni_check",
     "tunnels_without_sni",
 )
+DNS_KEYS = (
+    "dns_listen",
+    "dns_passthrough",
+    "dns_refusal",
+    "dns_answer",
+    "dns_proxy_addresses",
+    "dns_proxy_ttl_s",
+)
 TOP_LEVEL_KEYS = (
     "listen",
     "admin_listen",
     "tls_listen",
     "transparent_listen",
+    *DNS_KEYS,
     *POLICY_KEYS,
     "policies",
     "default_policy",
@@ -327,6 +339,7 @@ class _ConfigBuilder:
             return config
         changes: dict[str, Any] = {}
         self._listeners(top, changes)
+        self._dns(top, changes)
         self._files_and_logging(top, changes)
         policies = self._policies(top)
         changes["policies"] = policies
@@ -378,6 +391,47 @@ class _ConfigBuilder:
                 changes["transparent_listen"] = self.w.attempt(
                     node, lambda n: self.w.parsed(n, ListenAddress.parse)
                 )
+
+    def _dns(self, top: dict[str, yaml.Node], changes: dict[str, Any]) -> None:
+        """The DNS guard's keys (docs/transparent.md); its limits are under `limits`."""
+        w = self.w
+        if "dns_listen" in top:
+            node = top["dns_listen"]
+            if isinstance(node, yaml.ScalarNode) and w.attempt(node, w.scalar) is None:
+                changes["dns_listen"] = _NULL
+            else:
+                changes["dns_listen"] = w.attempt(node, lambda n: w.parsed(n, ListenAddress.parse))
+        values: dict[str, Any] = {}
+        if "dns_passthrough" in top:
+            values["passthrough"] = w.attempt(
+                top["dns_passthrough"],
+                lambda n: w.each(n, "dns_passthrough", self._name_pattern),
+            )
+        if "dns_refusal" in top:
+            values["refusal"] = w.attempt(
+                top["dns_refusal"], lambda n: w.parsed(n, _enum(DnsRefusal, "dns_refusal"))
+            )
+        if "dns_answer" in top:
+            values["answer"] = w.attempt(
+                top["dns_answer"], lambda n: w.parsed(n, _enum(DnsAnswer, "dns_answer"))
+            )
+        if "dns_proxy_addresses" in top:
+            values["proxy_addresses"] = w.attempt(
+                top["dns_proxy_addresses"],
+                lambda n: w.each(n, "dns_proxy_addresses", lambda i: w.parsed(i, _ip_address)),
+            )
+        if "dns_proxy_ttl_s" in top:
+            values["proxy_ttl_s"] = w.attempt(
+                top["dns_proxy_ttl_s"], _named("dns_proxy_ttl_s", lambda n: w.integer(n, 1, 86400))
+            )
+        dns = replace(DnsConfig(), **{k: v for k, v in values.items() if v is not None})
+        if dns.answer is DnsAnswer.PROXY and not dns.proxy_addresses:
+            w.issue(
+                top.get("dns_proxy_addresses", top.get("dns_answer")),
+                "dns_answer: proxy needs dns_proxy_addresses (the addresses of this proxy's "
+                "transparent listener that names are answered with)",
+            )
+        changes["dns"] = dns
 
     def _tls_listen(self, node: yaml.Node) -> TlsListenConfig | None:
         keys = ("listen", "cert_file", "key_file", "client_ca_file", "require_client_cert")
@@ -544,6 +598,17 @@ class _ConfigBuilder:
             raise _Invalid(node, f"allow: {exc}") from exc
         return text
 
+    def _name_pattern(self, node: yaml.Node) -> str:
+        """A dns_passthrough entry: the allowlist's name forms (exact, .domain, *.sub)."""
+        text = self.w.parsed(node, lambda s: s)
+        try:
+            pattern = DomainPattern.parse(text)
+        except ValueError as exc:
+            raise _Invalid(node, f"dns_passthrough: {exc}") from exc
+        if pattern.network is not None:
+            raise _Invalid(node, f"dns_passthrough: {text!r} is an address; list domain names")
+        return text
+
     def _cidr(self, node: yaml.Node) -> str:
         text = self.w.string(node)
         try:
@@ -608,6 +673,7 @@ class _ConfigBuilder:
         return AuthConfig(users_file, users_env, realm or "egressgate")
 
     def _cross_checks(self, config: Config, top: dict[str, yaml.Node]) -> None:
+        self._dns_cross_checks(config, top)
         # Both point at the first rule that names the criterion, not at the `clients` list.
         if any(r.users for r in config.clients) and config.auth is None:
             self.w.issue(
@@ -620,6 +686,28 @@ class _ConfigBuilder:
             self.w.issue(
                 self._criteria_nodes.get("tls_name", top.get("clients")),
                 "clients rules name tls_name, which needs tls_listen with client_ca_file",
+            )
+
+    def _dns_cross_checks(self, config: Config, top: dict[str, yaml.Node]) -> None:
+        limits = config.limits
+        if limits.dns_cache_min_ttl_s > limits.dns_cache_max_ttl_s:
+            self.w.issue(
+                top.get("limits"),
+                f"limits.dns_cache_min_ttl_s ({limits.dns_cache_min_ttl_s:g}) is larger than "
+                f"limits.dns_cache_max_ttl_s ({limits.dns_cache_max_ttl_s:g})",
+            )
+        listen = config.dns_listen
+        if listen is None:
+            return
+        if listen.port == 0 and config.workers > 1:
+            self.w.issue(
+                top.get("dns_listen"),
+                "dns_listen needs a fixed port with workers > 1 (the guard runs in worker 0)",
+            )
+        if str(listen) in config.nameservers:
+            self.w.issue(
+                top.get("nameservers"),
+                f"nameservers lists {listen}, the guard's own dns_listen: queries would loop",
             )
 
 
@@ -647,6 +735,14 @@ def _unwritable(path: str) -> str | None:
     return None
 
 
+def _ip_address(text: str) -> str:
+    """An IPv4 or IPv6 address (no port, no network); returns its canonical text."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise ValueError(f"{text!r}: expected an IP address, like 10.0.0.5 or fd00::5") from None
+
+
 def _nameserver(text: str) -> str:
     """Validate `ip`, `ip:port`, `v6` or `[v6]:port`; returns the canonical `host:port` form."""
     text = text.strip()
@@ -665,7 +761,9 @@ def _nameserver(text: str) -> str:
     return str(address)
 
 
-def _enum(kind: type[Mode] | type[NoSniAction], what: str) -> Callable[[str], Any]:
+def _enum(
+    kind: type[Mode] | type[NoSniAction] | type[DnsRefusal] | type[DnsAnswer], what: str
+) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
             return kind(text)

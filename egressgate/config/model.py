@@ -32,6 +32,20 @@ class NoSniAction(StrEnum):
     DENY = "deny"
 
 
+class DnsRefusal(StrEnum):
+    """The DNS guard's answer for a name it refuses: NXDOMAIN (the default) or REFUSED."""
+
+    NXDOMAIN = "nxdomain"
+    REFUSED = "refused"
+
+
+class DnsAnswer(StrEnum):
+    """forward: allowed names get the upstream resolver's answer. proxy: the proxy's address."""
+
+    FORWARD = "forward"
+    PROXY = "proxy"
+
+
 def _is_ascii_number(text: str) -> bool:
     """ASCII digits only.
 
@@ -170,11 +184,35 @@ class Limits:
     upstream_idle_s: float = 30.0
     drain_timeout_s: float = 25.0
     shutdown_delay_s: float = 0.0  # keep accepting this long after SIGTERM (endpoint removal)
+    # The DNS guard (dns_listen): what one client may send and hold, and what it keeps.
+    dns_max_message_bytes: int = 4096  # a query (UDP datagram or TCP frame); larger: dropped
+    dns_tcp_idle_s: float = 10.0  # a TCP client silent (or mid-frame) this long is closed
+    dns_tcp_max_queries: int = 100  # queries per TCP connection, then it is closed
+    dns_max_tcp_connections: int = 256  # open TCP connections to the guard
+    dns_max_inflight: int = 256  # upstream queries in flight; beyond: SERVFAIL (dns-overloaded)
+    dns_cache_entries: int = 10_000  # answers kept (each for its TTL, clamped below)
+    dns_cache_min_ttl_s: float = 1.0
+    dns_cache_max_ttl_s: float = 300.0
+
     # Access-log bytes that may wait for the writer thread (a slow disk, a stdout reader that
     # stopped reading); beyond, whole batches are dropped and counted, traffic never waits.
     access_log_buffer_bytes: int = 4 * 1024 * 1024
     # How long the exit waits for the access-log writer to write what is queued.
     access_log_flush_timeout_s: float = 2.0
+
+
+DEFAULT_DNS_PASSTHROUGH = (".cluster.local",)
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    """How the DNS guard (`dns_listen`) answers; see docs/transparent.md."""
+
+    passthrough: tuple[str, ...] = DEFAULT_DNS_PASSTHROUGH  # forwarded whatever the policy
+    refusal: DnsRefusal = DnsRefusal.NXDOMAIN
+    answer: DnsAnswer = DnsAnswer.FORWARD
+    proxy_addresses: tuple[str, ...] = ()  # dns_answer: proxy: the addresses to answer with
+    proxy_ttl_s: int = 30  # TTL of those synthesized answers (DNS TTLs are whole seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +228,8 @@ class Config:
     # Transparent listener (docs/transparent.md): connections redirected by the kernel
     # (nftables/iptables REDIRECT), routed by their TLS SNI or HTTP Host.
     transparent_listen: ListenAddress | None = None
+    dns_listen: ListenAddress | None = None
+    dns: DnsConfig = field(default_factory=DnsConfig)
     policies: tuple[PolicyConfig, ...] = (PolicyConfig(DEFAULT_POLICY_NAME),)
     default_policy: str = DEFAULT_POLICY_NAME
     clients: tuple[ClientRule, ...] = ()

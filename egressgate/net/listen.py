@@ -48,3 +48,27 @@ def bound_address(sock: socket.socket) -> str:
     """host:port (or [v6]:port) the socket is bound to."""
     host, port = sock.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_udp(address: ListenAddress) -> socket.socket:
+    """A bound non-blocking UDP socket (for the DNS guard); StartupError if it cannot."""
+    try:
+        infos = socket.getaddrinfo(
+            address.host,
+            address.port,
+            type=socket.SOCK_DGRAM,
+            flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV,
+        )
+        family, _, _, _, sockaddr = infos[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6 and address.host in ("::", ""):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(sockaddr)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {address} (UDP): {exc.strerror or exc}") from exc
+    return sock

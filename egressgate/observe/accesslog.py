@@ -268,6 +268,22 @@ class AccessLog:
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_INTERVAL_S, self.flush)
 
+    def timestamp(self, t: float) -> str:
+        """`t` (time.time()) as the `ts` field renders it."""
+        return self._clock.format(t)
+
+    def write_line(self, line: str) -> None:
+        """Append one line rendered by the caller (with `format_record`'s field order).
+
+        For the DNS guard's cached answers, whose records differ only in time, client and
+        duration: it renders the constant rest once per answer (proxy/dns_guard.py)."""
+        self._buffer.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_INTERVAL_S, self.flush)
+
     def flush(self) -> None:
         """Hand the buffered lines to the writer thread (never waits for it)."""
         if self._timer is not None:

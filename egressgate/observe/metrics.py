@@ -33,6 +33,7 @@ ACTIVE_CONNECTIONS = f"{PREFIX}_active_connections"
 ACTIVE_TUNNELS = f"{PREFIX}_active_tunnels"
 UPSTREAM_ERRORS = f"{PREFIX}_upstream_errors"
 DNS_LOOKUP = f"{PREFIX}_dns_lookup_seconds"
+DNS_QUERIES = f"{PREFIX}_dns_queries"
 RELOADS = f"{PREFIX}_reloads"
 CONFIG_GENERATION = f"{PREFIX}_config_generation"
 CONFIG_INFO = f"{PREFIX}_config_info"
@@ -57,6 +58,7 @@ class Metrics:
         self.reloads: dict[str, int] = {"success": 0, "failure": 0}
         self.dns_counts: dict[str, list[int]] = {}
         self.dns_sums: dict[str, float] = {}
+        self.dns_queries: dict[tuple[str, str], int] = {}  # the DNS guard: (decision, reason)
         self.access_log_errors = 0
         self.log_dropped = 0  # access records dropped: the log writer was too far behind
         self.reload_watcher_errors = 0  # unexpected exceptions in the config-file watcher
@@ -76,6 +78,10 @@ class Metrics:
             self.bytes_up[kind] = self.bytes_up.get(kind, 0) + bytes_up
         if bytes_down:
             self.bytes_down[kind] = self.bytes_down.get(kind, 0) + bytes_down
+
+    def count_dns_query(self, decision: str, reason: str) -> None:
+        key = (decision, reason)
+        self.dns_queries[key] = self.dns_queries.get(key, 0) + 1
 
     def count_upstream_error(self, reason: str) -> None:
         self.upstream_errors[reason] = self.upstream_errors.get(reason, 0) + 1
@@ -100,6 +106,7 @@ class Metrics:
             "reloads": dict(self.reloads),
             "dns_counts": {result: list(counts) for result, counts in self.dns_counts.items()},
             "dns_sums": dict(self.dns_sums),
+            "dns_queries": [[*k, v] for k, v in self.dns_queries.items()],
             "access_log_errors": self.access_log_errors,
             "log_dropped": self.log_dropped,
             "reload_watcher_errors": self.reload_watcher_errors,
@@ -116,9 +123,12 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Sum counters and gauges of several snapshots; config info from the newest generation."""
     total: dict[str, Any] = Metrics().snapshot()
     requests: dict[tuple[str, ...], int] = {}
+    dns_queries: dict[tuple[str, ...], int] = {}
     for snap in snapshots:
         for *key, value in snap["requests"]:
             requests[tuple(key)] = requests.get(tuple(key), 0) + value
+        for *key, value in snap.get("dns_queries", ()):
+            dns_queries[tuple(key)] = dns_queries.get(tuple(key), 0) + value
         for name in ("bytes_up", "bytes_down", "upstream_errors", "reloads", "dns_sums"):
             for key, value in snap[name].items():
                 total[name][key] = total[name].get(key, 0) + value
@@ -138,6 +148,7 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
             for name in ("config_generation", "config_hash", "config_source"):
                 total[name] = snap[name]
     total["requests"] = [[*k, v] for k, v in requests.items()]
+    total["dns_queries"] = [[*k, v] for k, v in dns_queries.items()]
     return total
 
 
@@ -191,6 +202,14 @@ def _families(snap: dict[str, Any]) -> Iterator[Metric]:
         errors.add_metric([reason], value)
     yield errors
     yield _dns_histogram(snap)
+    queries = CounterMetricFamily(
+        DNS_QUERIES,
+        "Queries answered by the DNS guard (dns_listen), by decision and reason",
+        labels=["decision", "reason"],
+    )
+    for decision, reason, value in snap.get("dns_queries", ()):
+        queries.add_metric([decision, reason], value)
+    yield queries
     reloads = CounterMetricFamily(RELOADS, "Config reloads by result", labels=["result"])
     for result, value in snap["reloads"].items():
         reloads.add_metric([result], value)

@@ -37,6 +37,7 @@ from egressgate.observe.metrics import Metrics, MetricsCollector
 from egressgate.proxy.acceptor import Acceptor
 from egressgate.proxy.connection import ClientConnection
 from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.dns_guard import DnsGuard
 from egressgate.proxy.transparent import TransparentListener
 from egressgate.proxy.upstream_pool import UpstreamPool
 from egressgate.runtime.memory import freeze_long_lived
@@ -88,6 +89,7 @@ class ProxyServer:
         self._stopped: asyncio.Event | None = None
         self._reloader: Reloader | None = None
         self._transparent: TransparentListener | None = None
+        self._dns: DnsGuard | None = None
         self.ctx: ProxyContext | None = None
         self.addresses: dict[str, str | None] = {}
         self._note_generation(generation)
@@ -133,6 +135,10 @@ class ProxyServer:
             transparent = bind(config.transparent_listen, self.reuse_port)
             self._transparent = TransparentListener(ctx, transparent)
             self.addresses["transparent"] = bound_address(transparent)
+        self.addresses["dns"] = None
+        if config.dns_listen is not None and not self.worker:  # one guard: worker 0 or alone
+            self._dns = DnsGuard(ctx)
+            self.addresses["dns"] = await self._dns.start(config.dns_listen)
         self.addresses["admin"] = None
         if config.admin_listen is not None and self.worker is None:
             await self._start_admin(config)
@@ -230,7 +236,7 @@ class ProxyServer:
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
 
     # ---- reload
-    def reload(self, trigger: str = "api") -> bool:
+    def reload(self, trigger: str = "api") -> None:
         if self._reloader is None:
             emit(
                 "reload-skipped",
@@ -238,9 +244,10 @@ class ProxyServer:
                 trigger=trigger,
                 why="running on the built-in default config: no file to reload",
             )
-            return False
+            return
         emit("reload-requested", trigger=trigger)
-        return self._reloader.reload(trigger)
+        # Compiled in a thread, applied on the loop: a large allowlist never pauses traffic.
+        self._reloader.request_reload(trigger)
 
     # ---- access log
     def _open_access_log(self, config: Config) -> AccessLog:
@@ -406,6 +413,8 @@ class ProxyServer:
             server.close()
         if self._transparent is not None:
             self._transparent.close()
+        if self._dns is not None:
+            self._dns.close()
         if self._reloader is not None:
             self._reloader.stop()
         loop = asyncio.get_running_loop()

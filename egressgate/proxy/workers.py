@@ -204,6 +204,7 @@ class _Supervisor:
             "proxy": str(self.listen),
             "admin": admin,
             "tls_proxy": None,
+            "dns": str(dns) if (dns := self.generation.config.dns_listen) else None,  # worker 0
             "config": self.generation.config.source,
             "generation": self.generation.number,
             "sha256": self.generation.sha256,

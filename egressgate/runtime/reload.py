@@ -18,6 +18,13 @@ Integrity (issue 19, item 9), fail closed:
 - the watcher survives any exception (reported once with its traceback, counted, retried on
   the next poll) and reports its health to `State` for /readyz.
 
+Never on the event loop (issue 12, item 3): reading, validating and compiling a new generation
+happens in a thread (`request_reload`), so a 100,000-entry allowlist that takes seconds to
+compile does not pause traffic; the result is handed back to the loop, which prepares and swaps
+it as above. One compile at a time: a reload requested meanwhile runs after it. While a compile
+runs, the interpreter's thread switch interval is lowered (COMPILE_SWITCH_INTERVAL_S), so the
+event loop waits at most that long for the GIL instead of the default 5 ms per wake-up.
+
 Settings that only take effect at start (listeners, workers) are reported as needing a restart;
 everything else applies to new requests at once. Requests in flight keep their Generation.
 """
@@ -27,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sys
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -38,7 +47,16 @@ from egressgate.runtime.state import Generation, State, compile_generation
 POLL_INTERVAL_S = 1.0
 # The watcher counts as dead (readiness fails) when its last poll is older than this.
 WATCHER_STALL_S = 5 * POLL_INTERVAL_S
-RESTART_ONLY = ("listen", "admin_listen", "tls_listen", "transparent_listen", "workers")
+RESTART_ONLY = (
+    "listen",
+    "admin_listen",
+    "tls_listen",
+    "transparent_listen",
+    "dns_listen",
+    "workers",
+)
+# While a compile runs in its thread: how long the loop may wait for the GIL at most.
+COMPILE_SWITCH_INTERVAL_S = 0.0005
 
 # prepare(old, new) opens what the new generation needs and returns the step that installs it
 # (which must not fail); it raises ConfigError (or anything) to refuse the reload.
@@ -124,6 +142,9 @@ class Reloader:
         self._pending: tuple[Fingerprint, str | None] | None = None
         self._last_error: str | None = None  # the watcher's last unexpected error, reported once
         self._task: asyncio.TimerHandle | None = None
+        self._compiling = False  # a compile thread is running
+        self._queued: str | None = None  # the trigger of a reload requested meanwhile
+        self._stopped = False
 
     def _stat(self) -> Fingerprint | None:
         try:
@@ -147,6 +168,7 @@ class Reloader:
         self._task = asyncio.get_running_loop().call_later(POLL_INTERVAL_S, self._poll)
 
     def stop(self) -> None:
+        self._stopped = True
         self._state.watch_stopped()
         if self._task is not None:
             self._task.cancel()
@@ -201,15 +223,84 @@ class Reloader:
         except ConfigError:
             text = None
         if text is None or hashlib.sha256(text.encode()).hexdigest() != self._state.current.sha256:
-            self.reload("file-change")
+            self.request_reload("file-change")
 
-    def reload(self, trigger: str) -> bool:
-        """Load, prepare and swap, all or nothing; True if the new config is now in force."""
+    # ---- compiling off the loop
+    def request_reload(self, trigger: str) -> None:
+        """Compile the file in a thread, then apply it on the loop (see the module doc)."""
+        if self._stopped:
+            return
+        if self._compiling:
+            self._queued = trigger
+            return
+        self._compiling = True
         old = self._state.current
         self._fingerprint = self._stat()
         self._pending = None
+        loop = asyncio.get_running_loop()
+        threading.Thread(
+            target=self._compile_in_thread,
+            args=(loop, trigger, old),
+            name="egressgate-reload",
+            daemon=True,  # a compile in progress never holds up the exit
+        ).start()
+
+    def _compile_in_thread(
+        self, loop: asyncio.AbstractEventLoop, trigger: str, old: Generation
+    ) -> None:
+        previous_s = sys.getswitchinterval()
+        sys.setswitchinterval(COMPILE_SWITCH_INTERVAL_S)
+        result: Generation | Exception
         try:
-            new = load_generation(self._path, old.number + 1, reloading=True)
+            result = load_generation(self._path, old.number + 1, reloading=True)
+        except Exception as exc:  # handed to the loop, which reports it
+            result = exc
+        finally:
+            sys.setswitchinterval(previous_s)
+        try:
+            loop.call_soon_threadsafe(self._compiled, trigger, old, result)
+        except RuntimeError:  # the loop has closed: the process is exiting
+            pass
+
+    def _compiled(self, trigger: str, old: Generation, result: Generation | Exception) -> None:
+        """On the loop: apply what the thread compiled, then any reload requested meanwhile."""
+        self._compiling = False
+        try:
+            if self._stopped:
+                return
+            if self._state.current is not old:  # compiled against an older generation
+                self._queued = self._queued or trigger
+            else:
+                self._apply(trigger, old, result)
+        except Exception:  # a bug after the swap: report it, keep reloading
+            self._report(
+                "reload-error", level="error", trigger=trigger, traceback=traceback.format_exc()
+            )
+        finally:
+            if self._queued is not None and not self._stopped:
+                queued, self._queued = self._queued, None
+                self.request_reload(queued)
+
+    # ---- applying
+    def reload(self, trigger: str) -> bool:
+        """Load, prepare and swap on the calling thread, all or nothing; True if the new config
+        is now in force. (The proxy uses `request_reload`, which compiles off the loop.)"""
+        old = self._state.current
+        self._fingerprint = self._stat()
+        self._pending = None
+        result: Generation | Exception
+        try:
+            result = load_generation(self._path, old.number + 1, reloading=True)
+        except Exception as exc:
+            result = exc
+        return self._apply(trigger, old, result)
+
+    def _apply(self, trigger: str, old: Generation, result: Generation | Exception) -> bool:
+        """Prepare and swap a compiled generation (or report why there is none)."""
+        try:
+            if isinstance(result, Exception):
+                raise result
+            new = result
             install = self._prepare(old, new) if self._prepare is not None else None
         except ConfigError as exc:
             self._on_failure(exc)

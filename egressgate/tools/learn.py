@@ -4,8 +4,13 @@ Owns the learning workflow's logic, pure over iterables of lines (the CLI opens 
 
 - `LogAccumulator` reads JSON access-log lines (one request or tunnel each, the fields of
   egressgate.observe.record.FIELDS) and counts, per policy and destination host, requests,
-  first/last seen, ports (CONNECT and plain HTTP apart) and decisions. Lines that are not JSON
-  or lack a field are counted and skipped, never fatal.
+  first/last seen, ports (CONNECT and plain HTTP apart) and decisions. The DNS guard's
+  `kind: dns` lines count too (the name asked for, no port): a name an app looked up is
+  treated like a request to it (allowed or report mode: proposed; refused in enforce mode:
+  listed as denied; resolved to an internal address: suspicious); lookups of dns_passthrough
+  names and refused query types (ANY, AXFR, PTR...) are left out, since an allow entry would
+  change neither.
+  Lines that are not JSON or lack a field are counted and skipped, never fatal.
 - `LogAccumulator.result()` proposes the smallest allowlist that covers what was seen: hosts are
   grouped under their registrable domain (the Public Suffix List of the `publicsuffixlist`
   package), and a group becomes `.domain` when it has many hosts or CDN/shard-like names, else
@@ -57,6 +62,16 @@ _CDN_WORDS = re.compile(
     r"(?:[0-9]+|-[a-z0-9-]+)?$"
 )
 _HASHLIKE = re.compile(r"^(?:[0-9a-f]{16,}|.*[0-9].*[0-9].*[0-9].*[0-9].*[0-9].*[0-9].*)$")
+# DNS guard lines whose name an allowlist entry decides (others: query types, upstream errors).
+_DNS_REASONS = frozenset(
+    {
+        Reason.ALLOWED.value,
+        Reason.HOST_NOT_ALLOWED.value,
+        Reason.PRIVATE_ADDRESS.value,
+        Reason.DNS_TIMEOUT.value,
+        Reason.DNS_FAILURE.value,
+    }
+)
 _SNI_REASONS = frozenset({Reason.SNI_MISMATCH.value, Reason.SNI_NOT_ALLOWED.value})
 # The detail of a private-address refusal names the address (policy/engine.py `vet`); proxies
 # up to 0.1.0 logged it only there, with `address` null.
@@ -92,6 +107,7 @@ class HostUsage:
     decisions: tuple[tuple[str, int], ...]  # ("allow", 10), ("report", 3), ...
     reasons: tuple[tuple[str, int], ...]
     port_requests: tuple[tuple[int, bool, int], ...] = ()  # (port, connect, requests)
+    dns_queries: int = 0  # of `requests`, how many were DNS guard lookups (kind: dns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +234,7 @@ class LogRecord:
     reason: str
     sni: str | None
     detail: str | None = None
+    kind: str | None = None
 
 
 def parse_line(line: str) -> LogRecord | None:
@@ -236,7 +253,7 @@ def parse_line(line: str) -> LogRecord | None:
         and data["decision"] in DECISIONS
         and all(
             _optional_str(data.get(f))
-            for f in ("policy", "host", "user", "address", "sni", "detail")
+            for f in ("policy", "host", "user", "address", "sni", "detail", "kind")
         )
         and (port is None or (isinstance(port, int) and not isinstance(port, bool)))
     )
@@ -255,6 +272,7 @@ def parse_line(line: str) -> LogRecord | None:
         data["reason"],
         data.get("sni"),
         data.get("detail"),
+        data.get("kind"),
     )
 
 
@@ -288,12 +306,16 @@ class _HostCounts:
     decisions: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     addresses: set[str] = field(default_factory=set)
+    dns_queries: int = 0
 
-    def add(self, record: LogRecord, port: int) -> None:
+    def add(self, record: LogRecord, port: int | None) -> None:
         self.requests += 1
         self.first = record.ts if self.first is None else min(self.first, record.ts)
         self.last = record.ts if self.last is None else max(self.last, record.ts)
-        self.ports[(port, record.method == "CONNECT")] += 1
+        if port is None:
+            self.dns_queries += 1  # a DNS lookup: the name, no port
+        else:
+            self.ports[(port, record.method == "CONNECT")] += 1
         self.decisions[record.decision] += 1
         self.reasons[record.reason] += 1
         address = record.address or _address_in_detail(record)
@@ -313,6 +335,7 @@ class _HostCounts:
             tuple(sorted(self.decisions.items())),
             tuple(sorted(self.reasons.items())),
             tuple(sorted((p, c, n) for (p, c), n in self.ports.items())),
+            self.dns_queries,
         )
 
 
@@ -360,6 +383,8 @@ class LogAccumulator:
         """Count one record; returns why it was skipped, if it was."""
         if record is None:
             return "malformed"
+        if record.kind == "dns" and record.host is not None:
+            return self._add_dns(record)
         if record.host is None or record.port is None:
             return "no_destination"
         if record.policy is None:
@@ -374,6 +399,23 @@ class LogAccumulator:
         table.setdefault(key, _HostCounts()).add(record, record.port)
         if record.reason in _SNI_REASONS and record.sni and not _same_name(record.sni, record.host):
             self.sni[(record.policy, record.host, record.sni)] += 1
+        return None
+
+    def _add_dns(self, record: LogRecord) -> str | None:
+        """A DNS guard line: the name counts (no port) unless an allow entry cannot matter."""
+        assert record.host is not None
+        if record.detail == "dns_passthrough" or record.reason not in _DNS_REASONS:
+            return "dns_other"
+        if record.policy is None:
+            return "no_policy"
+        if self.policy is not None and record.policy != self.policy:
+            return "filtered"
+        self.counts["used"] += 1
+        self.first = record.ts if self.first is None else min(self.first, record.ts)
+        self.last = record.ts if self.last is None else max(self.last, record.ts)
+        key = (record.policy, record.host)
+        table = self.private if record.reason == Reason.PRIVATE_ADDRESS.value else self.hosts
+        table.setdefault(key, _HostCounts()).add(record, None)
         return None
 
     # ---- the proposal
@@ -729,6 +771,8 @@ def _ports_text(usage: HostUsage) -> str:
         parts.append("CONNECT " + ",".join(map(str, usage.connect_ports)))
     if usage.http_ports:
         parts.append("http " + ",".join(map(str, usage.http_ports)))
+    if usage.dns_queries:
+        parts.append(f"DNS {usage.dns_queries}")
     return "; ".join(parts)
 
 
@@ -873,6 +917,7 @@ def _usage_json(usage: HostUsage) -> dict[str, object]:
         "last_seen": _when(usage.last_seen),
         "connect_ports": list(usage.connect_ports),
         "http_ports": list(usage.http_ports),
+        "dns_queries": usage.dns_queries,
         "decisions": dict(usage.decisions),
         "reasons": dict(usage.reasons),
     }

@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "render_decision_diagram.py"
 # Defined but emitted by no code path (README, "Refusal reasons"), or not a refusal at all.
 NOT_ON_THE_PICTURE = {Reason.ALLOWED, Reason.REPORTED, Reason.NO_POLICY, Reason.UNSUPPORTED_METHOD}
+# Emitted only by the DNS guard (dns_listen), whose own order is a table in docs/transparent.md.
+NOT_ON_THE_PICTURE |= {Reason.DNS_QUERY_TYPE_REFUSED, Reason.DNS_OVERLOADED}
 
 
 def script() -> ModuleType:

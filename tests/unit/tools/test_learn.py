@@ -533,3 +533,48 @@ def test_a_subdomain_of_an_allowed_name_is_not_a_look_alike() -> None:
     (proposal,) = learn(lines).proposals
     assert proposal.suspicious == ()
     assert set(proposal.allow) >= {"registry.npmjs.org"}
+
+
+def _dns_line(host: str, reason: str, decision: str, detail: str | None = None) -> str:
+    return json.dumps(
+        {
+            "ts": "2026-12-04T14:21:17.104Z",
+            "client": "10.0.0.7",
+            "user": None,
+            "policy": "default",
+            "method": "A",
+            "host": host,
+            "port": None,
+            "address": None,
+            "decision": decision,
+            "reason": reason,
+            "rule": None,
+            "status": 3,
+            "bytes_up": 30,
+            "bytes_down": 30,
+            "duration_ms": 0.1,
+            "kind": "dns",
+            "sni": None,
+            "detail": detail,
+        }
+    )
+
+
+def test_dns_guard_lines_count_the_names_asked_for() -> None:
+    lines = [
+        _dns_line("api.github.com", "host-not-allowed", "report"),
+        _dns_line("api.github.com", "host-not-allowed", "report"),
+        _dns_line("wanted.example.com", "host-not-allowed", "deny"),
+        _dns_line("x.ns.svc.cluster.local", "allowed", "allow", "dns_passthrough"),
+        _dns_line("allowed.test", "dns-query-type-refused", "deny"),
+    ]
+    result = learn(lines)
+    (proposal,) = result.proposals
+    assert proposal.allow == ("api.github.com",)  # looked up in report mode: proposed
+    usage = proposal.groups[0].hosts[0]
+    assert (usage.requests, usage.dns_queries, usage.connect_ports) == (2, 2, ())
+    assert [f.usage.host for f in proposal.denied] == ["wanted.example.com"]  # like a request
+    assert result.stats.used == 3
+    text = render_yaml(result)
+    assert "- api.github.com  # DNS 2" in text
+    assert "wanted.example.com (DNS 1): refused in enforce mode" in text
