@@ -47,6 +47,7 @@ def record(**overrides: Any) -> AccessRecord:
         "duration_ms": 12.3456,
         "sni": "api.stripe.com",
         "detail": None,
+        "original_dst": None,
     }
     values.update(overrides)
     return AccessRecord(**values)
