@@ -17,7 +17,7 @@ from egressgate.config.default import BUILTIN_DEFAULT_YAML, builtin_default
 from egressgate.config.load import load_config_text
 from egressgate.config.model import Config
 from egressgate.errors import ConfigError, ConfigIssue
-from egressgate.tools import k8s_render, k8s_sidecar
+from egressgate.tools import k8s_central, k8s_render, k8s_sidecar
 from egressgate.tools.k8s_render import RenderError, RenderOptions
 from egressgate.tools.redirect import DEFAULT_TCP_PORTS
 
@@ -94,11 +94,13 @@ def _add_render_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group("what and where")
     where.add_argument(
         "--mode",
-        choices=("explicit", "transparent"),
+        choices=("explicit", "transparent", "dns"),
         default="explicit",
         help="explicit: the central proxy for apps that honour proxy variables (default); "
         "transparent: a sidecar, its nftables init container and NetworkPolicy for one app's "
-        "pods (apps that ignore proxy variables, docs/transparent.md)",
+        "pods; dns: the central proxy with its DNS guard answering with its own address "
+        "(dns_answer: proxy) and its transparent listener behind the Service's 80/443 "
+        "(apps that ignore proxy variables, docs/transparent.md)",
     )
     where.add_argument(
         "--init-image",
@@ -327,7 +329,10 @@ def _run(args: argparse.Namespace) -> int:
             objects = k8s_sidecar.render_sidecar(config, text, options, args.init_image, ports)
             sys.stdout.write(k8s_render.to_yaml(objects))
             return 0
-        objects = k8s_render.render(config, text, options)
+        if args.mode == "dns":
+            objects = k8s_central.render_central(config, text, options)
+        else:
+            objects = k8s_render.render(config, text, options)
     except RenderError as exc:
         _print_lines(exc.problems, "egressgate k8s render: ")
         return 2

@@ -86,3 +86,52 @@ def test_listeners_on_the_wildcard_or_missing_are_refused(tmp_path: Path) -> Non
     code, _, stderr = _render(path)
     assert code == 2
     assert "needs transparent_listen" in stderr
+
+
+CENTRAL_CONFIG = """\
+listen: 0.0.0.0:3128
+admin_listen: 0.0.0.0:9090
+transparent_listen: 0.0.0.0:3130
+dns_listen: 0.0.0.0:5353
+dns_answer: proxy
+dns_proxy_addresses: [10.96.100.53]
+allow: [api.example.com]
+"""
+
+
+def _render_dns(config: Path, *args: str) -> tuple[int, list[dict[str, Any]], str]:
+    result = _egressgate("k8s", "render", "--mode", "dns", "-c", str(config), *args)
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d] if result.returncode == 0 else []
+    return result.returncode, docs, result.stderr
+
+
+def test_central_dns_mode_validates_and_routes_80_443_53_to_the_listeners(tmp_path: Path) -> None:
+    path = tmp_path / "egress.yaml"
+    path.write_text(CENTRAL_CONFIG)
+    code, docs, stderr = _render_dns(path, "--app-label", "app=shop", "--app-namespace", "shop")
+    assert code == 0, stderr
+    _validate_all(docs)
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    service = by_kind["Service", "egressgate"]
+    assert service["spec"]["clusterIP"] == "10.96.100.53"
+    ports = {(p["port"], p["protocol"]): p["targetPort"] for p in service["spec"]["ports"]}
+    assert ports[80, "TCP"] == ports[443, "TCP"] == "transparent"
+    assert ports[53, "UDP"] == "dns-udp"
+    client = by_kind["NetworkPolicy", "egressgate-client-egress"]
+    (only,) = client["spec"]["egress"]  # the proxy only: no cluster DNS, no internet
+    assert {(p["port"], p["protocol"]) for p in only["ports"]} >= {(3130, "TCP"), (5353, "UDP")}
+    app = by_kind["PodTemplate", "egressgate-app-dns"]
+    spec = app["template"]["spec"]
+    assert spec["dnsPolicy"] == "None"
+    assert spec["dnsConfig"]["nameservers"] == ["10.96.100.53"]
+    assert app["metadata"]["namespace"] == "shop"
+
+
+def test_central_dns_mode_needs_dns_answer_proxy_and_the_listeners(tmp_path: Path) -> None:
+    path = tmp_path / "egress.yaml"
+    path.write_text("listen: 0.0.0.0:3128\nallow: [a.example]\n")
+    code, _, stderr = _render_dns(path)
+    assert code == 2
+    assert "needs transparent_listen" in stderr
+    assert "needs dns_listen" in stderr
+    assert "needs dns_answer: proxy" in stderr
