@@ -53,6 +53,7 @@ class Reason(StrEnum):
     # Overload: 503.
     TOO_MANY_CONNECTIONS = "too-many-connections"
     SHUTTING_DOWN = "shutting-down"
+    TLS_HANDSHAKE_FAILED = "tls-handshake-failed"
     DNS_OVERLOADED = "dns-overloaded"  # the DNS guard's upstream queries in flight are at the cap
     # Upstream failures: 502 / 504.
     DNS_NXDOMAIN = "dns-nxdomain"
@@ -105,6 +106,7 @@ _STATUS: dict[Reason, int] = {
     Reason.UNSUPPORTED_METHOD: 501,
     Reason.TOO_MANY_CONNECTIONS: 503,
     Reason.SHUTTING_DOWN: 503,
+    Reason.TLS_HANDSHAKE_FAILED: 400,
     Reason.DNS_OVERLOADED: 503,
     Reason.DNS_NXDOMAIN: 502,
     Reason.DNS_NO_ADDRESS: 502,
@@ -145,6 +147,7 @@ _TEXT: dict[Reason, str] = {
     Reason.UNSUPPORTED_METHOD: "method not supported by this proxy",
     Reason.TOO_MANY_CONNECTIONS: "too many connections",
     Reason.SHUTTING_DOWN: "the proxy is shutting down",
+    Reason.TLS_HANDSHAKE_FAILED: "the TLS handshake with the proxy failed (no response is sent)",
     Reason.DNS_OVERLOADED: "too many DNS queries are waiting for the upstream resolver",
     Reason.DNS_NXDOMAIN: "the destination name does not exist",
     Reason.DNS_NO_ADDRESS: "the destination name has no address",

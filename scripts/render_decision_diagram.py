@@ -41,6 +41,7 @@ STEPS = (
         (
             Reason.TOO_MANY_CONNECTIONS,
             Reason.SHUTTING_DOWN,
+            Reason.TLS_HANDSHAKE_FAILED,
             Reason.HEADER_TIMEOUT,
             Reason.URI_TOO_LONG,
             Reason.HEADERS_TOO_LARGE,

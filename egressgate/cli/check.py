@@ -74,6 +74,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"egressgate check: {len(exc.issues)} error(s)", file=sys.stderr)
         return 1
     if not args.live:
+        for warning in credential_warnings(config):
+            print(f"warning: {warning}", file=sys.stderr)
         entries = sum(len(p.allow) for p in config.policies)
         print(
             f"{args.config}: valid ({len(config.policies)} "
@@ -98,6 +100,20 @@ def check_referenced_files(config: Config) -> None:
     """
     if config.auth is not None and config.auth.users_file is not None:
         load_credentials(config.auth)
+
+
+def credential_warnings(config: Config) -> list[str]:
+    """Users-file entries stored as clear text or unsalted SHA-256 (still accepted)."""
+    if config.auth is None or config.auth.users_file is None:
+        return []
+    weak = load_credentials(config.auth).weak_users
+    if not weak:
+        return []
+    return [
+        f"{config.auth.users_file}: {len(weak)} user(s) ({', '.join(sorted(weak)[:5])}"
+        f"{', …' if len(weak) > 5 else ''}) have a clear-text or unsalted SHA-256 password; "
+        "store a bcrypt or argon2 hash instead (egressgate hash-password)"
+    ]
 
 
 def _probe_host(address: ListenAddress) -> str:

@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = (
     "k8s",
     "learn",
     "import_squid",
+    "hash_password",
 )
 
 DESCRIPTION = """\

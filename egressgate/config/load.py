@@ -526,6 +526,8 @@ class _ConfigBuilder:
             convert: Callable[[yaml.Node], Any]
             if key == "shutdown_delay_s":
                 convert = self.w.non_negative_number
+            elif key == "reserved_fds":  # 0 turns the reserve off
+                convert = self._reserve_count
             elif key.endswith("_s"):
                 convert = self.w.positive_number
             else:
@@ -535,6 +537,9 @@ class _ConfigBuilder:
 
     def _limit_count(self, node: yaml.Node) -> int:
         return self.w.integer(node, 1, 10**9)
+
+    def _reserve_count(self, node: yaml.Node) -> int:
+        return self.w.integer(node, 0, 10**6)
 
     # ---- policies
     def _policies(self, top: dict[str, yaml.Node]) -> tuple[PolicyConfig, ...]:

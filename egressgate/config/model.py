@@ -184,6 +184,15 @@ class Limits:
     upstream_idle_s: float = 30.0
     drain_timeout_s: float = 25.0
     shutdown_delay_s: float = 0.0  # keep accepting this long after SIGTERM (endpoint removal)
+    # File descriptors kept free below RLIMIT_NOFILE: a new client whose socket would take one
+    # of them is refused with 503, so the admin endpoint, upstream sockets, DNS and the log
+    # still get one when clients exhaust the limit (docs/threat-model.md).
+    reserved_fds: int = 64
+    # Longest pause of the accept loop after EMFILE/ENFILE (it doubles from 10 ms up to this)
+    # instead of spinning on a listener that stays readable.
+    accept_backoff_max_s: float = 1.0
+    # Per client address: pause after each failed proxy login before the 407 is sent.
+    auth_failure_delay_s: float = 1.0
     # The DNS guard (dns_listen): what one client may send and hold, and what it keeps.
     dns_max_message_bytes: int = 4096  # a query (UDP datagram or TCP frame); larger: dropped
     dns_tcp_idle_s: float = 10.0  # a TCP client silent (or mid-frame) this long is closed

@@ -21,6 +21,9 @@ from egressgate.errors import Reason, UpstreamError
 from egressgate.names.hostname import IPAddress
 from egressgate.net.tasks import spawn
 
+# socket()/accept() failures that mean "no descriptor or buffer left", not a network fault.
+EXHAUSTION_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
 _UNREACHABLE = {
     errno.ENETUNREACH,
     errno.EHOSTUNREACH,
@@ -33,6 +36,14 @@ _UNREACHABLE = {
 
 def translate_os_error(exc: OSError, what: str) -> UpstreamError:
     """Map a socket error to our UpstreamError (the single place this is decided)."""
+    if exc.errno in EXHAUSTION_ERRNOS:
+        # No descriptor (or buffer) for the upstream socket: the proxy is full, not the
+        # destination at fault; 503 so the client retries later.
+        why = errno.errorcode.get(exc.errno or 0, "")
+        return UpstreamError(
+            Reason.TOO_MANY_CONNECTIONS,
+            f"{what}: no file descriptor for the upstream socket ({why})",
+        )
     if isinstance(exc, ConnectionRefusedError):
         return UpstreamError(Reason.UPSTREAM_REFUSED, f"{what}: connection refused")
     if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
@@ -52,11 +63,15 @@ async def connect(address: IPAddress, port: int, timeout_s: float) -> socket.soc
     path); a vetted address needs no resolving, so we connect and wait for writability here.
     """
     family = socket.AF_INET if address.version == 4 else socket.AF_INET6
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     what = f"{address}:{port}" if address.version == 4 else f"[{address}]:{port}"
     try:
+        # Inside the try: EMFILE here used to escape as a bare OSError and wedge the client.
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise translate_os_error(exc, what) from None
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         error = sock.connect_ex((str(address), port))
         if error == errno.EINPROGRESS:
             await _wait_connected(sock, timeout_s, what)

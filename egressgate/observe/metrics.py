@@ -42,6 +42,9 @@ LOG_DROPPED = f"{PREFIX}_log_dropped"
 RELOAD_WATCHER_ERRORS = f"{PREFIX}_reload_watcher_errors"
 CONNECTIONS_REJECTED = f"{PREFIX}_connections_rejected"
 WORKERS = f"{PREFIX}_workers"
+ACCEPT_PAUSES = f"{PREFIX}_accept_pauses"
+TLS_HANDSHAKE_FAILURES = f"{PREFIX}_tls_handshake_failures"
+AUTH_FAILURES = f"{PREFIX}_auth_failures"
 BUILD_INFO = f"{PREFIX}_build_info"
 # `process_*` (CPU seconds, resident memory, open fds, start time) come from prometheus_client's
 # ProcessCollector, for the process that serves /metrics (the supervisor when workers > 1).
@@ -63,6 +66,9 @@ class Metrics:
         self.log_dropped = 0  # access records dropped: the log writer was too far behind
         self.reload_watcher_errors = 0  # unexpected exceptions in the config-file watcher
         self.connections_rejected = 0
+        self.accept_pauses = 0  # accept loop paused on EMFILE/ENFILE (proxy/acceptor.py)
+        self.tls_handshake_failures: dict[str, int] = {}  # by cause
+        self.auth_failures = 0
         self.active_connections = 0
         self.active_tunnels = 0
         self.config_generation = 0
@@ -111,6 +117,9 @@ class Metrics:
             "log_dropped": self.log_dropped,
             "reload_watcher_errors": self.reload_watcher_errors,
             "connections_rejected": self.connections_rejected,
+            "accept_pauses": self.accept_pauses,
+            "tls_handshake_failures": dict(self.tls_handshake_failures),
+            "auth_failures": self.auth_failures,
             "active_connections": self.active_connections,
             "active_tunnels": self.active_tunnels,
             "config_generation": self.config_generation,
@@ -129,8 +138,15 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
             requests[tuple(key)] = requests.get(tuple(key), 0) + value
         for *key, value in snap.get("dns_queries", ()):
             dns_queries[tuple(key)] = dns_queries.get(tuple(key), 0) + value
-        for name in ("bytes_up", "bytes_down", "upstream_errors", "reloads", "dns_sums"):
-            for key, value in snap[name].items():
+        for name in (
+            "bytes_up",
+            "bytes_down",
+            "upstream_errors",
+            "reloads",
+            "dns_sums",
+            "tls_handshake_failures",
+        ):
+            for key, value in snap.get(name, {}).items():
                 total[name][key] = total[name].get(key, 0) + value
         for result, counts in snap["dns_counts"].items():
             mine = total["dns_counts"].setdefault(result, [0] * len(counts))
@@ -140,6 +156,8 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
             "log_dropped",
             "reload_watcher_errors",
             "connections_rejected",
+            "accept_pauses",
+            "auth_failures",
             "active_connections",
             "active_tunnels",
         ):
@@ -244,6 +262,24 @@ def _families(snap: dict[str, Any]) -> Iterator[Metric]:
         CONNECTIONS_REJECTED,
         "Connections refused at max_connections",
         value=snap["connections_rejected"],
+    )
+    yield CounterMetricFamily(
+        ACCEPT_PAUSES,
+        "Times the accept loop paused because the process was out of file descriptors",
+        value=snap.get("accept_pauses", 0),
+    )
+    handshakes = CounterMetricFamily(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS-listener connections that never completed a handshake, by cause",
+        labels=["cause"],
+    )
+    for cause, value in snap.get("tls_handshake_failures", {}).items():
+        handshakes.add_metric([cause], value)
+    yield handshakes
+    yield CounterMetricFamily(
+        AUTH_FAILURES,
+        "Proxy-Authorization attempts refused (wrong user or password, malformed)",
+        value=snap.get("auth_failures", 0),
     )
     if "workers" in snap:
         yield GaugeMetricFamily(WORKERS, "Worker processes reporting", value=snap["workers"])

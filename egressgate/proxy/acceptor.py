@@ -10,23 +10,33 @@ The first bytes are read here and handed on: to the tunnel's parser, or to Clien
 the start of its stream. The header timeout and the connection cap apply here too. New client
 sockets are watched through the private edge-triggered epoll (net/reactor.py), not the loop's
 add_reader: each add_reader/remove_reader pair costs uvloop several syscalls per connection.
+
+Descriptor exhaustion (docs/threat-model.md): a client whose socket lands in the descriptor
+reserve (`limits.reserved_fds`) gets `503 too-many-connections`. If accept() itself fails with
+EMFILE/ENFILE, the spare descriptor (net/listen.py SpareFd) answers the queued clients with the
+same 503, and the listener is paused for a growing interval (10 ms doubling up to
+`limits.accept_backoff_max_s`) rather than spinning on a socket that stays readable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import socket
 import time
 from typing import cast
 
-from egressgate.errors import ProtocolError, Reason
+from egressgate.errors import ProtocolError, Reason, Refused
 from egressgate.http1.connect_head import read_connect_head
 from egressgate.http1.events import RequestHead, TunnelStart
 from egressgate.http1.parser import RequestParser
+from egressgate.net.connect import EXHAUSTION_ERRNOS
+from egressgate.net.listen import SpareFd
 from egressgate.net.rawsocket import RawAcceptor, RawSocket
 from egressgate.net.reactor import READABLE, Readiness
 from egressgate.net.tasks import spawn
+from egressgate.observe.events import emit
 from egressgate.observe.record import AccessRecord
 from egressgate.policy.decision import ClientIdentity
 from egressgate.proxy.connection import ClientConnection
@@ -37,7 +47,11 @@ from egressgate.proxy.tunnel import RawTunnel
 ACCEPTS_PER_EVENT = 64
 FIRST_READ_BYTES = 64 * 1024
 MAX_FIRST_READS = 4  # full reads per event before yielding to other connections
+ACCEPT_BACKOFF_FIRST_S = 0.01  # first pause after EMFILE; doubles up to accept_backoff_max_s
 _CONNECT = b"CONNECT "
+_TOO_MANY = refusal_response(
+    Reason.TOO_MANY_CONNECTIONS, None, "the proxy is out of file descriptors; retry later"
+)
 
 
 # Clients are few and reconnect often: parse each peer address once, not per connection.
@@ -60,19 +74,58 @@ def client_identity(peer_host: str) -> tuple[ClientIdentity, str]:
     return known
 
 
+def start_raw_tunnel(tunnel: RawTunnel) -> None:
+    """Start a tunnel, or hold it while proxy auth verifies its credentials (proxy/auth.py)."""
+    ctx = tunnel.ctx
+    if not ctx.auth.hold(
+        tunnel.head.headers,
+        ctx.state.current.credentials,
+        tunnel.record.client,
+        ctx.limits.auth_failure_delay_s,
+        lambda refused: _auth_done(tunnel, refused),
+    ):
+        tunnel.start()
+        return
+    # While held, the client socket's events are only remembered (as start() would do).
+    ctx.reactor.set_handler(tunnel.client_fd, tunnel.client_state.note)
+
+
+def _auth_done(tunnel: RawTunnel, refused: Refused | None) -> None:
+    if tunnel.done:
+        return  # closed meanwhile (a drain)
+    if refused is not None:
+        tunnel.refuse_early(refused)
+        return
+    tunnel.start()
+
+
 class Acceptor:
     """Owns one listening socket; accepts and routes connections."""
+
+    # What a client refused for want of descriptors is told (the TLS listener: nothing).
+    refusal_bytes = _TOO_MANY
 
     def __init__(self, ctx: ProxyContext, listener: socket.socket) -> None:
         self.ctx = ctx
         self.listener = listener
         self.raw = RawAcceptor(listener)
         self.loop = asyncio.get_running_loop()
+        self.spare = SpareFd()
+        self.backoff_s = 0.0  # the current accept pause; 0: not exhausted
+        self._resume: asyncio.TimerHandle | None = None
+        self.in_reserve = False  # refusing clients whose socket lands in the fd reserve
+        self.closed = False
         self.loop.add_reader(listener.fileno(), self._accept)
 
     def close(self) -> None:
-        self.loop.remove_reader(self.listener.fileno())
+        self.closed = True
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        else:
+            self.loop.remove_reader(self.listener.fileno())
         self.listener.close()
+        self.spare.close()
 
     def _accept(self) -> None:
         ctx = self.ctx
@@ -83,8 +136,15 @@ class Acceptor:
                 client, peer = accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                return  # EMFILE and friends: the next readiness event retries
+            except OSError as exc:
+                if exc.errno in EXHAUSTION_ERRNOS:
+                    self._exhausted(exc)
+                return  # ECONNABORTED and friends: the next readiness event goes on
+            if client.fileno() >= ctx.fd_ceiling:
+                self._reserve_reached(client)
+                continue
+            if self.backoff_s or self.in_reserve:
+                self._recovered()
             if ctx.state.closing or len(ctx.live) + len(ctx.tunnels) >= ctx.limits.max_connections:
                 self._reject(client, peer)
                 continue
@@ -107,9 +167,67 @@ class Acceptor:
                 if plain is not None:
                     state = Readiness()  # a short read: nothing is known to be waiting
                     ctx.reactor.add(client.fileno(), state.note)
-                    RawTunnel(ctx, client, *client_identity(peer[0]), *plain, state).start()
+                    start_raw_tunnel(
+                        RawTunnel(ctx, client, *client_identity(peer[0]), *plain, state)
+                    )
                     continue
             _FirstRead(ctx, client, peer).start(data)
+
+    # ---- descriptor exhaustion (module docstring)
+    def _reserve_reached(self, client: RawSocket) -> None:
+        """A client socket took a reserved descriptor: 503 and close it at once."""
+        fd = client.fileno()
+        self.ctx.metrics.connections_rejected += 1
+        if self.refusal_bytes:
+            try:
+                client.send(self.refusal_bytes)
+            except OSError:
+                pass
+        client.close()
+        if not self.in_reserve:
+            self.in_reserve = True
+            emit(
+                "fd-reserve-reached",
+                level="warning",
+                open_fds=fd + 1,
+                reserved_fds=self.ctx.limits.reserved_fds,
+                action="new clients get 503 too-many-connections until descriptors free up",
+            )
+
+    def _exhausted(self, exc: OSError) -> None:
+        """accept() failed for want of a descriptor: answer the queue, then pause."""
+        answered = self.spare.refuse_queued(self.raw.accept, self.refusal_bytes, ACCEPTS_PER_EVENT)
+        self.ctx.metrics.connections_rejected += answered
+        self.ctx.metrics.accept_pauses += 1
+        first = not self.backoff_s
+        max_s = self.ctx.limits.accept_backoff_max_s
+        self.backoff_s = (
+            min(max_s, self.backoff_s * 2) if self.backoff_s else min(max_s, ACCEPT_BACKOFF_FIRST_S)
+        )
+        if first:
+            emit(
+                "fd-exhausted",
+                level="error",
+                error=errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+                refused=answered,
+                action="queued clients get 503 too-many-connections; accepting pauses and "
+                "backs off until descriptors free up",
+            )
+        if self._resume is None:
+            self.loop.remove_reader(self.listener.fileno())
+            self._resume = self.loop.call_later(self.backoff_s, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._resume = None
+        if not self.closed:
+            self.loop.add_reader(self.listener.fileno(), self._accept)
+
+    def _recovered(self) -> None:
+        """A client socket below the reserve again: leave the exhausted state."""
+        if self.spare.restore():
+            emit("fd-recovered", paused_s=self.backoff_s or None)
+            self.backoff_s = 0.0
+            self.in_reserve = False
 
     def _reject(self, client: RawSocket, peer: tuple[str, int]) -> None:
         draining = self.ctx.state.closing
@@ -228,14 +346,16 @@ class _FirstRead:
 
     def _start_tunnel(self, head: RequestHead, rest: bytes) -> None:
         self._stop()
-        RawTunnel(
-            self.ctx,
-            self.sock,
-            *client_identity(self.peer[0]),
-            head,
-            rest,
-            self.state,
-        ).start()
+        start_raw_tunnel(
+            RawTunnel(
+                self.ctx,
+                self.sock,
+                *client_identity(self.peer[0]),
+                head,
+                rest,
+                self.state,
+            )
+        )
 
     def _to_transport(self, first_bytes: bytes) -> None:
         self._stop()

@@ -52,6 +52,7 @@ class ClientConnection(asyncio.Protocol):
         "_queue",
         "_reading_paused",
         "address",
+        "auth_wait",
         "client_text",
         "ctx",
         "deadline",
@@ -97,6 +98,7 @@ class ClientConnection(asyncio.Protocol):
         self.identity: ClientIdentity | None = None
         self.address: IPAddress | None = None
         self.upgraded = False  # the parser is done: later bytes belong to a tunnel
+        self.auth_wait = False  # a head waits for its credentials' verdict (proxy/auth.py)
         # Idle between requests on a kept-alive connection (the keep-alive timer runs); the
         # first byte of the next head switches to the header timer.
         self.idle = False
@@ -184,6 +186,10 @@ class ClientConnection(asyncio.Protocol):
         for index, event in enumerate(events):
             if self.state is ConnState.CLOSED or self.state is ConnState.TUNNEL:
                 return
+            if self.auth_wait:  # events after a head held by proxy auth wait for it
+                self._queue.extend(list(events)[index:])
+                self._limit_queue()
+                return
             if (
                 self.exchange is not None
                 and not self.request_open
@@ -216,6 +222,37 @@ class ClientConnection(asyncio.Protocol):
         self.idle = False
         self.state = ConnState.BUSY
         self.request_open = True
+        ctx = self.ctx
+        if ctx.auth.hold(
+            head.headers,
+            ctx.state.current.credentials,
+            self.client_text,
+            ctx.limits.auth_failure_delay_s,
+            lambda refused: self._auth_done(head, refused),
+        ):
+            self.auth_wait = True
+            self.pause_reading()
+            return
+        self._open_exchange(head)
+
+    def _auth_done(self, head: RequestHead, refused: Refused | None) -> None:
+        """Proxy auth has a verdict for a held head (or refuses it outright)."""
+        self.auth_wait = False
+        if self.state is not ConnState.BUSY:
+            return  # closed meanwhile
+        if refused is not None:
+            kind = "tunnel" if head.method == b"CONNECT" else "http"
+            record = self.new_record(head.method.decode("ascii", "replace"), kind)
+            self.refuse(refused, record, None)
+            return
+        self._open_exchange(head)
+        if self._queue:
+            queued, self._queue = self._queue, deque()
+            self._dispatch(queued)
+        if self.transport is not None and not self.transport.is_closing():
+            self.resume_reading()  # unless the exchange refused and closed it
+
+    def _open_exchange(self, head: RequestHead) -> None:
         exchange: Exchange
         if head.method == b"CONNECT":
             exchange = TunnelExchange(self, head)

@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from egressgate.config.model import Limits
+from egressgate.net.listen import fd_ceiling
 from egressgate.net.outbox import Outbox
 from egressgate.net.reactor import Reactor
 from egressgate.net.resolver import Resolver
 from egressgate.observe.accesslog import AccessLog
 from egressgate.observe.metrics import Metrics
 from egressgate.observe.record import AccessRecord
+from egressgate.proxy.auth import AuthGate
 from egressgate.runtime.state import State
 
 if TYPE_CHECKING:
@@ -34,7 +36,9 @@ class HasDeadline(Protocol):
 class ProxyContext:
     __slots__ = (
         "access_log",
+        "auth",
         "deadlines",
+        "fd_ceiling",
         "limits",
         "live",
         "metrics",
@@ -65,6 +69,11 @@ class ProxyContext:
         # What wakes other processes, done at the end of the loop iteration (net/outbox.py).
         self.outbox = outbox
         self.limits: Limits = state.current.config.limits
+        # Proxy-auth verification off the loop and the per-client failure back-off.
+        self.auth = AuthGate(metrics)
+        # A new client socket numbered at or above this is refused: the descriptors above it
+        # are the reserve (net/listen.py fd_ceiling; recomputed on reload).
+        self.fd_ceiling = fd_ceiling(self.limits.reserved_fds)
         self.live: set[Closable] = set()
         self.tunnels: set[Closable] = set()
         # Raw-path tunnels waiting on a connect or a ClientHello: the server's sweeper checks

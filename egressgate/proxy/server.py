@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from egressgate.config.model import Config, ListenAddress
 from egressgate.errors import ConfigError, ConfigIssue, StartupError
-from egressgate.net.listen import bind, bound_address
+from egressgate.net.listen import bind, bound_address, fd_ceiling
 from egressgate.net.outbox import Outbox
 from egressgate.net.reactor import Reactor
 from egressgate.net.resolver import Resolver
@@ -35,9 +35,9 @@ from egressgate.observe.admin import AdminProtocol
 from egressgate.observe.events import emit
 from egressgate.observe.metrics import Metrics, MetricsCollector
 from egressgate.proxy.acceptor import Acceptor
-from egressgate.proxy.connection import ClientConnection
 from egressgate.proxy.context import ProxyContext
 from egressgate.proxy.dns_guard import DnsGuard
+from egressgate.proxy.tls_listener import TlsAcceptor
 from egressgate.proxy.transparent import TransparentListener
 from egressgate.proxy.upstream_pool import UpstreamPool
 from egressgate.runtime.memory import freeze_long_lived
@@ -46,22 +46,6 @@ from egressgate.runtime.state import Generation, State
 
 DRAIN_POLL_S = 0.05
 SWEEP_INTERVAL_S = 0.5
-
-
-def tls_names(ssl_object: ssl.SSLObject | None) -> tuple[str, ...]:
-    """Subject CN and SAN names of a verified client certificate, lowercased."""
-    if ssl_object is None:
-        return ()
-    cert: Any = ssl_object.getpeercert()
-    if not cert:
-        return ()
-    names = [value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]
-    names += [
-        value
-        for kind, value in cert.get("subjectAltName", ())
-        if kind in ("DNS", "URI", "email", "IP Address")
-    ]
-    return tuple(n.lower() for n in names)
 
 
 class ProxyServer:
@@ -82,8 +66,8 @@ class ProxyServer:
         self.config_path = config_path
         self.reuse_port = reuse_port
         self.metrics = Metrics()
-        self._servers: list[asyncio.Server] = []
         self._acceptor: Acceptor | None = None
+        self._tls_acceptor: TlsAcceptor | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._admin: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
@@ -142,6 +126,7 @@ class ProxyServer:
         self.addresses["admin"] = None
         if config.admin_listen is not None and self.worker is None:
             await self._start_admin(config)
+        self._warn_at_start(config)
         self.state.accepting = True
         self._sweep()
         self._install_signals()
@@ -168,6 +153,33 @@ class ProxyServer:
             fields["worker"] = self.worker
         emit("listening" if self.announce else "worker-listening", **fields)
 
+    def _warn_at_start(self, config: Config) -> None:
+        """Say what is weak or cannot hold, once, at start (events on stderr)."""
+        weak = self.state.current.credentials.weak_users
+        if weak:
+            emit(
+                "weak-passwords",
+                level="warning",
+                users=len(weak),
+                note="clear-text or unsalted SHA-256 entries in the users file; store bcrypt "
+                "or argon2 hashes (egressgate hash-password)",
+            )
+        ctx = self.ctx
+        assert ctx is not None
+        limits = config.limits
+        if ctx.fd_ceiling < 2 * limits.max_connections:
+            # Each tunnel holds two descriptors: the reserve refuses clients before
+            # max_connections does (503 too-many-connections either way).
+            emit(
+                "fd-limit-low",
+                level="warning",
+                usable_fds=ctx.fd_ceiling,
+                reserved_fds=limits.reserved_fds,
+                max_connections=limits.max_connections,
+                note="RLIMIT_NOFILE is below 2 x max_connections + reserved_fds: clients will "
+                "be refused at the descriptor reserve first",
+            )
+
     async def _start_tls_listener(self, config: Config, ctx: ProxyContext) -> None:
         tls = config.tls_listen
         assert tls is not None
@@ -179,12 +191,9 @@ class ProxyServer:
                 ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
             )
         sock = bind(tls.listen, self.reuse_port)
-
-        def factory() -> ClientConnection:
-            return _TlsClientConnection(ctx)
-
-        server = await asyncio.get_running_loop().create_server(factory, sock=sock, ssl=context)
-        self._servers.append(server)
+        # Accepted on raw sockets: each connection is counted, bounded and logged from accept,
+        # not from the end of its handshake (proxy/tls_listener.py).
+        self._tls_acceptor = TlsAcceptor(ctx, sock, context)
         self.addresses["tls_proxy"] = bound_address(sock)
 
     async def _start_admin(self, config: Config) -> None:
@@ -226,7 +235,13 @@ class ProxyServer:
             "draining": self.state.draining,
             "connections": self.metrics.active_connections,
             "tunnels": self.metrics.active_tunnels,
+            "restart_needed": self.restart_needed,
         }
+
+    @property
+    def restart_needed(self) -> list[str]:
+        """Settings of the config in force that wait for a restart (listeners, workers)."""
+        return self._reloader.restart_needed if self._reloader is not None else []
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -346,6 +361,7 @@ class ProxyServer:
         ctx.access_log.max_pending_bytes = new_cfg.limits.access_log_buffer_bytes
         _warn_emptied_allowlists(old, new)
         ctx.limits = new_cfg.limits
+        ctx.fd_ceiling = fd_ceiling(new_cfg.limits.reserved_fds)
         ctx.pool.idle_s = new_cfg.limits.upstream_idle_s
         emit(
             "reloaded",
@@ -409,8 +425,8 @@ class ProxyServer:
         self.state.accepting = False
         if self._acceptor is not None:
             self._acceptor.close()
-        for server in self._servers:
-            server.close()
+        if self._tls_acceptor is not None:
+            self._tls_acceptor.close()
         if self._transparent is not None:
             self._transparent.close()
         if self._dns is not None:
@@ -465,13 +481,3 @@ def _warn_emptied_allowlists(old: Generation, new: Generation) -> None:
             previous_entries={name: before[name] for name in emptied},
             note="these policies now refuse every destination",
         )
-
-
-class _TlsClientConnection(ClientConnection):
-    """A client on the TLS listener: its certificate names join its identity."""
-
-    __slots__ = ()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.tls_names = tls_names(transport.get_extra_info("ssl_object"))
-        super().connection_made(transport)

@@ -303,7 +303,13 @@ class RawTunnel(_TunnelCore):
         text = address_texts(self._addresses)[self._attempt - 1]
         self.record.address = text
         port = self.destination.port
-        sock = nonblocking_stream(address.version == 6)
+        try:
+            sock = nonblocking_stream(address.version == 6)
+        except OSError as exc:
+            # EMFILE/ENFILE: refuse (503) instead of letting the error escape this callback,
+            # which left the client socket open and the tunnel registered for good.
+            self._refuse_http(translate_os_error(exc, f"{address_text(address)}:{port}"))
+            return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.upstream = sock
         self.upstream_state = Readiness()
@@ -465,6 +471,10 @@ class RawTunnel(_TunnelCore):
         )
         self._relay = relay
         relay.start()
+
+    def refuse_early(self, failure: ProxyFailure) -> None:
+        """Refuse before start() (proxy auth's back-off, proxy/acceptor.py)."""
+        self._refuse_http(failure)
 
     def _refuse_http(self, failure: ProxyFailure) -> None:
         """Refuse before "200": an HTTP error response on the client socket."""

@@ -4,9 +4,10 @@ under a small supervisor that owns the admin endpoint.
 - The supervisor reserves the listen address first (bound, not listening, SO_REUSEPORT), so a
   port 0 resolves to one real port that every worker then binds; the kernel spreads new
   connections across the workers' listening sockets.
-- Workers are forked before any event loop or thread exists. Each runs the ordinary server with
-  its admin listener off, and every METRICS_INTERVAL_S writes its metrics snapshot (and its
-  readiness) to a private state directory.
+- Workers are forked before any event loop or thread exists (a restarted one from the running
+  supervisor); each first closes every inherited descriptor but 0-2. Each runs the ordinary
+  server with its admin listener off, and every METRICS_INTERVAL_S writes its metrics snapshot
+  (and its readiness) to a private state directory.
 - The supervisor serves /healthz, /readyz (every worker alive, ready, not draining) and /metrics
   (the workers' snapshots summed, plus `egressgate_workers`).
 - SIGHUP is forwarded to every worker (each reloads the same file and reports it);
@@ -21,6 +22,7 @@ import contextlib
 import ctypes
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -43,6 +45,7 @@ STALE_AFTER_S = 5.0
 RESTART_BACKOFF_S = 1.0
 START_TIMEOUT_S = 20.0
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_FD_SCAN_LIMIT = 1 << 20  # closerange's upper bound when RLIMIT_NOFILE is unlimited
 
 
 def supervise(generation: Generation, config_path: str | None, count: int) -> int:
@@ -102,7 +105,8 @@ class _Supervisor:
         if pid == 0:
             self.is_worker = True
             if self.admin is not None:
-                self.admin.close()  # the supervisor's; this process must not hold it
+                self.admin.detach()  # forgotten here; _close_inherited_fds closes the number
+            _close_inherited_fds()
             _die_with_parent(parent)
             os._exit(
                 _worker_main(self.generation, self.config_path, self.listen, self.state_dir, index)
@@ -186,6 +190,7 @@ class _Supervisor:
             "workers": len(snaps),
             "expected_workers": self.count,
             "generations": sorted({s["metrics"]["config_generation"] for s in snaps}),
+            "restart_needed": sorted({name for s in snaps for name in s.get("restart_needed", ())}),
             "draining": self.draining,
         }
 
@@ -255,6 +260,21 @@ class _Supervisor:
         stopped.set()
 
 
+def _close_inherited_fds() -> None:
+    """In a new worker: close every descriptor but stdin, stdout and stderr.
+
+    A worker binds its own listener and opens its own log, resolver and event loop; anything
+    else it inherited is the supervisor's. A restarted worker is forked from the running
+    supervisor and used to inherit its admin listener (uvloop's own copy), its event loop's
+    epoll and accepted admin connections. The supervisor's Python objects that wrap those
+    numbers are never closed in the worker (it leaves through os._exit), so a number reused
+    by the worker cannot be closed under it.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    top = soft if soft != resource.RLIM_INFINITY else _FD_SCAN_LIMIT
+    os.closerange(3, top)  # close_range(2) on Linux: one syscall
+
+
 def _die_with_parent(parent: int) -> None:
     """Ask Linux to SIGTERM this worker when the supervisor dies (so it drains and exits
     instead of serving on as an orphan), then close the race where it already has."""
@@ -308,6 +328,7 @@ def _write_snapshot(server: Any, path: str) -> None:
         "written": time.time(),
         "ready": server.state.ready,
         "metrics": server.metrics.snapshot(),
+        "restart_needed": server.restart_needed,
         "pid": os.getpid(),
     }
     tmp = path + ".tmp"

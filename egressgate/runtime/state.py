@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from egressgate.config.model import AuthConfig, Config
 from egressgate.errors import ConfigError, ConfigIssue
+from egressgate.policy.credentials import Credentials, StoredSecret, parse_secret
 from egressgate.policy.engine import PolicySet
 
 
@@ -27,15 +28,16 @@ class Generation:
 
     config: Config
     policies: PolicySet
-    credentials: dict[str, bytes]  # user → sha256(password)
+    credentials: Credentials  # proxy users, their stored secrets and verdict caches
     number: int
     sha256: str
 
 
-def load_credentials(auth: AuthConfig | None) -> dict[str, bytes]:
-    """`user:password` lines from the users file or environment variable; hashed at once."""
+def load_credentials(auth: AuthConfig | None) -> Credentials:
+    """`user:secret` lines from the users file or environment variable (secret formats:
+    policy/credentials.py); raises ConfigError listing every bad line."""
     if auth is None:
-        return {}
+        return Credentials({})
     if auth.users_file is not None:
         where = auth.users_file
         text = _read_users_file(where)
@@ -54,7 +56,7 @@ def load_credentials(auth: AuthConfig | None) -> dict[str, bytes]:
                     )
                 ]
             )
-    users: dict[str, bytes] = {}
+    users: dict[str, StoredSecret] = {}
     issues: list[ConfigIssue] = []
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
@@ -64,10 +66,13 @@ def load_credentials(auth: AuthConfig | None) -> dict[str, bytes]:
         if not sep or not user or not password:
             issues.append(ConfigIssue(where, number, None, "expected user:password"))
             continue
-        users[user] = hashlib.sha256(password.encode()).digest()
+        try:
+            users[user] = parse_secret(password)
+        except ValueError as exc:
+            issues.append(ConfigIssue(where, number, None, f"user {user!r}: {exc}"))
     if issues:
         raise ConfigError(issues)
-    return users
+    return Credentials(users)
 
 
 def _read_users_file(path: str) -> str:

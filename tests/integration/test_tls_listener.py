@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -370,5 +372,95 @@ def test_require_client_cert_refuses_clients_without_a_trusted_certificate(
     ok = curl_tls_proxy(proxy, url, test_ca, client=client_certs.by_cn)
     assert (ok.exit_code, ok.status) == (0, 200), ok.stderr
     assert get_over_tls(proxy, test_ca, url, client_certs.nobody).status == 403
+    records = proxy.wait_for_records(5)
+    requests = [r for r in records if r["kind"] != "tls"]
+    assert [(r["policy"], r["status"]) for r in requests] == [("by-cn", 200), ("default", 403)]
+    # The three refused handshakes are logged too (issue 19: they used to leave no trace).
+    failed = [r for r in records if r["kind"] == "tls"]
+    assert len(failed) == 3, failed
+    assert {r["reason"] for r in failed} == {"tls-handshake-failed"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Connections that never finish a handshake (issue 19): counted, bounded, logged, measured
+# ---------------------------------------------------------------------------------------------
+
+
+def _metric(proxy: ProxyProcess, name: str) -> str:
+    with urllib.request.urlopen(proxy.admin_url + "/metrics", timeout=5) as response:
+        text: str = response.read().decode()
+    return "\n".join(line for line in text.splitlines() if line.startswith(name))
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """True if the proxy closes `sock` (EOF or reset) within `seconds`, reading what comes."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_plaintext_and_stalled_handshakes_on_the_tls_port_are_logged_and_counted(
+    sites: Sites, proxy_factory: ProxyFactory, test_ca: HarnessCA
+) -> None:
+    proxy = proxy_factory(
+        sites.policy(["a.test"]),
+        tls_listen=tls_listen(test_ca),
+        limits={"header_timeout_s": 1},
+    )
+    address = proxy.tls_proxy_address
+    assert address is not None
+    with socket.create_connection(address, timeout=5) as plain:
+        plain.sendall(
+            f"GET {sites.web.url('/', 'a.test')} HTTP/1.1\r\nHost: a.test\r\n\r\n".encode()
+        )
+        assert _closed_within(plain, 5)
+    with socket.create_connection(address, timeout=5) as silent:
+        assert _closed_within(silent, 5)  # the handshake bound (header_timeout_s) closes it
     records = proxy.wait_for_records(2)
-    assert [(r["policy"], r["status"]) for r in records] == [("by-cn", 200), ("default", 403)]
+    assert {r["kind"] for r in records} == {"tls"}
+    assert {r["reason"] for r in records} == {"tls-handshake-failed"}
+    causes = sorted(str(r["detail"]).split(":", 1)[0] for r in records)
+    assert causes == ["not-tls", "timeout"], records
+    metrics = _metric(proxy, "egressgate_tls_handshake_failures_total")
+    assert 'cause="not-tls"} 1.0' in metrics
+    assert 'cause="timeout"} 1.0' in metrics
+    assert sites.web.request_records() == []
+
+
+def test_connections_before_their_handshake_count_against_max_connections(
+    sites: Sites, proxy_factory: ProxyFactory, test_ca: HarnessCA
+) -> None:
+    proxy = proxy_factory(
+        sites.policy(["a.test"]),
+        tls_listen=tls_listen(test_ca),
+        limits={"max_connections": 2, "header_timeout_s": 30},
+    )
+    address = proxy.tls_proxy_address
+    assert address is not None
+    held = [socket.create_connection(address, timeout=5) for _ in range(2)]
+    try:
+        time.sleep(0.3)  # both accepted: they now hold the two slots without a handshake
+        with socket.create_connection(address, timeout=5) as third:
+            assert _closed_within(third, 3), "a third TLS connection was accepted past the cap"
+        with socket.create_connection(proxy.proxy_address, timeout=5) as plain:
+            plain.sendall(b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            answer = read_response(plain)
+        assert answer.status == 503
+        assert answer.header("X-Egressgate-Reason") == "too-many-connections"
+    finally:
+        for sock in held:
+            sock.close()
+    # Slots freed: a real TLS client gets through again.
+    deadline = time.monotonic() + 5
+    while True:
+        result = curl_tls_proxy(proxy, sites.web.url("/", "a.test"), test_ca)
+        if result.status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert result.status == 200, result.stderr

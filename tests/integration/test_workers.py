@@ -296,3 +296,32 @@ def _group_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(entry))
     return members
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The socket inodes process `pid` holds ("socket:[123]")."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:"):
+                found.add(link)
+    return found
+
+
+def test_a_restarted_worker_holds_none_of_the_supervisors_descriptors(
+    start_workers: StartWorkers,
+) -> None:
+    """Issue 19: a worker restarted from the running supervisor inherited its descriptors,
+    the admin listener among them."""
+    proxy = start_workers()
+    pids = worker_pids(proxy)
+    mark = len(proxy.json_events())
+    os.kill(pids[0], signal.SIGKILL)
+    restarted = proxy.wait_for_event("worker-listening", 10, after=mark)
+    new_pid = int(restarted["pid"])
+    supervisor = socket_inodes(proxy.pid)
+    for pid in (new_pid, pids[1]):
+        shared = socket_inodes(pid) & supervisor
+        assert not shared, f"worker {pid} holds the supervisor's sockets {sorted(shared)}"
+    wait_until(lambda: readyz(proxy)[0] == 200, 10, "/readyz 200 with both workers")

@@ -4,14 +4,14 @@ verified by the admission in constant time."""
 from __future__ import annotations
 
 import base64
-import hashlib
 
 import pytest
 
 from egressgate.errors import Reason, Refused
+from egressgate.policy.credentials import Credentials, parse_secret
 from egressgate.proxy.auth import Login, authenticate, login_from_headers, verify
 
-CREDENTIALS = {"ann": hashlib.sha256(b"s3cret:x").digest()}
+CREDENTIALS = Credentials({"ann": parse_secret("s3cret:x")})
 
 
 def header(value: bytes) -> list[tuple[bytes, bytes, bytes]]:
@@ -59,5 +59,5 @@ def test_verify_refuses_with_407(login: Login) -> None:
 
 
 def test_no_credentials_configured_means_no_check() -> None:
-    assert verify(Login("ann", "wrong"), {}) is None
-    assert authenticate(header(b"Bearer x"), {}) is None
+    assert verify(Login("ann", "wrong"), Credentials({})) is None
+    assert authenticate(header(b"Bearer x"), Credentials({})) is None

@@ -8,7 +8,6 @@ never contacted.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import time
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ from egressgate.config.model import (
 from egressgate.errors import ProxyFailure, Reason, ResolveError, UpstreamError
 from egressgate.names.hostname import IPAddress
 from egressgate.observe.record import AccessRecord
+from egressgate.policy.credentials import Credentials, parse_secret
 from egressgate.policy.decision import ClientIdentity, Target
 from egressgate.policy.engine import PolicySet
 from egressgate.proxy import gate
@@ -71,7 +71,7 @@ def generation(
     )
     auth = AuthConfig(users_env="UNUSED", realm="corp") if users is not None else None
     config = Config(policies=policies, clients=rules, auth=auth)
-    credentials = {u: hashlib.sha256(p.encode()).digest() for u, p in (users or {}).items()}
+    credentials = Credentials({u: parse_secret(p) for u, p in (users or {}).items()})
     return Generation(config, PolicySet.compile(config), credentials, 1, "0" * 64)
 
 
