@@ -87,6 +87,7 @@ def test_values_are_written_with_their_json_types() -> None:
         "kind": "tunnel",
         "sni": "api.stripe.com",
         "detail": None,
+        "original_dst": None,
     }
 
 
