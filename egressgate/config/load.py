@@ -66,6 +66,7 @@ TOP_LEVEL_KEYS = (
     "admin_listen",
     "tls_listen",
     "transparent_listen",
+    "socks_listen",
     *DNS_KEYS,
     *POLICY_KEYS,
     "policies",
@@ -389,6 +390,14 @@ class _ConfigBuilder:
                 changes["transparent_listen"] = _NULL  # explicitly off (the default)
             else:
                 changes["transparent_listen"] = self.w.attempt(
+                    node, lambda n: self.w.parsed(n, ListenAddress.parse)
+                )
+        if "socks_listen" in top:
+            node = top["socks_listen"]
+            if isinstance(node, yaml.ScalarNode) and self.w.attempt(node, self.w.scalar) is None:
+                changes["socks_listen"] = _NULL  # written out as off
+            else:
+                changes["socks_listen"] = self.w.attempt(
                     node, lambda n: self.w.parsed(n, ListenAddress.parse)
                 )
 

@@ -237,6 +237,8 @@ class Config:
     # Transparent listener (docs/transparent.md): connections redirected by the kernel
     # (nftables/iptables REDIRECT), routed by their TLS SNI or HTTP Host.
     transparent_listen: ListenAddress | None = None
+    # A SOCKS5 listener (proxy/socks.py): the same policies, users and clients rules.
+    socks_listen: ListenAddress | None = None
     dns_listen: ListenAddress | None = None
     dns: DnsConfig = field(default_factory=DnsConfig)
     policies: tuple[PolicyConfig, ...] = (PolicyConfig(DEFAULT_POLICY_NAME),)

@@ -57,6 +57,7 @@ RESTART_ONLY = (
     "tls_listen",
     "transparent_listen",
     "dns_listen",
+    "socks_listen",
     "workers",
 )
 # While a compile runs in its thread: how long the loop may wait for the GIL at most.
