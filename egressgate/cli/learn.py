@@ -23,7 +23,10 @@ Read egressgate access logs (JSON lines) and propose, per policy, the smallest a
 covers what the clients did: hosts grouped under their registrable domain (Public Suffix List),
 `.domain` where a domain has many or CDN-like hosts, exact names otherwise, with request counts,
 first/last seen and the ports used. IP-literal destinations are proposed only as explicit
-addresses (with a warning); refusals of internal addresses are listed apart.
+addresses (with a warning). Never proposed, listed after the proposal for the reviewer:
+destinations whose every request was refused (DENIED, with the reasons) and SUSPICIOUS ones
+(cloud-metadata and other internal IP literals, names that contain an allowed name without
+being under it such as registry.npmjs.org.evil.net, names that resolved to internal addresses).
 
 The workflow: run egressgate with `mode: report`, collect its access log for a representative
 period, run `egressgate learn`, review the proposal, paste it into the config, switch to

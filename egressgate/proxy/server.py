@@ -228,7 +228,13 @@ class ProxyServer:
             "draining": self.state.draining,
             "connections": self.metrics.active_connections,
             "tunnels": self.metrics.active_tunnels,
+            "restart_needed": self.restart_needed,
         }
+
+    @property
+    def restart_needed(self) -> list[str]:
+        """Settings of the config in force that wait for a restart (listeners, workers)."""
+        return self._reloader.restart_needed if self._reloader is not None else []
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()

@@ -190,6 +190,7 @@ class _Supervisor:
             "workers": len(snaps),
             "expected_workers": self.count,
             "generations": sorted({s["metrics"]["config_generation"] for s in snaps}),
+            "restart_needed": sorted({name for s in snaps for name in s.get("restart_needed", ())}),
             "draining": self.draining,
         }
 
@@ -327,6 +328,7 @@ def _write_snapshot(server: Any, path: str) -> None:
         "written": time.time(),
         "ready": server.state.ready,
         "metrics": server.metrics.snapshot(),
+        "restart_needed": server.restart_needed,
         "pid": os.getpid(),
     }
     tmp = path + ".tmp"

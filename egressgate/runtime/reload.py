@@ -26,7 +26,10 @@ runs, the interpreter's thread switch interval is lowered (COMPILE_SWITCH_INTERV
 event loop waits at most that long for the GIL instead of the default 5 ms per wake-up.
 
 Settings that only take effect at start (listeners, workers) are reported as needing a restart;
-everything else applies to new requests at once. Requests in flight keep their Generation.
+everything else applies to new requests at once. Requests in flight keep their Generation. The
+comparison is with what the process is running on (the config it started with), not with the
+previous generation: a `listen` change stays pending across later reloads until a restart, and
+changing it back clears it (`restart_needed`, also in /readyz).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from egressgate.config.load import load_config_text
+from egressgate.config.model import Config
 from egressgate.errors import ConfigError, ConfigIssue
 from egressgate.runtime.state import Generation, State, compile_generation
 
@@ -65,6 +69,11 @@ class Report(Protocol):
 
 def _silent(event: str, *, level: str = "info", **fields: Any) -> None:
     """The default Report: nothing."""
+
+
+def _start_only(config: Config) -> dict[str, object]:
+    """The settings the running listeners and workers were made from."""
+    return {name: getattr(config, name) for name in RESTART_ONLY}
 
 
 def read_config(path: str) -> str:
@@ -135,6 +144,10 @@ class Reloader:
         self._pending: tuple[Fingerprint, str | None] | None = None
         self._last_error: str | None = None  # the watcher's last unexpected error, reported once
         self._task: asyncio.TimerHandle | None = None
+        # Fix (issue 18): compared with the previous generation, a comment-only edit after a
+        # `listen` change reported nothing pending, and changing it back reported a restart.
+        self._running = _start_only(state.current.config)
+        self.restart_needed: list[str] = []  # settings whose new value waits for a restart
         self._compiling = False  # a compile thread is running
         self._queued: str | None = None  # the trigger of a reload requested meanwhile
         self._stopped = False
@@ -305,8 +318,9 @@ class Reloader:
             self._on_failure(_unexpected(self._path, exc))
             return False
         restart_needed = [
-            name for name in RESTART_ONLY if getattr(new.config, name) != getattr(old.config, name)
+            name for name, value in _start_only(new.config).items() if value != self._running[name]
         ]
+        self.restart_needed = restart_needed
         self._state.current = new
         if install is not None:
             install()
