@@ -97,3 +97,29 @@ def test_learn_after_report_mode_has_no_false_sni_warning_and_names_refused_addr
     as_json = json.loads(run_learn(proxy.access_log_path, "--format", "json").stdout)
     (refused,) = as_json["policies"]["default"]["private_address_refusals"]
     assert (refused["host"], refused["addresses"]) == ("internal.test", [REFUSED_ADDRESS])
+
+
+def test_learn_cli_on_lines_an_older_proxy_wrote(tmp_path: Path) -> None:
+    """The two lines of the report (issue 12) as 0.1.0 logged them: a tunnel to pypi.org with
+    SNI pypi.org refused as sni-not-allowed, and a private-address refusal with `address` null."""
+    base = {"client": "10.0.0.7", "user": None, "policy": "default", "method": "CONNECT",
+            "port": 443, "rule": None, "bytes_up": 0, "bytes_down": 0, "duration_ms": 1.0,
+            "kind": "tunnel"}  # fmt: skip
+    lines = [
+        {**base, "ts": "2026-12-04T10:00:00.000Z", "host": "pypi.org", "address": "151.101.0.223",
+         "decision": "report", "reason": "sni-not-allowed", "status": 200, "sni": "pypi.org",
+         "detail": "TLS server name pypi.org is not allowed (CONNECT was for pypi.org)"},
+        {**base, "ts": "2026-12-04T10:00:01.000Z", "host": "pypi.org", "address": "151.101.0.223",
+         "decision": "report", "reason": "sni-not-allowed", "status": 200, "sni": "pypi.org",
+         "detail": "TLS server name pypi.org is not allowed (CONNECT was for pypi.org)"},
+        {**base, "ts": "2026-12-04T10:00:02.000Z", "host": "intranet.example", "address": None,
+         "decision": "deny", "reason": "private-address", "status": 403, "sni": None,
+         "detail": "resolves to 10.1.2.3 (private), which is not in allow_private"},
+    ]  # fmt: skip
+    log = tmp_path / "access.log"
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    done = run_learn(log)
+    assert done.returncode == 0, done.stderr
+    assert "presented TLS server name" not in done.stderr, done.stderr
+    assert "  - pypi.org" in done.stdout, done.stdout
+    assert "intranet.example resolved to internal address(es) 10.1.2.3 " in done.stdout
