@@ -48,6 +48,10 @@ class Reason(StrEnum):
     SMUGGLING = "request-smuggling"
     HEADER_TIMEOUT = "header-timeout"
     UNSUPPORTED_METHOD = "unsupported-method"
+    # SOCKS: what the SOCKS5 listener does not speak (reply codes in socks/protocol.py).
+    SOCKS_VERSION_UNSUPPORTED = "socks-version-unsupported"
+    SOCKS_COMMAND_UNSUPPORTED = "socks-command-unsupported"
+    SOCKS_ADDRESS_TYPE_UNSUPPORTED = "socks-address-type-unsupported"
     # Overload: 503.
     TOO_MANY_CONNECTIONS = "too-many-connections"
     SHUTTING_DOWN = "shutting-down"
@@ -101,6 +105,9 @@ _STATUS: dict[Reason, int] = {
     Reason.SMUGGLING: 400,
     Reason.HEADER_TIMEOUT: 408,
     Reason.UNSUPPORTED_METHOD: 501,
+    Reason.SOCKS_VERSION_UNSUPPORTED: 400,
+    Reason.SOCKS_COMMAND_UNSUPPORTED: 501,
+    Reason.SOCKS_ADDRESS_TYPE_UNSUPPORTED: 400,
     Reason.TOO_MANY_CONNECTIONS: 503,
     Reason.SHUTTING_DOWN: 503,
     Reason.TLS_HANDSHAKE_FAILED: 400,
@@ -140,6 +147,9 @@ _TEXT: dict[Reason, str] = {
     Reason.SMUGGLING: "ambiguous message framing refused",
     Reason.HEADER_TIMEOUT: "request headers not received in time",
     Reason.UNSUPPORTED_METHOD: "method not supported by this proxy",
+    Reason.SOCKS_VERSION_UNSUPPORTED: "only SOCKS5 is supported (SOCKS4/4a is refused)",
+    Reason.SOCKS_COMMAND_UNSUPPORTED: "only the SOCKS5 CONNECT command is supported",
+    Reason.SOCKS_ADDRESS_TYPE_UNSUPPORTED: "unknown SOCKS5 address type",
     Reason.TOO_MANY_CONNECTIONS: "too many connections",
     Reason.SHUTTING_DOWN: "the proxy is shutting down",
     Reason.TLS_HANDSHAKE_FAILED: "the TLS handshake with the proxy failed (no response is sent)",

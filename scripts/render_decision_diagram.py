@@ -37,7 +37,7 @@ class Step:
 STEPS = (
     Step(
         "client",
-        "connection accepted, request head read and checked",
+        "connection accepted, request head (or SOCKS5 handshake) read and checked",
         (
             Reason.TOO_MANY_CONNECTIONS,
             Reason.SHUTTING_DOWN,
@@ -49,6 +49,9 @@ STEPS = (
             Reason.NOT_A_PROXY_REQUEST,
             Reason.UNSUPPORTED_SCHEME,
             Reason.SMUGGLING,
+            Reason.SOCKS_VERSION_UNSUPPORTED,
+            Reason.SOCKS_COMMAND_UNSUPPORTED,
+            Reason.SOCKS_ADDRESS_TYPE_UNSUPPORTED,
         ),
     ),
     Step(

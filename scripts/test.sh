@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 
-# OS tools the tests drive as real clients (curl, openssl) and the e2e namespace test (ip, nft).
+# OS tools the tests drive as real clients (curl, openssl, git, ssh + nc) and the e2e namespace
+# test (ip, nft).
 # Installed only when missing and only when we may (root + apt); tests that need a missing tool
 # skip with a reason instead.
 need=()
@@ -15,6 +16,8 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 command -v git >/dev/null || need+=(git)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)        # SSH through socks_listen (test_socks_tools.py)
+command -v nc >/dev/null || need+=(netcat-openbsd)       # ... via ProxyCommand 'nc -X 5'
 command -v squid >/dev/null || [ -x /usr/sbin/squid ] || need+=(squid)   # import-squid tests compare with `squid -k parse`
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "installing OS packages: ${need[*]}"

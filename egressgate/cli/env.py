@@ -11,7 +11,15 @@ import argparse
 import sys
 
 from egressgate.tools import noproxy
-from egressgate.tools.proxy_env import FORMATS, ProxyEnvError, build_env, render
+from egressgate.tools.proxy_env import (
+    FORMATS,
+    ProxyEnvError,
+    build_env,
+    parse_socks_url,
+    render,
+    ssh_config,
+    ssh_config_warnings,
+)
 
 DESCRIPTION = """\
 Print HTTP_PROXY/HTTPS_PROXY/NO_PROXY (in both letter cases, same value, no spaces) and the
@@ -30,6 +38,12 @@ Java ignores the variables: JAVA_TOOL_OPTIONS carries -Dhttp.proxyHost, -Dhttp.p
 -Dhttps.proxyHost, -Dhttps.proxyPort and -Dhttp.nonProxyHosts (Java's `|`-separated list with
 `*.suffix` globs).
 
+With --socks socks5h://HOST:PORT (egressgate's socks_listen), ALL_PROXY/all_proxy carry the
+SOCKS URL (clients that read it use it for what the scheme variables do not cover: curl and
+git for other schemes, pip/requests/httpx with their SOCKS extras), and JAVA_TOOL_OPTIONS adds
+-DsocksProxyHost and -DsocksProxyPort. `--format ssh-config` prints an ssh_config Host block
+whose ProxyCommand (`nc -X 5`) sends SSH through the SOCKS listener; it needs only --socks.
+
 Check any value with `egressgate noproxy explain` and `egressgate noproxy lint`.
 """
 
@@ -46,6 +60,12 @@ examples:
   egressgate env --proxy http://172.17.0.1:3128 --format env-file > proxy.env
   docker run --env-file proxy.env IMAGE
   eval "docker run $(egressgate env --proxy http://172.17.0.1:3128 --format docker) IMAGE"
+
+  # SSH and git over SSH through the SOCKS5 listener (socks_listen: "0.0.0.0:1080")
+  egressgate env --socks socks5h://egressgate.internal:1080 --format ssh-config >> ~/.ssh/config
+
+  # HTTP(S) through the HTTP listener, everything else that reads ALL_PROXY through SOCKS
+  eval "$(egressgate env --proxy http://egressgate:3128 --socks socks5h://egressgate:1080)"
 
   # a docker compose .env file, extra internal domain
   egressgate env --proxy http://egress:3128 --no-proxy .corp.example --format dotenv > .env
@@ -64,9 +84,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--proxy",
-        required=True,
         metavar="URL",
-        help="egressgate's address as the apps reach it: http://HOST:PORT",
+        help="egressgate's address as the apps reach it: http://HOST:PORT "
+        "(required, except with --format ssh-config)",
+    )
+    parser.add_argument(
+        "--socks",
+        metavar="URL",
+        help="egressgate's SOCKS5 listener: socks5h://HOST:PORT (adds ALL_PROXY/all_proxy "
+        "and the JVM's socksProxyHost/socksProxyPort)",
     )
     parser.add_argument(
         "--no-proxy",
@@ -90,7 +116,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         choices=FORMATS,
         default="shell",
         help="shell: export lines; dotenv: KEY=value (compose); k8s: a container env: list; "
-        "docker: -e flags; env-file: for docker --env-file; json (default: shell)",
+        "docker: -e flags; env-file: for docker --env-file; json; ssh-config: an ssh_config "
+        "Host block through --socks (default: shell)",
     )
     parser.add_argument(
         "--no-java",
@@ -101,8 +128,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.format == "ssh-config":
+        return _run_ssh_config(args)
+    if args.proxy is None:
+        print(
+            "egressgate env: --proxy is required (except with --format ssh-config)", file=sys.stderr
+        )
+        return 2
     try:
         env = build_env(args.proxy, args.no_proxy, args.cluster_cidr)
+        if args.socks is not None:
+            socks, socks_warnings = parse_socks_url(args.socks)
+            env = env.with_socks(socks, socks_warnings)
     except ProxyEnvError as exc:
         print(f"egressgate env: {exc}", file=sys.stderr)
         return 2
@@ -117,4 +154,21 @@ def _run(args: argparse.Namespace) -> int:
                 "see docs/clients.md)",
                 file=sys.stderr,
             )
+    return 0
+
+
+def _run_ssh_config(args: argparse.Namespace) -> int:
+    if args.socks is None:
+        print(
+            "egressgate env: --format ssh-config needs --socks socks5h://HOST:PORT", file=sys.stderr
+        )
+        return 2
+    try:
+        socks, warnings = parse_socks_url(args.socks)
+    except ProxyEnvError as exc:
+        print(f"egressgate env: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(ssh_config(socks))
+    for warning in warnings + ssh_config_warnings(socks):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -161,6 +161,7 @@ def _run_explain(args: argparse.Namespace) -> int:
             "target": target.url,
             "measured": _measured(),
             "verdicts": [v.to_dict() for v in verdicts],
+            "all_proxy": noproxy.all_proxy_readers().to_dict(),
         }
         print(json.dumps(doc, indent=2))
     else:
@@ -177,8 +178,21 @@ def _explain_table(value: str, target: noproxy.Target, verdicts: Sequence[Runtim
     notes = [f"  {v.label}: {c}" for v in verdicts for c in v.caveats]
     if notes:
         lines += ["", "notes:", *notes]
-    lines += ["", _measured_line()]
+    lines += ["", *_all_proxy_lines(), "", _measured_line()]
     return "\n".join(lines) + "\n"
+
+
+def _all_proxy_lines() -> list[str]:
+    """Who honours ALL_PROXY (egressgate env --socks sets it to the SOCKS5 listener)."""
+    readers = noproxy.all_proxy_readers()
+    return [
+        "ALL_PROXY (egressgate env --socks socks5h://HOST:PORT):",
+        f"  read by: {', '.join(readers.reads) or 'none'}",
+        f"  not read by: {', '.join(readers.ignores) or 'none'}",
+        f"  no proxy variable read at all: {', '.join(readers.no_env) or 'none'}",
+        "  measured with an http:// value; speaking SOCKS5 through it is not measured here",
+        "  (egressgate's tests drive curl, git, requests+PySocks and httpx+socksio over SOCKS5)",
+    ]
 
 
 def _verdict_cell(verdict: RuntimeVerdict) -> str:

@@ -65,6 +65,7 @@ TOP_LEVEL_KEYS = (
     "listen",
     "admin_listen",
     "tls_listen",
+    "socks_listen",
     *DNS_KEYS,
     *POLICY_KEYS,
     "policies",
@@ -383,6 +384,14 @@ class _ConfigBuilder:
                 )
         if "tls_listen" in top:
             changes["tls_listen"] = self.w.attempt(top["tls_listen"], self._tls_listen)
+        if "socks_listen" in top:
+            node = top["socks_listen"]
+            if isinstance(node, yaml.ScalarNode) and self.w.attempt(node, self.w.scalar) is None:
+                changes["socks_listen"] = _NULL  # written out as off
+            else:
+                changes["socks_listen"] = self.w.attempt(
+                    node, lambda n: self.w.parsed(n, ListenAddress.parse)
+                )
 
     def _dns(self, top: dict[str, yaml.Node], changes: dict[str, Any]) -> None:
         """The DNS guard's keys (docs/transparent.md); its limits are under `limits`."""

@@ -234,6 +234,8 @@ class Config:
         default_factory=lambda: ListenAddress.parse(DEFAULT_ADMIN_LISTEN)
     )
     tls_listen: TlsListenConfig | None = None
+    # A SOCKS5 listener (proxy/socks.py): the same policies, users and clients rules.
+    socks_listen: ListenAddress | None = None
     dns_listen: ListenAddress | None = None
     dns: DnsConfig = field(default_factory=DnsConfig)
     policies: tuple[PolicyConfig, ...] = (PolicyConfig(DEFAULT_POLICY_NAME),)

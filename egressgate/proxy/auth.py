@@ -127,8 +127,18 @@ class AuthGate:
         """False: go on now. True: the request waits; `resume` is called later on the loop."""
         if not credentials:
             return False
-        login = login_from_headers(headers)
-        if login is None or login.problem:
+        return self.hold_login(login_from_headers(headers), credentials, client, delay_s, resume)
+
+    def hold_login(
+        self,
+        login: Login | None,
+        credentials: Credentials,
+        client: str,
+        delay_s: float,
+        resume: Resume,
+    ) -> bool:
+        """`hold()` for credentials already parsed (an RFC 1929 SOCKS5 sub-negotiation)."""
+        if not credentials or login is None or login.problem:
             return False  # nothing to verify; stage 2 refuses an unusable login
         user, password = login.user, login.password.encode()
         verdict = credentials.lookup(user, password)

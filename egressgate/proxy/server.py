@@ -38,6 +38,7 @@ from egressgate.proxy.acceptor import Acceptor
 from egressgate.proxy.context import ProxyContext
 from egressgate.proxy.dns_guard import DnsGuard
 from egressgate.proxy.revoke import revoke
+from egressgate.proxy.socks import SocksListener
 from egressgate.proxy.tls_listener import TlsAcceptor
 from egressgate.proxy.upstream_pool import UpstreamPool
 from egressgate.runtime.memory import freeze_long_lived
@@ -67,6 +68,7 @@ class ProxyServer:
         self.reuse_port = reuse_port
         self.metrics = Metrics()
         self._acceptor: Acceptor | None = None
+        self._socks: SocksListener | None = None
         self._tls_acceptor: TlsAcceptor | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._admin: asyncio.Server | None = None
@@ -113,6 +115,11 @@ class ProxyServer:
         self.addresses["tls_proxy"] = None
         if config.tls_listen is not None:
             await self._start_tls_listener(config, ctx)
+        self.addresses["socks"] = None
+        if config.socks_listen is not None:
+            socks = bind(config.socks_listen, self.reuse_port)
+            self._socks = SocksListener(ctx, socks)
+            self.addresses["socks"] = bound_address(socks)
         self.addresses["dns"] = None
         if config.dns_listen is not None and not self.worker:  # one guard: worker 0 or alone
             self._dns = DnsGuard(ctx)
@@ -431,6 +438,8 @@ class ProxyServer:
         self.state.accepting = False
         if self._acceptor is not None:
             self._acceptor.close()
+        if self._socks is not None:
+            self._socks.close()
         if self._tls_acceptor is not None:
             self._tls_acceptor.close()
         if self._dns is not None:

@@ -160,7 +160,7 @@ class _Plan:
     replicas: int
     selector: Mapping[str, str]
     app_labels: Mapping[str, str]
-    proxy_ports: tuple[tuple[str, int], ...]  # (port name, number): plain and optional TLS
+    proxy_ports: tuple[tuple[str, int], ...]  # (port name, number): plain, optional TLS, SOCKS
     admin_port: int | None  # None: no admin listener
     admin_reachable: bool  # bound to a wildcard: kubelet and Prometheus can reach it
     cluster_networks: tuple[IPNetwork, ...]
@@ -430,6 +430,8 @@ def _listener_problems(config: Config) -> list[str]:
     listeners = [("listen", config.listen)]
     if config.tls_listen is not None:
         listeners.append(("tls_listen.listen", config.tls_listen.listen))
+    if config.socks_listen is not None:
+        listeners.append(("socks_listen", config.socks_listen))
     for key, address in listeners:
         if address.port == 0:
             problems.append(f"{key} {address}: a Service needs a fixed port, not 0")
@@ -500,6 +502,10 @@ def _proxy_ports(config: Config) -> tuple[tuple[str, int], ...]:
     ports = [("proxy", config.listen.port)]
     if config.tls_listen is not None:
         ports.append(("proxy-tls", config.tls_listen.listen.port))
+    if config.socks_listen is not None:
+        # The Service, the container and both NetworkPolicies use this list: SOCKS clients
+        # are the proxy's clients (the same app pods), on one more port.
+        ports.append(("socks", config.socks_listen.port))
     return tuple(ports)
 
 

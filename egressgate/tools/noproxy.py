@@ -978,6 +978,37 @@ def env_readers() -> list[Runtime]:
     return [rt for rt in runtimes() if rt.reads_env and rt.no_proxy is not None]
 
 
+@dataclass(frozen=True, slots=True)
+class AllProxyReaders:
+    """Which measured runtimes read ALL_PROXY/all_proxy (the variable egressgate env sets to
+    the SOCKS5 listener). Measured with an http:// value: whether a runtime then speaks SOCKS5
+    through it is not in the matrix."""
+
+    reads: tuple[str, ...]  # runtime ids
+    ignores: tuple[str, ...]  # read other proxy variables, not ALL_PROXY
+    no_env: tuple[str, ...]  # read no proxy variable at all
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reads_all_proxy": list(self.reads),
+            "ignores_all_proxy": list(self.ignores),
+            "ignores_every_proxy_variable": list(self.no_env),
+            "socks_through_all_proxy": "not measured",
+        }
+
+
+def all_proxy_readers() -> AllProxyReaders:
+    reads, ignores, no_env = [], [], []
+    for rt in runtimes():
+        if not rt.reads_env or rt.variables is None:
+            no_env.append(rt.id)
+        elif rt.variables.all:
+            reads.append(rt.id)
+        else:
+            ignores.append(rt.id)
+    return AllProxyReaders(tuple(reads), tuple(ignores), tuple(no_env))
+
+
 def _who(predicate: Callable[[NoProxyRules], bool]) -> tuple[str, ...]:
     return tuple(rt.id for rt in env_readers() if rt.no_proxy and predicate(rt.no_proxy))
 

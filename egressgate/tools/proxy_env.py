@@ -15,7 +15,7 @@ import json
 import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
@@ -26,7 +26,7 @@ from egressgate.tools.noproxy import Finding, Severity
 
 DEFAULT_NO_PROXY = ("localhost", "127.0.0.1", "::1", ".svc", ".cluster.local")
 EXPAND_LIMIT = 256
-FORMATS = ("shell", "dotenv", "k8s", "docker", "env-file", "json")
+FORMATS = ("shell", "dotenv", "k8s", "docker", "env-file", "json", "ssh-config")
 VARIABLE_ORDER = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 
 # RFC 3986 userinfo characters that need no percent-encoding (':' separates user and password).
@@ -81,6 +81,12 @@ class ProxyEnv:
     no_proxy: str
     java: JavaSettings
     warnings: tuple[str, ...]
+    socks: ProxyUrl | None = None  # egressgate's SOCKS5 listener (socks5h://): ALL_PROXY
+
+    def with_socks(self, socks: ProxyUrl, warnings: Sequence[str] = ()) -> ProxyEnv:
+        """The same settings plus ALL_PROXY/all_proxy and the JVM's SOCKS pair."""
+        java = JavaSettings(self.java.properties + socks_java_properties(socks))
+        return replace(self, socks=socks, java=java, warnings=self.warnings + tuple(warnings))
 
     @property
     def entries(self) -> tuple[str, ...]:
@@ -89,9 +95,14 @@ class ProxyEnv:
     @property
     def variables(self) -> tuple[tuple[str, str], ...]:
         values = {"proxy": self.proxy.url, "no": self.no_proxy}
-        return tuple(
+        pairs = tuple(
             (n, values["no" if n.lower() == "no_proxy" else "proxy"]) for n in VARIABLE_ORDER
         )
+        if self.socks is not None:
+            # Both cases, like the others: curl, git, pip, requests, httpx and axios read both
+            # (reference/noproxy); the scheme's own variable wins where both are set.
+            pairs += (("ALL_PROXY", self.socks.url), ("all_proxy", self.socks.url))
+        return pairs
 
     def as_dict(self, *, java: bool = True) -> dict[str, str]:
         out = dict(self.variables)
@@ -395,6 +406,68 @@ def _dedupe(values: Iterable[str]) -> list[str]:
     return out
 
 
+# -- SOCKS5 (socks_listen) -----------------------------------------------------------------
+
+SOCKS_SCHEMES = ("socks5h", "socks5")
+
+
+def parse_socks_url(text: str) -> tuple[ProxyUrl, list[str]]:
+    """Validate egressgate's SOCKS5 URL (socks5h://HOST:PORT); return it with warnings.
+
+    `socks5h` makes clients send the name to the proxy, which judges and resolves it. `socks5`
+    is accepted with a warning: clients resolve the name themselves and send an address, which
+    only an IP/CIDR allowlist entry can allow. SOCKS4 is refused (egressgate speaks SOCKS5).
+    """
+    raw = text.strip()
+    if not raw or any(c.isspace() for c in raw):
+        raise ProxyUrlError(f"SOCKS URL {text!r} is empty or contains spaces")
+    parts = urlsplit(raw if "://" in raw else f"socks5h://{raw}")
+    scheme = parts.scheme.lower()
+    if scheme not in SOCKS_SCHEMES:
+        raise ProxyUrlError(
+            f"SOCKS URL scheme {scheme!r} is not supported: egressgate speaks SOCKS5, "
+            "use socks5h://HOST:PORT"
+        )
+    host, port = _host_and_port(parts, raw)
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ProxyUrlError(f"SOCKS URL {raw!r} must not have a path, query or fragment")
+    proxy = ProxyUrl(scheme=scheme, host=host, port=port, userinfo=_userinfo(parts, raw))
+    warnings = []
+    if scheme == "socks5":
+        warnings.append(
+            "socks5:// makes clients resolve names themselves and send the proxy an address: "
+            "the hostname allowlist cannot match it. Use socks5h://"
+        )
+    if proxy.userinfo:
+        warnings.append(
+            "SOCKS5 has no TLS to the proxy: the user name and password cross the network in "
+            "clear text (docs/socks.md#security-notes)"
+        )
+    return proxy, warnings
+
+
+def socks_java_properties(socks: ProxyUrl) -> tuple[tuple[str, str], ...]:
+    """The JVM's SOCKS pair (every socket without an HTTP proxy of its own goes through it)."""
+    return (("socksProxyHost", socks.host), ("socksProxyPort", str(socks.port)))
+
+
+def ssh_config(socks: ProxyUrl, host_pattern: str = "*") -> str:
+    """An ssh_config(5) Host block that reaches SSH servers through the SOCKS5 listener with
+    OpenBSD netcat (Debian's netcat-openbsd): `nc -X 5` sends the name, the proxy judges it."""
+    return (
+        f"Host {host_pattern}\n    ProxyCommand nc -X 5 -x {socks.netloc_host}:{socks.port} %h %p\n"
+    )
+
+
+def ssh_config_warnings(socks: ProxyUrl) -> list[str]:
+    if socks.userinfo:
+        return [
+            "nc -X 5 cannot send a SOCKS user name and password: select SSH clients by "
+            "`source` in the clients rules, or leave auth off for socks_listen's clients"
+        ]
+    return []
+
+
 # -- the whole environment --------------------------------------------------------------------
 
 
@@ -463,6 +536,10 @@ def render(env: ProxyEnv, fmt: str, *, java: bool = True) -> str:
         return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
     if fmt == "json":
         return json.dumps(to_json(env, java=java), indent=2) + "\n"
+    if fmt == "ssh-config":
+        if env.socks is None:
+            raise ValueError("--format ssh-config needs a SOCKS URL (--socks socks5h://HOST:PORT)")
+        return ssh_config(env.socks)
     raise ValueError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
 
 
@@ -480,6 +557,7 @@ def to_json(env: ProxyEnv, *, java: bool = True) -> dict[str, Any]:
     info = noproxy.matrix_info()
     doc: dict[str, Any] = {
         "proxy": env.proxy.url,
+        "socks": env.socks.url if env.socks is not None else None,
         "variables": dict(env.variables),
         "no_proxy_entries": list(env.entries),
         "warnings": list(env.warnings),

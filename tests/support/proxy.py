@@ -346,6 +346,19 @@ class ProxyProcess:
         return self.listening_address("tls_proxy")
 
     @property
+    def socks_address(self) -> tuple[str, int]:
+        """(host, port) of the SOCKS5 listener (`socks_listen` must be set)."""
+        address = self.listening_address("socks")
+        if address is None:
+            raise ProxyError("this proxy has no socks_listen")
+        return address
+
+    @property
+    def socks_url(self) -> str:
+        """socks5h://HOST:PORT (names resolved by the proxy)."""
+        return "socks5h://" + format_hostport(*self.socks_address)
+
+    @property
     def dns_address(self) -> tuple[str, int] | None:
         """(host, port) of the DNS guard (`dns_listen`, UDP and TCP), if the proxy runs one."""
         return self.listening_address("dns")

@@ -225,6 +225,7 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
     "built-in default": (BUILTIN_DEFAULT_YAML, {}),
     "custom ports": ("listen: 0.0.0.0:8080\nadmin_listen: 0.0.0.0:9191\n", {}),
     "admin off": ("admin_listen: null\n", {}),
+    "socks listener": ("socks_listen: 0.0.0.0:1080\n", {}),
     "admin on loopback": ("admin_listen: 127.0.0.1:9090\n", {}),
     "ipv6 wildcard, workers": ("listen: '[::]:3128'\nworkers: 4\n", {}),
     "other app namespace, no hpa": ("", {"app_namespace": "shop", "hpa": False, "replicas": 3}),
@@ -831,3 +832,36 @@ def test_renderer_imports_nothing_of_the_proxy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == ""
+
+
+def test_socks_listen_is_a_service_port_and_the_policies_admit_it() -> None:
+    objects = _render("socks_listen: 0.0.0.0:1080\n")
+    service = _one(objects, "Service")
+    ports = [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]]
+    assert ports == [("proxy", 3128, "proxy"), ("socks", 1080, "socks")]
+    assert _named_port(_container(objects), "socks") == 1080
+    proxy_pod = _pod(PROXY_NS, **_pod_labels(objects))
+    app_policy = _app_policy(objects)
+    assert _allows(app_policy, "Egress", proxy_pod, 1080, "TCP")
+    assert not _allows(app_policy, "Egress", proxy_pod, 1080, "UDP")  # no UDP ASSOCIATE
+    proxy_policy = _proxy_policy(objects)
+    assert _allows(proxy_policy, "Ingress", APP_POD, 1080)
+    assert not _allows(proxy_policy, "Ingress", _pod(PROXY_NS, app="other"), 1080)
+    # without socks_listen, nothing is opened for it
+    plain = _render()
+    assert not _allows(_proxy_policy(plain), "Ingress", APP_POD, 1080)
+    assert [p["name"] for p in _one(plain, "Service")["spec"]["ports"]] == ["proxy"]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("socks_listen: 127.0.0.1:1080\n", "every interface"),
+        ("socks_listen: 0.0.0.0:0\n", "fixed port"),
+    ],
+)
+def test_socks_listen_must_be_reachable_from_the_service(text: str, problem: str) -> None:
+    with pytest.raises(RenderError) as failure:
+        _render(text)
+    assert problem in str(failure.value)
+    assert "socks_listen" in str(failure.value)

@@ -428,3 +428,50 @@ def test_lint_env_without_any_proxy_variable_says_no_proxy_is_set() -> None:
 def test_lint_env_without_proxy_still_judges_a_no_proxy_value() -> None:
     codes = [f.code for f in lint_env({"NO_PROXY": "localhost,*.corp.example"})]
     assert {"wildcard", "no-proxy-set"} <= set(codes)
+
+
+# ---- SOCKS5 (egressgate env --socks)
+def test_socks_adds_all_proxy_in_both_cases_and_the_jvm_pair() -> None:
+    from egressgate.tools.proxy_env import parse_socks_url
+
+    socks, warnings = parse_socks_url("socks5h://EG.internal:1080")
+    assert warnings == []
+    env = build_env("http://eg.internal:3128").with_socks(socks)
+    values = env.as_dict()
+    assert values["ALL_PROXY"] == values["all_proxy"] == "socks5h://eg.internal:1080"
+    assert values["HTTPS_PROXY"] == "http://eg.internal:3128"
+    assert "-DsocksProxyHost=eg.internal -DsocksProxyPort=1080" in values["JAVA_TOOL_OPTIONS"]
+    assert "ALL_PROXY" not in build_env("http://eg.internal:3128").as_dict()
+
+
+def test_socks_url_rules() -> None:
+    from egressgate.tools.proxy_env import ProxyUrlError, parse_socks_url
+
+    for bad in ("socks4://eg:1080", "http://eg:1080", "socks5h://eg", "socks5h://eg:1080/x"):
+        with pytest.raises(ProxyUrlError):
+            parse_socks_url(bad)
+    _, warnings = parse_socks_url("socks5://eg:1080")
+    assert any("socks5h" in w for w in warnings)
+    _, warnings = parse_socks_url("socks5h://u:p@eg:1080")
+    assert any("clear text" in w for w in warnings)
+
+
+def test_ssh_config_block() -> None:
+    from egressgate.tools.proxy_env import parse_socks_url, render, ssh_config
+
+    socks, _ = parse_socks_url("socks5h://10.0.0.7:1080")
+    assert ssh_config(socks) == "Host *\n    ProxyCommand nc -X 5 -x 10.0.0.7:1080 %h %p\n"
+    env = build_env("http://eg:3128").with_socks(socks)
+    assert render(env, "ssh-config") == ssh_config(socks)
+
+
+def test_all_proxy_readers_come_from_the_measurements() -> None:
+    from egressgate.tools import noproxy
+
+    readers = noproxy.all_proxy_readers()
+    assert "curl" in readers.reads
+    assert "git" in readers.reads
+    assert "java" in readers.no_env
+    assert "wget" in readers.ignores
+    ids = {rt.id for rt in noproxy.runtimes()}
+    assert set(readers.reads) | set(readers.ignores) | set(readers.no_env) == ids

@@ -1,0 +1,1 @@
+"""egressgate.socks: sans-IO SOCKS5 (RFC 1928, RFC 1929)."""
