@@ -1,7 +1,7 @@
 """Revocation on reload (issue 12 item 8): a reload that denies a destination also ends what is
 still open to it, when `reload_revokes` is true (the default).
 
-After a new generation is in force, every open CONNECT tunnel (`ctx.tunnels`) and every
+After a new generation is in force, every open CONNECT or SOCKS5 tunnel (`ctx.tunnels`) and every
 plain-HTTP request still being relayed on a client connection (`ctx.live`) is decided again
 against the new generation: the name-level decision for its client and destination, then the
 address it is connected to. A denied one is closed through its existing force-close path, and
@@ -44,6 +44,8 @@ def revoke(ctx: ProxyContext, gen: Generation) -> dict[str, int]:
     for tunnel in list(ctx.tunnels):
         identity = getattr(tunnel, "identity", None)
         destination = getattr(tunnel, "destination", None)
+        if destination is None:  # a SOCKS5 session: its Admission holds the target
+            destination = getattr(getattr(tunnel, "admission", None), "target", None)
         record = getattr(tunnel, "record", None)
         if not isinstance(identity, ClientIdentity) or not isinstance(destination, Target):
             continue  # a tunnel without its decision inputs (an upgrade relay): left alone

@@ -128,3 +128,34 @@ def test_reload_revokes_false_keeps_tunnels_and_requests_open(
     assert not proxy.events("reload-revoked")
     record = record_of(proxy, host="gone.test", method="CONNECT")
     assert "revoked" not in (record["detail"] or ""), record
+
+
+def socks_tunnel(proxy: ProxyProcess, host: str, port: int) -> socket.socket:
+    """A SOCKS5 CONNECT (no auth, domain name) through the proxy's socks_listen."""
+    address = proxy.listening_address("socks")
+    assert address is not None
+    sock = socket.create_connection(address, timeout=5)
+    sock.sendall(b"\x05\x01\x00")
+    assert sock.recv(2) == b"\x05\x00"
+    name = host.encode()
+    sock.sendall(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + port.to_bytes(2, "big"))
+    reply = sock.recv(10)
+    assert reply[:2] == b"\x05\x00", reply
+    return sock
+
+
+def test_reload_revokes_a_socks5_tunnel_to_a_denied_host(
+    proxy_factory: ProxyFactory, origins: tuple[Origin, RawOrigin]
+) -> None:
+    web, echo = origins
+    proxy = proxy_factory(config(web, echo, ["keep.test", "gone.test"], socks_listen="127.0.0.1:0"))
+    with socks_tunnel(proxy, "gone.test", echo.port) as sock:
+        sock.sendall(b"hello")
+        assert sock.recv(5) == b"hello"
+        new = config(web, echo, ["keep.test"], socks_listen="127.0.0.1:0")
+        proxy.reload({**proxy.config, **new}, wait_for="reloaded")
+        _, closed = read_all(sock, 5)
+        assert closed, "the revoked SOCKS5 tunnel went on"
+    record = record_of(proxy, host="gone.test")
+    assert "revoked by reload generation 2" in record["detail"], record
+    wait_metric(proxy, "egressgate_revoked_total", 1, kind="tunnel")
