@@ -78,6 +78,7 @@ TOP_LEVEL_KEYS = (
     "access_log",
     "workers",
     "forwarded_for",
+    "reload_revokes",
     "limits",
 )
 
@@ -494,6 +495,8 @@ class _ConfigBuilder:
             changes["workers"] = self.w.attempt(top["workers"], lambda n: self.w.integer(n, 1, 256))
         if "forwarded_for" in top:
             changes["forwarded_for"] = self.w.attempt(top["forwarded_for"], self.w.boolean)
+        if "reload_revokes" in top:
+            changes["reload_revokes"] = self.w.attempt(top["reload_revokes"], self.w.boolean)
         if "limits" in top:
             changes["limits"] = self.w.attempt(top["limits"], self._limits)
 

@@ -250,6 +250,9 @@ class Config:
     access_log: str = "-"
     workers: int = 1
     forwarded_for: bool = False
+    # A reload that denies a destination also ends the open tunnels and requests to it
+    # (proxy/revoke.py); false: they run on under the policy they were opened with.
+    reload_revokes: bool = True
     limits: Limits = field(default_factory=Limits)
 
     def policy(self, name: str) -> PolicyConfig:

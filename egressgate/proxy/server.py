@@ -37,6 +37,7 @@ from egressgate.observe.metrics import Metrics, MetricsCollector
 from egressgate.proxy.acceptor import Acceptor
 from egressgate.proxy.context import ProxyContext
 from egressgate.proxy.dns_guard import DnsGuard
+from egressgate.proxy.revoke import revoke
 from egressgate.proxy.socks import SocksListener
 from egressgate.proxy.tls_listener import TlsAcceptor
 from egressgate.proxy.transparent import TransparentListener
@@ -370,6 +371,7 @@ class ProxyServer:
         ctx.limits = new_cfg.limits
         ctx.fd_ceiling = fd_ceiling(new_cfg.limits.reserved_fds)
         ctx.pool.idle_s = new_cfg.limits.upstream_idle_s
+        revoked = revoke(ctx, new)
         emit(
             "reloaded",
             generation=new.number,
@@ -381,6 +383,17 @@ class ProxyServer:
             if restart_needed
             else None,
         )
+        if revoked["tunnel"] or revoked["http"]:
+            for kind, count in revoked.items():
+                self.metrics.revoked[kind] = self.metrics.revoked.get(kind, 0) + count
+            emit(
+                "reload-revoked",
+                level="warning",
+                generation=new.number,
+                tunnels=revoked["tunnel"],
+                requests=revoked["http"],
+                why="the new policy denies their destination (reload_revokes: true)",
+            )
 
     def _reload_failed(self, error: ConfigError) -> None:
         self.metrics.reloads["failure"] += 1
