@@ -522,7 +522,7 @@ class TunnelExchange(_TunnelCore, Exchange):
     tunnel's own timers apply once it is open.
     """
 
-    __slots__ = ("_pump", "_transports", "conn")
+    __slots__ = ("_pump", "_transports", "conn", "identity")
 
     def __init__(self, conn: ClientSide, head: RequestHead) -> None:
         super().__init__(conn.ctx, head, conn.new_record("CONNECT", "tunnel"))
@@ -534,6 +534,7 @@ class TunnelExchange(_TunnelCore, Exchange):
         conn = self.conn
         assert conn is not None
         assert conn.identity is not None
+        self.identity = conn.identity  # kept for a reload's re-decision (proxy/revoke.py)
         self.admission = connect_admission(self.ctx, conn.identity, self.head)
         spawn(self._open(), "egressgate-tunnel", self.internal_error)
 
