@@ -41,6 +41,7 @@ ACCESS_LOG_ERRORS = f"{PREFIX}_access_log_errors"
 LOG_DROPPED = f"{PREFIX}_log_dropped"
 RELOAD_WATCHER_ERRORS = f"{PREFIX}_reload_watcher_errors"
 CONNECTIONS_REJECTED = f"{PREFIX}_connections_rejected"
+REVOKED = f"{PREFIX}_revoked"
 WORKERS = f"{PREFIX}_workers"
 ACCEPT_PAUSES = f"{PREFIX}_accept_pauses"
 TLS_HANDSHAKE_FAILURES = f"{PREFIX}_tls_handshake_failures"
@@ -66,6 +67,7 @@ class Metrics:
         self.log_dropped = 0  # access records dropped: the log writer was too far behind
         self.reload_watcher_errors = 0  # unexpected exceptions in the config-file watcher
         self.connections_rejected = 0
+        self.revoked: dict[str, int] = {}  # by kind: tunnels and requests ended by a reload
         self.accept_pauses = 0  # accept loop paused on EMFILE/ENFILE (proxy/acceptor.py)
         self.tls_handshake_failures: dict[str, int] = {}  # by cause
         self.auth_failures = 0
@@ -117,6 +119,7 @@ class Metrics:
             "log_dropped": self.log_dropped,
             "reload_watcher_errors": self.reload_watcher_errors,
             "connections_rejected": self.connections_rejected,
+            "revoked": dict(self.revoked),
             "accept_pauses": self.accept_pauses,
             "tls_handshake_failures": dict(self.tls_handshake_failures),
             "auth_failures": self.auth_failures,
@@ -144,6 +147,7 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
             "upstream_errors",
             "reloads",
             "dns_sums",
+            "revoked",
             "tls_handshake_failures",
         ):
             for key, value in snap.get(name, {}).items():
@@ -281,6 +285,14 @@ def _families(snap: dict[str, Any]) -> Iterator[Metric]:
         "Proxy-Authorization attempts refused (wrong user or password, malformed)",
         value=snap.get("auth_failures", 0),
     )
+    revoked = CounterMetricFamily(
+        REVOKED,
+        "Tunnels and requests ended because a reload denied their destination",
+        labels=["kind"],
+    )
+    for kind, value in snap.get("revoked", {}).items():
+        revoked.add_metric([kind], value)
+    yield revoked
     if "workers" in snap:
         yield GaugeMetricFamily(WORKERS, "Worker processes reporting", value=snap["workers"])
 

@@ -529,7 +529,7 @@ class RawTunnel(_TunnelCore):
 class TunnelExchange(_TunnelCore):
     """A CONNECT inside the TLS listener: transports and the pump."""
 
-    __slots__ = ("_pump", "conn")
+    __slots__ = ("_pump", "conn", "identity")
 
     def __init__(self, conn: ClientConnection, head: RequestHead) -> None:
         super().__init__(conn.ctx, head, conn.new_record("CONNECT", "tunnel"))
@@ -540,6 +540,7 @@ class TunnelExchange(_TunnelCore):
         conn = self.conn
         assert conn is not None
         assert conn.identity is not None
+        self.identity = conn.identity  # kept for a reload's re-decision (proxy/revoke.py)
         try:
             self.admit(conn.identity)
         except ProxyFailure as exc:
