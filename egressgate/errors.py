@@ -36,6 +36,8 @@ class Reason(StrEnum):
     SNI_MISSING = "sni-missing"
     SNI_UNREADABLE = "sni-unreadable"
     NO_POLICY = "no-policy"
+    # Transparent listener: no SNI, not HTTP, and the original destination is no listed IP.
+    NO_DESTINATION_NAME = "no-destination-name"
     DNS_QUERY_TYPE_REFUSED = "dns-query-type-refused"  # the DNS guard never forwards this type
     # Authentication: 407.
     AUTH_REQUIRED = "proxy-auth-required"
@@ -95,6 +97,7 @@ _STATUS: dict[Reason, int] = {
     Reason.SNI_MISSING: 403,
     Reason.SNI_UNREADABLE: 403,
     Reason.NO_POLICY: 403,
+    Reason.NO_DESTINATION_NAME: 403,
     Reason.DNS_QUERY_TYPE_REFUSED: 403,
     Reason.AUTH_REQUIRED: 407,
     Reason.BAD_REQUEST: 400,
@@ -137,6 +140,8 @@ _TEXT: dict[Reason, str] = {
     Reason.SNI_UNREADABLE: "the tunnel's TLS ClientHello could not be read (too slow, too large "
     "or malformed)",
     Reason.NO_POLICY: "no policy applies to this client",
+    Reason.NO_DESTINATION_NAME: "the connection names no destination (no TLS server name, "
+    "not HTTP) and its original destination is not an allowed IP",
     Reason.DNS_QUERY_TYPE_REFUSED: "the DNS guard refuses this query type, class or opcode",
     Reason.AUTH_REQUIRED: "proxy authentication required",
     Reason.BAD_REQUEST: "malformed request",

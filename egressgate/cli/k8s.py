@@ -17,8 +17,9 @@ from egressgate.config.default import BUILTIN_DEFAULT_YAML, builtin_default
 from egressgate.config.load import load_config_text
 from egressgate.config.model import Config
 from egressgate.errors import ConfigError, ConfigIssue
-from egressgate.tools import k8s_render
+from egressgate.tools import k8s_central, k8s_render, k8s_sidecar
 from egressgate.tools.k8s_render import RenderError, RenderOptions
+from egressgate.tools.redirect import DEFAULT_TCP_PORTS
 
 K8S_DESCRIPTION = "Kubernetes tooling: render the manifests that run egressgate in a cluster."
 
@@ -91,6 +92,31 @@ def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], in
 def _add_render_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = RenderOptions()
     where = parser.add_argument_group("what and where")
+    where.add_argument(
+        "--mode",
+        choices=("explicit", "transparent", "dns"),
+        default="explicit",
+        help="explicit: the central proxy for apps that honour proxy variables (default); "
+        "transparent: a sidecar, its nftables init container and NetworkPolicy for one app's "
+        "pods; dns: the central proxy with its DNS guard answering with its own address "
+        "(dns_answer: proxy) and its transparent listener behind the Service's 80/443 "
+        "(apps that ignore proxy variables, docs/transparent.md)",
+    )
+    where.add_argument(
+        "--init-image",
+        metavar="IMAGE",
+        help="--mode transparent: image of the init container, which runs `nft` (default: "
+        "--image; it must contain nftables)",
+    )
+    where.add_argument(
+        "--redirect-port",
+        action="append",
+        type=int,
+        default=[],
+        metavar="PORT",
+        help="--mode transparent: TCP port redirected to the sidecar (repeatable; default 80 "
+        "and 443)",
+    )
     where.add_argument("--config", "-c", metavar="FILE", help="egressgate config file")
     where.add_argument(
         "--namespace", "-n", default=defaults.namespace, help="namespace of the proxy (%(default)s)"
@@ -298,7 +324,15 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     options = replace(_options(args), extra_config_files=extra_files)
     try:
-        objects = k8s_render.render(config, text, options)
+        if args.mode == "transparent":
+            ports = tuple(args.redirect_port) or DEFAULT_TCP_PORTS
+            objects = k8s_sidecar.render_sidecar(config, text, options, args.init_image, ports)
+            sys.stdout.write(k8s_render.to_yaml(objects))
+            return 0
+        if args.mode == "dns":
+            objects = k8s_central.render_central(config, text, options)
+        else:
+            objects = k8s_render.render(config, text, options)
     except RenderError as exc:
         _print_lines(exc.problems, "egressgate k8s render: ")
         return 2

@@ -65,6 +65,7 @@ TOP_LEVEL_KEYS = (
     "listen",
     "admin_listen",
     "tls_listen",
+    "transparent_listen",
     "socks_listen",
     *DNS_KEYS,
     *POLICY_KEYS,
@@ -77,6 +78,7 @@ TOP_LEVEL_KEYS = (
     "access_log",
     "workers",
     "forwarded_for",
+    "reload_revokes",
     "limits",
 )
 
@@ -383,6 +385,14 @@ class _ConfigBuilder:
                 )
         if "tls_listen" in top:
             changes["tls_listen"] = self.w.attempt(top["tls_listen"], self._tls_listen)
+        if "transparent_listen" in top:
+            node = top["transparent_listen"]
+            if isinstance(node, yaml.ScalarNode) and self.w.attempt(node, self.w.scalar) is None:
+                changes["transparent_listen"] = _NULL  # explicitly off (the default)
+            else:
+                changes["transparent_listen"] = self.w.attempt(
+                    node, lambda n: self.w.parsed(n, ListenAddress.parse)
+                )
         if "socks_listen" in top:
             node = top["socks_listen"]
             if isinstance(node, yaml.ScalarNode) and self.w.attempt(node, self.w.scalar) is None:
@@ -485,6 +495,8 @@ class _ConfigBuilder:
             changes["workers"] = self.w.attempt(top["workers"], lambda n: self.w.integer(n, 1, 256))
         if "forwarded_for" in top:
             changes["forwarded_for"] = self.w.attempt(top["forwarded_for"], self.w.boolean)
+        if "reload_revokes" in top:
+            changes["reload_revokes"] = self.w.attempt(top["reload_revokes"], self.w.boolean)
         if "limits" in top:
             changes["limits"] = self.w.attempt(top["limits"], self._limits)
 

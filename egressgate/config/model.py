@@ -234,6 +234,9 @@ class Config:
         default_factory=lambda: ListenAddress.parse(DEFAULT_ADMIN_LISTEN)
     )
     tls_listen: TlsListenConfig | None = None
+    # Transparent listener (docs/transparent.md): connections redirected by the kernel
+    # (nftables/iptables REDIRECT), routed by their TLS SNI or HTTP Host.
+    transparent_listen: ListenAddress | None = None
     # A SOCKS5 listener (proxy/socks.py): the same policies, users and clients rules.
     socks_listen: ListenAddress | None = None
     dns_listen: ListenAddress | None = None
@@ -247,6 +250,9 @@ class Config:
     access_log: str = "-"
     workers: int = 1
     forwarded_for: bool = False
+    # A reload that denies a destination also ends the open tunnels and requests to it
+    # (proxy/revoke.py); false: they run on under the policy they were opened with.
+    reload_revokes: bool = True
     limits: Limits = field(default_factory=Limits)
 
     def policy(self, name: str) -> PolicyConfig:

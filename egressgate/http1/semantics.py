@@ -136,6 +136,11 @@ def _split_authority(authority: str, default_port: int | None) -> tuple[str, int
     return host, int(port_text)
 
 
+def split_authority(authority: str, default_port: int | None) -> tuple[str, int]:
+    """host (brackets kept for IPv6) and port of an authority; ProtocolError if malformed."""
+    return _split_authority(authority, default_port)
+
+
 def request_framing(head: RequestHead) -> Framing:
     """RFC 9112 §6: decide how the body is framed, refusing every ambiguous combination."""
     transfer_encodings: list[bytes] = []

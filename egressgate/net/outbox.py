@@ -62,7 +62,19 @@ class Outbox:
             try:
                 action()
             except Exception as exc:  # one broken connection must not hold back the others
-                self.report(exc)
+                self._failed(action, exc)
+
+    def _failed(self, action: Callable[[], object], exc: Exception) -> None:
+        """An action of an object that answers for its own failures (`internal_error`: a
+        tunnel, proxy/failsafe.py) hands the exception to it; anything else is reported."""
+        on_error = getattr(getattr(action, "__self__", None), "internal_error", None)
+        if on_error is not None:
+            try:
+                on_error(exc)
+                return
+            except Exception as second:
+                exc = second
+        self.report(exc)
 
     def report(self, exc: Exception) -> None:
         self._loop.call_exception_handler(

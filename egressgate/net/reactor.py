@@ -69,7 +69,7 @@ class Readiness:
 class Reactor:
     """fd → handler(events) over one epoll; at most one handler per fd."""
 
-    __slots__ = ("_dead", "_epoll", "_handlers", "_masks", "loop")
+    __slots__ = ("_dead", "_epoll", "_handlers", "_masks", "_owners", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Public so raw-path objects need not call asyncio.get_running_loop(), which on
@@ -78,20 +78,35 @@ class Reactor:
         self._epoll = select.epoll()
         self._handlers: dict[int, Handler] = {}
         self._masks: dict[int, int] = {}
+        # fd → who answers for an exception of its handler (see `own`).
+        self._owners: dict[int, Callable[[Exception], object]] = {}
         # fds forgotten while a batch is being dispatched: their later events in the same batch
         # belong to a closed socket whose number a new socket may already have reused.
         self._dead: set[int] | None = None
         loop.add_reader(self._epoll.fileno(), self._dispatch)
 
-    def add(self, fd: int, handler: Handler, writable: bool = False) -> None:
-        """Watch fd (edge-triggered): reads always, writes too if `writable`."""
+    def add(
+        self,
+        fd: int,
+        handler: Handler,
+        writable: bool = False,
+        owner: Callable[[Exception], object] | None = None,
+    ) -> None:
+        """Watch fd (edge-triggered): reads always, writes too if `writable`; `owner`: see
+        `own`."""
         mask = _EDGE | IN | (OUT if writable else 0)
         self._epoll.register(fd, mask)
         self._handlers[fd] = handler
         self._masks[fd] = mask
+        if owner is not None:
+            self._owners[fd] = owner
 
-    def set_handler(self, fd: int, handler: Handler) -> None:
+    def set_handler(
+        self, fd: int, handler: Handler, owner: Callable[[Exception], object] | None = None
+    ) -> None:
         self._handlers[fd] = handler
+        if owner is not None:
+            self._owners[fd] = owner
 
     def want_writable(self, fd: int) -> None:
         """Also report EPOLLOUT for fd from now on (re-arms: a ready fd reports at once)."""
@@ -101,8 +116,16 @@ class Reactor:
             self._epoll.modify(fd, mask)
             self._masks[fd] = mask
 
+    def own(self, fd: int, on_error: Callable[[Exception], object]) -> None:
+        """An exception in fd's handler goes to `on_error` (the tunnel answers its client and
+        logs it: proxy/failsafe.py), not only to the loop's exception handler."""
+        self._owners[fd] = on_error
+
     def forget(self, fd: int) -> None:
         """Before closing fd: drop its handler (closing the socket removes it from the epoll)."""
+        owners = self._owners
+        if fd in owners:
+            del owners[fd]
         if self._handlers.pop(fd, None) is not None:
             del self._masks[fd]
             if self._dead is not None:
@@ -132,11 +155,21 @@ class Reactor:
                 try:
                     handler(mask)
                 except Exception as exc:  # one broken handler must not lose the batch's events
-                    self.loop.call_exception_handler(
-                        {"message": "egressgate reactor handler failed", "exception": exc}
-                    )
+                    self._failed(fd, exc)
         finally:
             self._dead = None
+
+    def _failed(self, fd: int, exc: Exception) -> None:
+        on_error = self._owners.get(fd)
+        try:
+            if on_error is not None:
+                on_error(exc)
+                return
+        except Exception as second:
+            exc = second
+        self.loop.call_exception_handler(
+            {"message": "egressgate reactor handler failed", "exception": exc}
+        )
 
     def close(self) -> None:
         self.loop.remove_reader(self._epoll.fileno())

@@ -23,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from egressgate import __version__
+from egressgate.errors import ProxyFailure
 
 PREFIX = "egressgate"
 DNS_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -38,9 +39,11 @@ RELOADS = f"{PREFIX}_reloads"
 CONFIG_GENERATION = f"{PREFIX}_config_generation"
 CONFIG_INFO = f"{PREFIX}_config_info"
 ACCESS_LOG_ERRORS = f"{PREFIX}_access_log_errors"
+INTERNAL_ERRORS = f"{PREFIX}_internal_errors"
 LOG_DROPPED = f"{PREFIX}_log_dropped"
 RELOAD_WATCHER_ERRORS = f"{PREFIX}_reload_watcher_errors"
 CONNECTIONS_REJECTED = f"{PREFIX}_connections_rejected"
+REVOKED = f"{PREFIX}_revoked"
 WORKERS = f"{PREFIX}_workers"
 ACCEPT_PAUSES = f"{PREFIX}_accept_pauses"
 TLS_HANDSHAKE_FAILURES = f"{PREFIX}_tls_handshake_failures"
@@ -63,9 +66,11 @@ class Metrics:
         self.dns_sums: dict[str, float] = {}
         self.dns_queries: dict[tuple[str, str], int] = {}  # the DNS guard: (decision, reason)
         self.access_log_errors = 0
+        self.internal_errors = 0  # unexpected exceptions caught by proxy/failsafe.py
         self.log_dropped = 0  # access records dropped: the log writer was too far behind
         self.reload_watcher_errors = 0  # unexpected exceptions in the config-file watcher
         self.connections_rejected = 0
+        self.revoked: dict[str, int] = {}  # by kind: tunnels and requests ended by a reload
         self.accept_pauses = 0  # accept loop paused on EMFILE/ENFILE (proxy/acceptor.py)
         self.tls_handshake_failures: dict[str, int] = {}  # by cause
         self.auth_failures = 0
@@ -92,6 +97,10 @@ class Metrics:
     def count_upstream_error(self, reason: str) -> None:
         self.upstream_errors[reason] = self.upstream_errors.get(reason, 0) + 1
 
+    def count_upstream_failure(self, error: ProxyFailure) -> None:
+        """One failed connect attempt (net/connect.py's strategy reports each)."""
+        self.count_upstream_error(error.reason.value)
+
     def observe_dns(self, seconds: float, result: str) -> None:
         counts = self.dns_counts.get(result)
         if counts is None:
@@ -114,9 +123,11 @@ class Metrics:
             "dns_sums": dict(self.dns_sums),
             "dns_queries": [[*k, v] for k, v in self.dns_queries.items()],
             "access_log_errors": self.access_log_errors,
+            "internal_errors": self.internal_errors,
             "log_dropped": self.log_dropped,
             "reload_watcher_errors": self.reload_watcher_errors,
             "connections_rejected": self.connections_rejected,
+            "revoked": dict(self.revoked),
             "accept_pauses": self.accept_pauses,
             "tls_handshake_failures": dict(self.tls_handshake_failures),
             "auth_failures": self.auth_failures,
@@ -144,6 +155,7 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
             "upstream_errors",
             "reloads",
             "dns_sums",
+            "revoked",
             "tls_handshake_failures",
         ):
             for key, value in snap.get(name, {}).items():
@@ -153,6 +165,7 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
             total["dns_counts"][result] = [a + b for a, b in zip(mine, counts, strict=True)]
         for name in (
             "access_log_errors",
+            "internal_errors",
             "log_dropped",
             "reload_watcher_errors",
             "connections_rejected",
@@ -243,6 +256,11 @@ def _families(snap: dict[str, Any]) -> Iterator[Metric]:
     info.add_metric([snap["config_hash"], snap["config_source"]], 1)
     yield info
     yield CounterMetricFamily(
+        INTERNAL_ERRORS,
+        "Unexpected exceptions in a connection's work (each answered 502 or cut, and logged)",
+        value=snap.get("internal_errors", 0),
+    )
+    yield CounterMetricFamily(
         ACCESS_LOG_ERRORS,
         "Access-log batches that could not be written",
         value=snap["access_log_errors"],
@@ -281,6 +299,14 @@ def _families(snap: dict[str, Any]) -> Iterator[Metric]:
         "Proxy-Authorization attempts refused (wrong user or password, malformed)",
         value=snap.get("auth_failures", 0),
     )
+    revoked = CounterMetricFamily(
+        REVOKED,
+        "Tunnels and requests ended because a reload denied their destination",
+        labels=["kind"],
+    )
+    for kind, value in snap.get("revoked", {}).items():
+        revoked.add_metric([kind], value)
+    yield revoked
     if "workers" in snap:
         yield GaugeMetricFamily(WORKERS, "Worker processes reporting", value=snap["workers"])
 

@@ -28,6 +28,7 @@ FIELDS = (
     "kind",
     "sni",
     "detail",
+    "original_dst",
 )
 
 
@@ -53,3 +54,6 @@ class AccessRecord:
     duration_ms: float = 0.0
     sni: str | None = None
     detail: str | None = None
+    # Transparent listener: where the kernel's redirect said the client was going (evidence
+    # only: the proxy connects to the address it vetted for the SNI/Host, never to this).
+    original_dst: str | None = None

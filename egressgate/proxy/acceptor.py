@@ -39,8 +39,10 @@ from egressgate.net.tasks import spawn
 from egressgate.observe.events import emit
 from egressgate.observe.record import AccessRecord
 from egressgate.policy.decision import ClientIdentity
+from egressgate.proxy import gate
 from egressgate.proxy.connection import ClientConnection
 from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.failsafe import internal_error
 from egressgate.proxy.refusal import refusal_response
 from egressgate.proxy.tunnel import RawTunnel
 
@@ -274,7 +276,7 @@ class _FirstRead:
         """Watch the socket, then handle `data`, what the acceptor's first read got (None:
         nothing had arrived)."""
         # Before routing: the tunnel or the transport path take the socket over from here.
-        self.ctx.reactor.add(self.fd, self._on_event)
+        self.ctx.reactor.add(self.fd, self._on_event, False, self.internal_error)
         if data is not None and self._received(data):
             self._readable()  # a full read: more may be waiting (edge-triggered)
 
@@ -385,15 +387,10 @@ class _FirstRead:
 
     def _refuse(self, reason: Reason, detail: str) -> None:
         self._stop()
-        record = AccessRecord(
-            time.time(),
-            client_identity(self.peer[0])[1],
-            "CONNECT",
-            "tunnel",
-            decision="error",
-            reason=reason.value,
-            status=reason.status,
-            detail=detail or None,
+        failure = ProtocolError(reason, detail)
+        client = client_identity(self.peer[0])[1]
+        record = gate.conclude(
+            AccessRecord(time.time(), client, "CONNECT", "tunnel"), None, failure
         )
         try:
             self.sock.send(refusal_response(reason, None, detail))
@@ -401,6 +398,12 @@ class _FirstRead:
             pass
         self._close()
         self.ctx.finish(record)
+
+    def internal_error(self, exc: Exception) -> None:
+        """An unexpected exception while routing (proxy/failsafe.py): 502, logged, counted."""
+        failure = internal_error(self.ctx.metrics, exc, "first read")
+        if self in self.ctx.live:  # still ours: not yet handed to a tunnel or a transport
+            self._refuse(failure.reason, failure.detail)
 
     def _stop(self) -> None:
         self.deadline = 0.0

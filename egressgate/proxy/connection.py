@@ -19,7 +19,7 @@ import ipaddress
 import time
 from collections import deque
 from enum import Enum
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from egressgate.errors import ProtocolError, ProxyFailure, Reason, Refused
 from egressgate.http1.events import END, Event, RequestHead, TunnelStart
@@ -28,13 +28,14 @@ from egressgate.names.hostname import IPAddress
 from egressgate.net.outbox import Output
 from egressgate.observe.record import AccessRecord
 from egressgate.policy.decision import ClientIdentity
+from egressgate.proxy import gate
 from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.exchange import Exchange
+from egressgate.proxy.failsafe import internal_error
 from egressgate.proxy.forward import HttpExchange
+from egressgate.proxy.gate import Admission, Refuse
 from egressgate.proxy.refusal import refusal_response
 from egressgate.proxy.tunnel import TunnelExchange
-
-if TYPE_CHECKING:
-    Exchange = HttpExchange | TunnelExchange
 
 # Pause reading from a client whose pipelined requests queue up beyond this many events.
 MAX_QUEUED_EVENTS = 64
@@ -135,34 +136,50 @@ class ClientConnection(asyncio.Protocol):
         if self.state is ConnState.TUNNEL:
             return  # the socket lives on in a relay
         self._closed()
-        if self.exchange is not None:
-            self.exchange.client_lost()
-            self.exchange = None
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            try:
+                exchange.client_lost()
+            except Exception as error:  # nobody to answer: count and report it
+                internal_error(self.ctx.metrics, error, "client_lost")
 
     def data_received(self, data: bytes) -> None:
-        if self.state is ConnState.CLOSED or self.state is ConnState.TUNNEL:
-            return
-        if self.upgraded:
-            if self.exchange is not None:
-                self.exchange.tunnel_start(data)  # raw bytes of the tunnel or new protocol
-            return
-        if self.idle:
-            # Fix (issue 19): a kept-alive connection whose next head trickled in was bounded
-            # by keepalive_timeout_s (60 s), not header_timeout_s (slowloris on keep-alive).
-            self.idle = False
-            self._arm_timer(self.ctx.limits.header_timeout_s)
+        # The invariant's boundary (proxy/failsafe.py): a bug below answers, logs and counts.
+        # One try around the body, not a wrapper call: free on the hot path.
         try:
-            events = self.parser.feed(data)
-        except ProtocolError as exc:
-            self._protocol_error(exc)
-            return
-        if self._queue or (self.exchange is not None and not self.request_open):
-            self._queue.extend(events)
-            self._limit_queue()
-            return
-        self._dispatch(events)
+            if self.state is ConnState.CLOSED or self.state is ConnState.TUNNEL:
+                return
+            if self.upgraded:
+                if self.exchange is not None:
+                    self.exchange.tunnel_start(data)  # raw bytes of the tunnel or new protocol
+                return
+            if self.idle:
+                # Fix (issue 19): a kept-alive connection whose next head trickled in was
+                # bounded by keepalive_timeout_s (60 s), not header_timeout_s (slowloris on
+                # keep-alive).
+                self.idle = False
+                self._arm_timer(self.ctx.limits.header_timeout_s)
+            try:
+                events = self.parser.feed(data)
+            except ProtocolError as exc:
+                self._protocol_error(exc)
+                return
+            if self._queue or (self.exchange is not None and not self.request_open):
+                self._queue.extend(events)
+                self._limit_queue()
+                return
+            self._dispatch(events)
+        except Exception as exc:
+            self.internal_error(exc)
 
     def eof_received(self) -> bool | None:
+        try:
+            return self._eof()
+        except Exception as exc:
+            self.internal_error(exc)
+            return None
+
+    def _eof(self) -> bool | None:
         # A client that half-closes after its request still gets its response.
         if self.exchange is None and not self._queue:
             self.close()
@@ -243,7 +260,12 @@ class ClientConnection(asyncio.Protocol):
         if refused is not None:
             kind = "tunnel" if head.method == b"CONNECT" else "http"
             record = self.new_record(head.method.decode("ascii", "replace"), kind)
-            self.refuse(refused, record, None)
+            identity = self.identity
+            assert identity is not None
+            admission = Admission(self.ctx.state.current, identity, None, failure=refused)
+            step = admission.next()
+            assert isinstance(step, Refuse)
+            self.refuse(step.response(), gate.conclude(record, admission))
             return
         self._open_exchange(head)
         if self._queue:
@@ -322,14 +344,11 @@ class ClientConnection(asyncio.Protocol):
         if self.state is not ConnState.HEAD:
             return
         if self.parser_mid_head():
-            record = self.new_record("-", "http")
-            self.refuse(
+            self._refuse_request(
                 ProtocolError(
                     Reason.HEADER_TIMEOUT,
                     f"request head not complete in {self.ctx.limits.header_timeout_s:g}s",
-                ),
-                record,
-                None,
+                )
             )
         else:
             self.close()  # idle keep-alive connection
@@ -341,52 +360,47 @@ class ClientConnection(asyncio.Protocol):
     def new_record(self, method: str, kind: str) -> AccessRecord:
         return AccessRecord(time.time(), self.client_text, method, kind)
 
-    def refuse(
-        self,
-        failure: ProxyFailure,
-        record: AccessRecord,
-        host: str | None,
-        policy: str | None = None,
-    ) -> None:
-        """Answer with the refusal for `failure`, log it, close the connection."""
-        reason = failure.reason
-        realm = None
-        if reason is Reason.AUTH_REQUIRED:
-            auth = self.ctx.state.current.config.auth
-            realm = auth.realm if auth is not None else None
-        record.reason = reason.value
-        record.status = reason.status
-        if isinstance(failure, Refused):
-            record.decision = "deny"
-        else:
-            record.decision = "error"
-        record.detail = failure.detail or None
-        if record.host is None and host is not None:
-            record.host = host
+    def refuse(self, response: bytes, record: AccessRecord) -> None:
+        """Answer with `response` (a refusal), log `record` (concluded), close the connection."""
         if self.transport is not None and not self.transport.is_closing():
-            self.output.write(
-                refusal_response(reason, host, failure.detail, policy or record.policy, realm)
-            )
-        self.finish_record(record)
+            self.output.write(response)
+        self.ctx.finish(record)
         self.exchange = None
         self.close()
 
-    def finish_record(self, record: AccessRecord) -> None:
-        record.duration_ms = (time.time() - record.start) * 1000.0
+    def finish(self, record: AccessRecord) -> None:
+        """Log and count a concluded record; the connection lives on."""
         self.ctx.finish(record)
+
+    def _refuse_request(self, failure: ProxyFailure) -> None:
+        """Refuse a request whose head could not be read (no admission: no destination)."""
+        record = gate.conclude(self.new_record("-", "http"), None, failure)
+        self.refuse(refusal_response(failure.reason, None, failure.detail), record)
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         if self.exchange is not None and self.request_open:
             self.exchange.client_lost()  # its request body is corrupt: abandon it
             self.exchange = None
-        record = self.new_record("-", "http")
-        self.refuse(exc, record, None)
+        self._refuse_request(exc)
+
+    def internal_error(self, exc: BaseException) -> None:
+        """An unexpected exception in this connection's work (proxy/failsafe.py): the current
+        exchange answers 502 and logs it; with none, the connection is refused the same way."""
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.internal_error(exc)
+            return
+        failure = internal_error(self.ctx.metrics, exc, "client connection")
+        if self.state is ConnState.CLOSED or self.state is ConnState.TUNNEL:
+            return
+        self._refuse_request(failure)
 
     def detach_for_tunnel(self) -> None:
         """The socket now belongs to a relay: stop tracking it as an HTTP connection."""
         self.output.flush()  # what was queued goes first; the relay writes directly
         self._cancel_timer()
         self.state = ConnState.TUNNEL
+        self.exchange = None
         self._unregister()
 
     def close(self) -> None:

@@ -6,7 +6,8 @@ request. Also the live-connection registry used for draining and the connection 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+import time
+from typing import TYPE_CHECKING, Any, Protocol
 
 from egressgate.config.model import Limits
 from egressgate.net.listen import fd_ceiling
@@ -56,7 +57,7 @@ class ProxyContext:
         resolver: Resolver,
         access_log: AccessLog,
         metrics: Metrics,
-        pool: UpstreamPool,
+        pool: UpstreamPool[Any],
         reactor: Reactor,
         outbox: Outbox,
     ) -> None:
@@ -81,7 +82,8 @@ class ProxyContext:
         self.deadlines: set[HasDeadline] = set()
 
     def finish(self, record: AccessRecord) -> None:
-        """Log and count one finished request or tunnel."""
+        """Log and count one finished request or tunnel (its duration is measured here)."""
+        record.duration_ms = (time.time() - record.start) * 1000.0
         self.metrics.count_request(
             record.kind,
             record.decision,

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from egressgate.config.model import Limits
-from egressgate.errors import ProtocolError, ProxyFailure, Reason, Refused, UpstreamError
+from egressgate.errors import ProtocolError, ProxyFailure, Reason, UpstreamError
 from egressgate.http1 import render
 from egressgate.http1.events import END, Event, RequestHead, ResponseHead, TunnelStart
 from egressgate.http1.parser import ResponseParser
@@ -33,19 +32,19 @@ from egressgate.http1.semantics import (
     request_framing,
     wants_upgrade,
 )
-from egressgate.names.hostname import address_text
+from egressgate.names.hostname import IPAddress, address_text
 from egressgate.net.outbox import Output
 from egressgate.net.pump import TransportPump
 from egressgate.net.relay import RelayStats
 from egressgate.net.tasks import spawn
-from egressgate.policy.decision import Decision, Target
+from egressgate.policy.decision import Target
 from egressgate.proxy import gate
-from egressgate.proxy.auth import authenticate
+from egressgate.proxy.admit import connect_step
+from egressgate.proxy.auth import login_from_headers
+from egressgate.proxy.exchange import ClientSide, Exchange
+from egressgate.proxy.failsafe import internal_error
+from egressgate.proxy.gate import Admission, Connect, NeedAddresses, Open, Refuse, Step
 from egressgate.proxy.upstream_pool import PoolKey, UpstreamPool
-from egressgate.runtime.state import Generation
-
-if TYPE_CHECKING:
-    from egressgate.proxy.connection import ClientConnection
 
 # Request body bytes buffered while the upstream connection is being set up.
 MAX_EARLY_BODY_BYTES = 256 * 1024
@@ -57,6 +56,7 @@ class UpstreamConnection(asyncio.Protocol):
     """An HTTP/1.1 connection to one vetted address; serves one exchange at a time."""
 
     __slots__ = (
+        "address",
         "exchange",
         "idle_since",
         "key",
@@ -68,9 +68,17 @@ class UpstreamConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, pool: UpstreamPool, key: PoolKey, output: Output, limits: Limits) -> None:
+    def __init__(
+        self,
+        pool: UpstreamPool[UpstreamConnection],
+        key: PoolKey,
+        output: Output,
+        address: IPAddress,
+        limits: Limits,
+    ) -> None:
         self.pool = pool
         self.key = key
+        self.address = address
         self.max_head_bytes = limits.max_response_header_bytes
         self.max_headers = limits.max_response_headers
         self.parser = ResponseParser(self.max_head_bytes, self.max_headers)
@@ -97,10 +105,13 @@ class UpstreamConnection(asyncio.Protocol):
         except ProtocolError as exc:
             exchange.upstream_failed(UpstreamError(Reason.UPSTREAM_BAD_RESPONSE, exc.detail))
             return
-        for event in events:
-            if self.exchange is not exchange:
-                break
-            exchange.response_event(event)
+        try:  # the invariant's boundary (proxy/failsafe.py)
+            for event in events:
+                if self.exchange is not exchange:
+                    break
+                exchange.response_event(event)
+        except Exception as exc:
+            exchange.internal_error(exc)
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost does the rest
@@ -138,12 +149,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.output.abort()
 
 
-class HttpExchange:
+class HttpExchange(Exchange):
     """One plain-HTTP request and its response."""
 
     __slots__ = (
         "_early_body",
         "_early_size",
+        "admission",
         "chunk_response",
         "chunked_request",
         "conn",
@@ -161,7 +173,7 @@ class HttpExchange:
         "upstream",
     )
 
-    def __init__(self, conn: ClientConnection, head: RequestHead) -> None:
+    def __init__(self, conn: ClientSide, head: RequestHead) -> None:
         self.conn = conn
         self.ctx = conn.ctx
         self.head = head
@@ -181,31 +193,36 @@ class HttpExchange:
         self.done = False
         self.response_deadline = 0.0  # checked by the sweeper via check_deadline()
 
-    # ---- request side
+    # ---- request side: a thin driver of the admission (proxy/gate.py)
     def start(self) -> None:
-        conn, record, head = self.conn, self.record, self.head
+        conn, head = self.conn, self.head
         if head.target == b"/healthz":
             self._answer_health()
             return
-        host_text: str | None = None
+        gen = self.ctx.state.current
+        identity = conn.identity
+        assert identity is not None
         try:
             target = parse_proxy_target(head.target)
-            host_text = target.host
             framing = request_framing(head)
-            host = gate.normalize_target_host(target.host)
-            record.host, record.port = host.text, target.port
-            host_text = host.text
-            gen = self.ctx.state.current
-            identity = conn.identity
-            assert identity is not None
-            user = authenticate(head.headers, gen.credentials)
-            if user is not None:
-                record.user = user
-                identity = replace(identity, user=user)
-            destination = Target(host, target.port, connect=False)
-            decision = gate.decide(gen, identity, destination, record)
         except ProxyFailure as exc:
-            conn.refuse(exc, record, host_text)
+            self.admission = Admission(
+                gen, identity, None, host_text=_target_text(head), failure=exc
+            )
+            self._advance(self.admission.next())
+            return
+        login = login_from_headers(head.headers) if gen.credentials else None
+        try:
+            destination = Target(gate.normalize_target_host(target.host), target.port, False)
+        except ProxyFailure as exc:
+            destination = None
+            admission = Admission(gen, identity, None, login, host_text=target.host, failure=exc)
+        else:
+            admission = Admission(gen, identity, destination, login)
+        self.admission = admission
+        step = admission.next()
+        if isinstance(step, Refuse):
+            self._refuse(step)
             return
         tokens = connection_tokens(head.headers)
         self.upgrade = wants_upgrade(head, tokens)
@@ -225,18 +242,72 @@ class HttpExchange:
             content_length=None if framing is NO_BODY else framing.content_length,
         )
         self._early_body.append(request)
-        found = gate.known_addresses(self.ctx, destination)
-        if found is not None:
-            try:
-                vetted = gate.vet(gen, decision, found, record)
-            except Refused as exc:
-                conn.refuse(exc, record, host_text)
-                return
-            upstream = self.ctx.pool.get(vetted, destination.port)
-            if upstream is not None:
-                self._attach(upstream)
-                return
-        spawn(self._connect(gen, decision, destination), name="egressgate-connect")
+        self._advance(step)
+
+    def _advance(self, step: Step) -> None:
+        """Follow the admission's steps as far as they go without waiting: a cached name and a
+        pooled upstream connection finish here, in the data_received callback."""
+        admission = self.admission
+        while not self.done:
+            match step:
+                case NeedAddresses():
+                    found = self.ctx.resolver.cached(step.name)
+                    if found is None:
+                        spawn(self._resolve(step.name), "egressgate-resolve", self.internal_error)
+                        return
+                    admission.addresses(found)
+                case Connect():
+                    upstream = self.ctx.pool.get(step.addresses, step.port)
+                    if upstream is None:
+                        spawn(self._connect(step), "egressgate-connect", self.internal_error)
+                        return
+                    admission.connected(upstream.address, upstream.key[0])
+                    self._attach(upstream)
+                    return
+                case Refuse():
+                    self._refuse(step)
+                    return
+                case Open():
+                    raise AssertionError("this driver attaches at connected(), before Open")
+            step = admission.next()
+
+    async def _resolve(self, name: str) -> None:
+        try:
+            resolution = await self.ctx.resolver.resolve(name)
+        except ProxyFailure as exc:
+            self.admission.resolve_failed(exc)
+        else:
+            self.admission.addresses(resolution.addresses)
+        self._advance(self.admission.next())
+
+    async def _connect(self, step: Connect) -> None:
+        ctx = self.ctx
+        sock = await connect_step(ctx, self.admission, step)
+        if sock is None:
+            self._advance(self.admission.next())
+            return
+        address = self.admission.opened
+        key = (address_text(address), step.port)
+        output = Output(ctx.outbox)
+        limits = self.admission.gen.config.limits
+        try:
+            _, upstream = await asyncio.get_running_loop().create_connection(
+                lambda: UpstreamConnection(ctx.pool, key, output, address, limits), sock=sock
+            )
+        except OSError as exc:
+            sock.close()
+            self.admission.fail(UpstreamError(Reason.UPSTREAM_ERROR, str(exc)))
+            self._advance(self.admission.next())
+            return
+        if self.done:
+            upstream.close()  # the client went away meanwhile
+            return
+        self._attach(upstream)
+
+    def _refuse(self, step: Refuse) -> None:
+        if not self.done:
+            self.done = True
+            self.conn.refuse(step.response(), gate.conclude(self.record, self.admission))
 
     def _answer_health(self) -> None:
         """The proxy port's own liveness answer (for `egressgate check --live`); not logged."""
@@ -244,39 +315,10 @@ class HttpExchange:
         self.conn.output.write(HEALTH_RESPONSE)
         self.conn.exchange_done(self.keep_alive)
 
-    async def _connect(self, gen: Generation, decision: Decision, destination: Target) -> None:
-        record = self.record
-        try:
-            found = await gate.addresses(self.ctx, destination)
-            vetted = gate.vet(gen, decision, found, record)
-            upstream = self.ctx.pool.get(vetted, destination.port)
-            if upstream is None:
-                sock, address = await gate.connect_any(self.ctx, vetted, destination.port, record)
-                key = (address_text(address), destination.port)
-                loop = asyncio.get_running_loop()
-                output = Output(self.ctx.outbox)
-                try:
-                    _, upstream = await loop.create_connection(
-                        lambda: UpstreamConnection(self.ctx.pool, key, output, self.ctx.limits),
-                        sock=sock,
-                    )
-                except OSError as exc:
-                    sock.close()
-                    raise UpstreamError(Reason.UPSTREAM_ERROR, str(exc)) from None
-        except ProxyFailure as exc:
-            if not self.done:
-                self.done = True
-                self.conn.refuse(exc, record, record.host)
-            return
-        if self.done:
-            upstream.close()  # the client went away meanwhile
-            return
-        self._attach(upstream)
-
     def _attach(self, upstream: UpstreamConnection) -> None:
         self.upstream = upstream
         upstream.exchange = self
-        self.record.address = upstream.key[0]
+        gate.conclude(self.record, self.admission)
         upstream.output.writelines(self._early_body)
         self._early_body = []
         if self.request_complete or self.upgrade is not None:
@@ -341,10 +383,11 @@ class HttpExchange:
         if upstream is not None:
             upstream.exchange = None
             upstream.abort()  # a half-finished exchange cannot be reused
-        self.record.detail = self.record.detail or "client closed the connection"
-        if self.record.status == 0:
-            self.record.status = 499
-        self.conn.finish_record(self.record)
+        record = gate.conclude(self.record, self.admission)
+        record.detail = record.detail or "client closed the connection"
+        if record.status == 0:
+            record.status = 499
+        self.conn.finish(record)
 
     def client_write_paused(self) -> None:
         if self.upstream is not None and self.upstream.transport is not None:
@@ -468,7 +511,7 @@ class HttpExchange:
             return
         self.done = True
         self._cancel_response_timer()
-        self.conn.finish_record(self.record)
+        self.conn.finish(self.record)  # concluded at _attach
 
     def _switch_protocols(self, rest: bytes) -> None:
         head = self.response_head
@@ -540,11 +583,12 @@ class HttpExchange:
             UpstreamError(Reason.UPSTREAM_RESET, "the destination closed the connection")
         )
 
-    def upstream_failed(self, error: UpstreamError) -> None:
+    def upstream_failed(self, error: UpstreamError, count: bool = True) -> None:
         self.conn.output.flush()  # bytes already produced go before the refusal or the cut
         if self.done:
             return
-        self.ctx.metrics.count_upstream_error(error.reason.value)
+        if count:
+            self.ctx.metrics.count_upstream_error(error.reason.value)
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.exchange = None
@@ -552,7 +596,8 @@ class HttpExchange:
         if self.response_head is None:
             self.done = True
             self._cancel_response_timer()
-            self.conn.refuse(error, self.record, self.record.host)
+            record = gate.conclude(self.record, self.admission, error)
+            self.conn.refuse(Refuse(error, record.host, record.policy, None).response(), record)
             return
         # The head is already on its way to the client: all we can do is cut the connection.
         # Fix (issue 19): this was logged as allow / allowed; the decision stays allow (the
@@ -565,3 +610,15 @@ class HttpExchange:
         )
         self._finish()
         self.conn.force_close()
+
+    def internal_error(self, exc: BaseException) -> None:
+        """An unexpected exception in this exchange's work: 502 (or a cut connection once the
+        response head is out), logged and counted (proxy/failsafe.py)."""
+        failure = internal_error(self.ctx.metrics, exc, "plain-HTTP exchange")
+        if not self.done:
+            self.upstream_failed(failure, count=False)
+
+
+def _target_text(head: RequestHead) -> str | None:
+    """What the client asked for, for a refusal that could not parse it (bounded, printable)."""
+    return head.target[:200].decode("latin-1") or None

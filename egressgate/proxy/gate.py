@@ -38,22 +38,18 @@ request sees one config from start to end.
 
 from __future__ import annotations
 
-import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
 from egressgate.config.model import NoSniAction
-from egressgate.errors import ProxyFailure, Reason, Refused, UpstreamError
+from egressgate.errors import ProxyFailure, Reason, Refused
 from egressgate.names.hostname import Host, InvalidHost, IPAddress, address_text, normalize_host
-from egressgate.net.connect import connect, connect_first
 from egressgate.observe.record import AccessRecord
 from egressgate.policy.clients import NeedsAuthentication
 from egressgate.policy.decision import ClientIdentity, Decision, Target, Verdict
 from egressgate.policy.engine import CompiledPolicy
 from egressgate.proxy.auth import Login, verify
-from egressgate.proxy.context import ProxyContext
 from egressgate.proxy.refusal import refusal_response
 from egressgate.runtime.state import Generation
 from egressgate.tls.clienthello import MAX_HELLO_BYTES, HelloResult, read_sni
@@ -119,10 +115,10 @@ class NeedAddresses:
 class Connect:
     """Connect to one of `addresses` (all vetted, in the resolver's order; never anything
     else) on `port`: each attempt bounded by `attempt_timeout_s`, the whole connect phase by
-    `total_timeout_s` (the generation's `limits.connect_timeout_s` and
-    `connect_total_timeout_s`; net/connect.py connect_first staggers the attempts). A pooled
-    upstream connection to one of them will do. Report `connected(address)` or, when every
-    attempt failed, `connect_failed(error)`."""
+    `total_timeout_s` (the generation's `connect_timeout_s` and `connect_total_timeout_s`;
+    net/connect.py's connect_first is the strategy). A pooled upstream connection to one of
+    them will do. Report `connected(address)` or, when every attempt failed,
+    `connect_failed(error)`."""
 
     addresses: tuple[IPAddress, ...]
     port: int
@@ -181,10 +177,12 @@ class Admission:
     __slots__ = (
         "_failure",
         "_found",
+        "_opened",
         "_policy",
         "_step",
         "address",
         "client",
+        "concluded",
         "decision",
         "gen",
         "host_text",
@@ -218,8 +216,10 @@ class Admission:
         self.decision: Decision | None = None  # the latest one that counts for the record
         self.address: str | None = None  # tried, connected, or refused (private-address)
         self.sni: str | None = None
+        self.concluded = False  # conclude() has written the facts into the record
         self._policy: CompiledPolicy | None = None
         self._found: tuple[IPAddress, ...] = ()
+        self._opened: IPAddress | None = None
         self._step: Step | None = None
         self._failure: ProxyFailure | None = None
         self.next: Callable[[], Step] = self._decide
@@ -255,11 +255,12 @@ class Admission:
     def resolve_failed(self, error: ProxyFailure) -> None:
         self._refuse(error)
 
-    def connected(self, address: IPAddress) -> None:
-        """The upstream connection to `address` (one of Connect.addresses) is open."""
-        self.address = address_text(address)
-        self._step = Open(address, self.port or 0, self._sni_check())
-        self.next = self._same
+    def connected(self, address: IPAddress, text: str | None = None) -> None:
+        """The upstream connection to `address` (one of Connect.addresses; `text`: its
+        address_text, when the front end has it) is open."""
+        self.address = address_text(address) if text is None else text
+        self._opened = address
+        self.next = self._open
 
     def connect_failed(self, error: ProxyFailure, address: IPAddress | None = None) -> None:
         """Every attempt failed; `error` is the last one, `address` the one it was for."""
@@ -272,6 +273,12 @@ class Admission:
     def fail(self, error: ProxyFailure) -> None:
         """The front end ends the admission with `error` (an I/O failure of its own)."""
         self._refuse(error)
+
+    @property
+    def opened(self) -> IPAddress:
+        """The address connected() reported."""
+        assert self._opened is not None
+        return self._opened
 
     @property
     def failure(self) -> ProxyFailure | None:
@@ -290,7 +297,7 @@ class Admission:
         assert target is not None
         client = self.client
         try:
-            if gen.credentials and self.login is not None:
+            if self.login is not None and gen.credentials:
                 self.user = verify(self.login, gen.credentials)
                 client = ClientIdentity(client.address, self.user, client.tls_names)
             policy = gen.policies.policy_for(client)
@@ -327,12 +334,21 @@ class Admission:
             return self._refuse(Refused(refusal.reason, refusal.detail))
         limits = self.gen.config.limits
         assert self.port is not None
-        step = self._step = Connect(
-            found,
-            self.port,
-            min(limits.connect_timeout_s, limits.connect_total_timeout_s),
-            limits.connect_total_timeout_s,
+        total_s, attempt_s = limits.connect_total_timeout_s, limits.connect_timeout_s
+        if attempt_s > total_s:  # (not min(): a call per request on the hot path)
+            attempt_s = total_s
+        step = self._step = Connect(found, self.port, attempt_s, total_s)
+        self.next = self._same
+        return step
+
+    def _open(self) -> Step:
+        """4. Admitted (built on demand: the plain-HTTP path needs no Open value)."""
+        assert self._opened is not None
+        target, policy = self.target, self._policy
+        sni_check = (
+            target is not None and target.connect and policy is not None and policy.sni_check
         )
+        step = self._step = Open(self._opened, self.port or 0, sni_check)
         self.next = self._same
         return step
 
@@ -348,10 +364,6 @@ class Admission:
         return step
 
     # ---- after Open: the SNI check of a tunnel
-    def _sni_check(self) -> bool:
-        target, policy = self.target, self._policy
-        return target is not None and target.connect and policy is not None and policy.sni_check
-
     def hello_wait_s(self) -> float:
         """The bound on the whole ClientHello phase: first byte to last byte of the hello."""
         return min(MAX_HELLO_WAIT_S, self.gen.config.limits.header_timeout_s)
@@ -392,17 +404,18 @@ class Admission:
 
 
 def conclude(
-    record: AccessRecord,
-    admission: Admission | None,
-    failure: ProxyFailure | None = None,
-    *,
-    now: float | None = None,
+    record: AccessRecord, admission: Admission | None, failure: ProxyFailure | None = None
 ) -> AccessRecord:
-    """The one place an access record is concluded: the admission's facts (destination, user,
-    policy, rule, decision, reason, address, SNI), then the failure or refusal it ended with
-    (`failure`, else the admission's own), then the duration. What only the front end knows
-    (status of a served response, bytes, how a relay ended) it has set on the record already."""
-    if admission is not None:
+    """The one place an access record is concluded from an outcome: the admission's facts
+    (destination, user, policy, rule, decision, reason, address, SNI), then the failure or
+    refusal it ended with (`failure`, else the admission's own).
+
+    Called once, when the admission's part is over (Open or Refuse, or the client left first);
+    a second call for the same admission changes nothing. What only the front end knows (the
+    status of a served response, bytes, how a relay ended) it writes after this; the duration
+    is set when the record is written (ProxyContext.finish)."""
+    if admission is not None and not admission.concluded:
+        admission.concluded = True
         if record.host is None:
             record.host = admission.host_text
         if record.port is None:
@@ -422,101 +435,11 @@ def conclude(
         if admission.sni is not None:
             record.sni = admission.sni
         if failure is None:
-            failure = admission.failure
+            failure = admission._failure
     if failure is not None:
         reason = failure.reason
         record.reason = reason.value
         record.status = reason.status
         record.decision = "deny" if isinstance(failure, Refused) else "error"
         record.detail = failure.detail or None
-    record.duration_ms = ((time.time() if now is None else now) - record.start) * 1000.0
     return record
-
-
-# ---- the step-by-step helpers the front ends still call until each is an Admission driver
-def decide(
-    gen: Generation, client: ClientIdentity, target: Target, record: AccessRecord
-) -> Decision:
-    """Name-level decision; records it; raises Refused unless allowed (or reported)."""
-    try:
-        policy = gen.policies.policy_for(client)
-    except NeedsAuthentication:
-        raise Refused(Reason.AUTH_REQUIRED, "this proxy needs a user name and password") from None
-    decision = policy.decide(target)
-    _record(record, decision)
-    if decision.verdict is Verdict.DENY:
-        raise Refused(decision.reason, decision.detail)
-    return decision
-
-
-def _record(record: AccessRecord, decision: Decision) -> None:
-    record.policy = decision.policy
-    record.rule = decision.rule
-    record.decision = decision.verdict.value
-    record.reason = decision.reason.value
-    if decision.verdict is Verdict.REPORT:
-        record.detail = decision.detail
-
-
-def known_addresses(ctx: ProxyContext, target: Target) -> tuple[IPAddress, ...] | None:
-    """Addresses available without waiting: an IP literal, the hosts file, or the DNS cache."""
-    if target.host.address is not None:
-        return (target.host.address,)
-    assert target.host.name is not None
-    return ctx.resolver.cached(target.host.name)
-
-
-async def addresses(ctx: ProxyContext, target: Target) -> tuple[IPAddress, ...]:
-    """All addresses of the target (raises ResolveError); DNS latency goes to the metrics."""
-    found = known_addresses(ctx, target)
-    if found is not None:
-        return found
-    assert target.host.name is not None
-    resolution = await ctx.resolver.resolve(target.host.name)
-    return resolution.addresses
-
-
-def vet(
-    gen: Generation, decision: Decision, found: tuple[IPAddress, ...], record: AccessRecord
-) -> tuple[IPAddress, ...]:
-    """Address-level check; raises Refused(PRIVATE_ADDRESS) naming the offending address
-    (in the refusal's detail and in the record's `address`: the address that was refused)."""
-    result = gen.policies.vet(decision, found)
-    if result.refusal is not None:
-        _record(record, result.refusal)
-        record.address = str(result.refused_address)
-        raise Refused(result.refusal.reason, result.refusal.detail)
-    return result.addresses
-
-
-async def connect_any(
-    ctx: ProxyContext, found: tuple[IPAddress, ...], port: int, record: AccessRecord
-) -> tuple[socket.socket, IPAddress]:
-    """Connect to the first vetted address that answers (in resolver order: IPv4 first).
-
-    One address: a plain connect. Several: staggered attempts, the first to connect wins, all
-    of it bounded by `connect_total_timeout_s` (net/connect.py connect_first).
-    """
-    limits = ctx.limits
-    attempt_s = min(limits.connect_timeout_s, limits.connect_total_timeout_s)
-    try:
-        if len(found) == 1:
-            sock, address = await connect(found[0], port, attempt_s), found[0]
-        else:
-            sock, address = await connect_first(
-                found, port, attempt_s, limits.connect_total_timeout_s, _count_failure(ctx)
-            )
-    except UpstreamError as exc:
-        if len(found) == 1:
-            ctx.metrics.count_upstream_error(exc.reason.value)
-        record.address = str(found[0]) if found else None
-        raise
-    record.address = str(address)
-    return sock, address
-
-
-def _count_failure(ctx: ProxyContext) -> Callable[[UpstreamError], None]:
-    def count(exc: UpstreamError) -> None:
-        ctx.metrics.count_upstream_error(exc.reason.value)
-
-    return count

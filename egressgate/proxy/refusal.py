@@ -97,3 +97,6 @@ def _quoted(text: str) -> str:
 # A TLS alert record (RFC 8446 §6): fatal (2), access_denied (49), sent instead of an HTTP 403
 # when an SNI check refuses a tunnel after "200 Connection established" was already sent.
 TLS_ACCESS_DENIED_ALERT = bytes([0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x31])
+# The same for an unexpected failure of the proxy itself (proxy/failsafe.py) after the "200":
+# fatal (2), internal_error (80).
+TLS_INTERNAL_ERROR_ALERT = bytes([0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x50])

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from egressgate.config.model import Config, ListenAddress
 from egressgate.errors import ConfigError, ConfigIssue, StartupError
+from egressgate.net import tasks
 from egressgate.net.listen import bind, bound_address, fd_ceiling
 from egressgate.net.outbox import Outbox
 from egressgate.net.reactor import Reactor
@@ -37,8 +38,11 @@ from egressgate.observe.metrics import Metrics, MetricsCollector
 from egressgate.proxy.acceptor import Acceptor
 from egressgate.proxy.context import ProxyContext
 from egressgate.proxy.dns_guard import DnsGuard
+from egressgate.proxy.failsafe import internal_error
+from egressgate.proxy.revoke import revoke
 from egressgate.proxy.socks import SocksListener
 from egressgate.proxy.tls_listener import TlsAcceptor
+from egressgate.proxy.transparent import TransparentListener
 from egressgate.proxy.upstream_pool import UpstreamPool
 from egressgate.runtime.memory import freeze_long_lived
 from egressgate.runtime.reload import Reloader
@@ -73,6 +77,7 @@ class ProxyServer:
         self._admin: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
         self._reloader: Reloader | None = None
+        self._transparent: TransparentListener | None = None
         self._dns: DnsGuard | None = None
         self.ctx: ProxyContext | None = None
         self.addresses: dict[str, str | None] = {}
@@ -82,6 +87,9 @@ class ProxyServer:
         self.metrics.config_generation = gen.number
         self.metrics.config_hash = gen.sha256
         self.metrics.config_source = gen.config.source
+
+    def _unhandled(self, exc: BaseException, name: str) -> None:
+        internal_error(self.metrics, exc, f"task {name}")
 
     async def start(self) -> None:
         config = self.state.current.config
@@ -108,12 +116,20 @@ class ProxyServer:
             Outbox(asyncio.get_running_loop()),
         )
         self.ctx = ctx
+        # A background task's exception that no exchange answers for is still counted and
+        # reported with its traceback (proxy/failsafe.py), never "never retrieved".
+        tasks.unhandled = self._unhandled
         sock = bind(self.listen_override or config.listen, self.reuse_port)
         self._acceptor = Acceptor(ctx, sock)
         self.addresses["proxy"] = bound_address(sock)
         self.addresses["tls_proxy"] = None
         if config.tls_listen is not None:
             await self._start_tls_listener(config, ctx)
+        self.addresses["transparent"] = None
+        if config.transparent_listen is not None and not self.worker:  # worker 0 or alone
+            transparent = bind(config.transparent_listen, self.reuse_port)
+            self._transparent = TransparentListener(ctx, transparent)
+            self.addresses["transparent"] = bound_address(transparent)
         self.addresses["socks"] = None
         if config.socks_listen is not None:
             socks = bind(config.socks_listen, self.reuse_port)
@@ -363,6 +379,7 @@ class ProxyServer:
         ctx.limits = new_cfg.limits
         ctx.fd_ceiling = fd_ceiling(new_cfg.limits.reserved_fds)
         ctx.pool.idle_s = new_cfg.limits.upstream_idle_s
+        revoked = revoke(ctx, new)
         emit(
             "reloaded",
             generation=new.number,
@@ -374,6 +391,17 @@ class ProxyServer:
             if restart_needed
             else None,
         )
+        if revoked["tunnel"] or revoked["http"]:
+            for kind, count in revoked.items():
+                self.metrics.revoked[kind] = self.metrics.revoked.get(kind, 0) + count
+            emit(
+                "reload-revoked",
+                level="warning",
+                generation=new.number,
+                tunnels=revoked["tunnel"],
+                requests=revoked["http"],
+                why="the new policy denies their destination (reload_revokes: true)",
+            )
 
     def _reload_failed(self, error: ConfigError) -> None:
         self.metrics.reloads["failure"] += 1
@@ -429,6 +457,8 @@ class ProxyServer:
             self._socks.close()
         if self._tls_acceptor is not None:
             self._tls_acceptor.close()
+        if self._transparent is not None:
+            self._transparent.close()
         if self._dns is not None:
             self._dns.close()
         if self._reloader is not None:

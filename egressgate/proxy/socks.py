@@ -2,7 +2,7 @@
 
     accept ─► handshake (sans-IO SocksParser; bounded by header_timeout_s, ctx.live)
           ─► Admission.for_host(host, port, connect=True, login)    the same gate as CONNECT
-               NeedAddresses → resolver (cache first)  Connect → gate.connect_any
+               NeedAddresses → resolver (cache first)  Connect → net/connect.py
           ─► reply (RFC 1928 §6) ─► first client bytes → judge_hello (SNI check) ─► Relay
           ─► conclude(record, admission): one `kind: socks` access record per client
 
@@ -20,14 +20,18 @@ command, its `kind` is `socks`.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import socket
 import time
 from collections.abc import Callable
 
 from egressgate.errors import ProxyFailure, Reason, Refused
-from egressgate.net.rawsocket import RawAcceptor, RawSocket
-from egressgate.net.reactor import READABLE, Readiness
+from egressgate.names.hostname import IPAddress, address_text
+from egressgate.net.connect import connect_first, translate_os_error
+from egressgate.net.rawsocket import RawAcceptor, RawSocket, nonblocking_stream
+from egressgate.net.reactor import FAILED, READABLE, WRITABLE, Readiness
 from egressgate.net.relay import Relay, RelayStats
 from egressgate.net.tasks import spawn
 from egressgate.observe.record import AccessRecord
@@ -107,6 +111,7 @@ class SocksSession:
 
     __slots__ = (
         "_auth_held",
+        "_connecting",
         "_hello",
         "_in_hello",
         "_on_deadline",
@@ -145,6 +150,7 @@ class SocksSession:
         self._relay: Relay | None = None
         self._hello = b""
         self._auth_held = False
+        self._connecting: IPAddress | None = None  # the address of a connect in progress
         self._pending: list[Event] = []  # events after a login held for verification
         self._in_hello = False
         self.done = False
@@ -327,7 +333,10 @@ class SocksSession:
                     return
                 admission.addresses(found)
             elif isinstance(step, Connect):
-                spawn(self._connect(step), name="egressgate-socks-connect")
+                if len(step.addresses) == 1:
+                    self._connect_one(step)  # the usual case: callbacks, no task
+                else:
+                    spawn(self._connect(step), name="egressgate-socks-connect")
                 return
             elif isinstance(step, Open):
                 self._open(step)
@@ -351,7 +360,13 @@ class SocksSession:
         admission = self.admission
         assert admission is not None
         try:
-            sock, address = await gate.connect_any(self.ctx, step.addresses, step.port, self.record)
+            sock, address = await connect_first(
+                step.addresses,
+                step.port,
+                step.attempt_timeout_s,
+                step.total_timeout_s,
+                self.ctx.metrics.count_upstream_failure,
+            )
         except ProxyFailure as exc:
             admission.connect_failed(exc)
         else:
@@ -362,6 +377,78 @@ class SocksSession:
             self.upstream_state = Readiness()
             self.reactor.add(sock.fileno(), self._upstream_event)
             admission.connected(address)
+        self._advance()
+
+    # One vetted address: connected on the reactor like the raw CONNECT path, without a task
+    # and without the loop's add_writer/remove_writer (measured on the bench rig under load:
+    # SOCKS connect_rate 1047/s with the coroutine vs 1927/s for CONNECT in the same run).
+    # Several addresses go through net/connect.py connect_first (staggered attempts, a total
+    # deadline).
+    def _connect_one(self, step: Connect) -> None:
+        address = step.addresses[0]
+        sock = nonblocking_stream(address.version == 6)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.upstream = sock
+        self.upstream_state = Readiness()
+        self.record.address = address_text(address)
+        error = sock.connect_ex((address_text(address), step.port))
+        if error not in (0, errno.EINPROGRESS):
+            self._connect_one_failed(address, step.port, OSError(error, os.strerror(error)))
+            return
+        self.reactor.add(sock.fileno(), self._connect_event, writable=True)
+        if error == 0:
+            self._connect_one_done(address)
+            return
+        self._arm(
+            step.attempt_timeout_s,
+            lambda: self._connect_one_failed(
+                address, step.port, TimeoutError(errno.ETIMEDOUT, "timed out")
+            ),
+        )
+        self._connecting = address
+
+    def _connect_event(self, events: int) -> None:
+        self.upstream_state.note(events)
+        upstream, address = self.upstream, self._connecting
+        if not events & WRITABLE or upstream is None or address is None:
+            return
+        self._disarm()
+        self._connecting = None
+        if events & FAILED:  # Linux reports a failed connect as EPOLLERR (with HUP)
+            error = upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                error_os = OSError(error, os.strerror(error))
+                self._connect_one_failed(address, self._port(), error_os)
+                return
+        self._connect_one_done(address)
+
+    def _port(self) -> int:
+        admission = self.admission
+        assert admission is not None
+        assert admission.port is not None
+        return admission.port
+
+    def _connect_one_done(self, address: IPAddress) -> None:
+        upstream = self.upstream
+        assert upstream is not None
+        self.reactor.set_handler(upstream.fileno(), self._upstream_event)
+        admission = self.admission
+        assert admission is not None
+        admission.connected(address)
+        self._advance()
+
+    def _connect_one_failed(self, address: IPAddress, port: int, exc: OSError) -> None:
+        self._connecting = None
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            self.reactor.forget(upstream.fileno())
+            upstream.close()
+        error = translate_os_error(exc, f"{address_text(address)}:{port}")
+        self.ctx.metrics.count_upstream_error(error.reason.value)
+        admission = self.admission
+        assert admission is not None
+        admission.connect_failed(error, address)
         self._advance()
 
     def _refuse(self, step: Refuse) -> None:

@@ -27,41 +27,29 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from typing import TYPE_CHECKING
 
-from egressgate.config.model import NoSniAction
-from egressgate.errors import ProxyFailure, Reason, Refused, UpstreamError
+from egressgate.errors import ProxyFailure
 from egressgate.http1.events import RequestHead
 from egressgate.http1.render import CONNECT_ESTABLISHED
 from egressgate.http1.semantics import parse_connect_target
 from egressgate.names.hostname import IPAddress, address_text, address_texts
-from egressgate.net.connect import translate_os_error
+from egressgate.net.connect import connect_first, translate_os_error
 from egressgate.net.pump import TransportPump
 from egressgate.net.rawsocket import RawSocket, nonblocking_stream
 from egressgate.net.reactor import FAILED, READABLE, WRITABLE, Readiness
 from egressgate.net.relay import Relay, RelayStats
 from egressgate.net.tasks import spawn
 from egressgate.observe.record import AccessRecord
-from egressgate.policy.decision import ClientIdentity, Decision, Target, Verdict
+from egressgate.policy.decision import ClientIdentity, Target
 from egressgate.proxy import gate
-from egressgate.proxy.auth import authenticate
+from egressgate.proxy.admit import open_upstream
+from egressgate.proxy.auth import login_from_headers
 from egressgate.proxy.context import ProxyContext
-from egressgate.proxy.refusal import TLS_ACCESS_DENIED_ALERT, refusal_response
-from egressgate.runtime.state import Generation
-from egressgate.tls.clienthello import MAX_HELLO_BYTES, HelloResult, read_sni
-
-if TYPE_CHECKING:
-    from egressgate.proxy.connection import ClientConnection
-
-# How long to wait for a client's first tunnel bytes before judging the tunnel as "no TLS".
-# Server-speaks-first protocols (SMTP, SSH) send nothing until the server does.
-MAX_HELLO_WAIT_S = 5.0
-_NO_SNI_WHY = {
-    HelloResult.NOT_TLS: "the tunnel does not carry TLS",
-    HelloResult.NO_SNI: "the TLS ClientHello has no server name",
-}
-
+from egressgate.proxy.exchange import ClientSide, Exchange
+from egressgate.proxy.failsafe import internal_error
+from egressgate.proxy.gate import Admission, Connect, Hello, NeedAddresses, Open, Refuse, Step
+from egressgate.proxy.refusal import TLS_ACCESS_DENIED_ALERT, TLS_INTERNAL_ERROR_ALERT
+from egressgate.tls.clienthello import MAX_HELLO_BYTES
 
 # Clients open tunnels to few destinations: parse and normalize each valid CONNECT target once
 # (bounded; an invalid one is not stored and raises every time).
@@ -69,13 +57,11 @@ _DESTINATIONS: dict[bytes, Target] = {}
 _MAX_DESTINATIONS = 4096
 
 
-def connect_destination(raw_target: bytes, record: AccessRecord) -> Target:
-    """The destination of a CONNECT target (authority-form); raises ProxyFailure to refuse,
-    with `record.host` naming what was asked for."""
+def connect_destination(raw_target: bytes) -> Target:
+    """The destination of a CONNECT target (authority-form); raises ProxyFailure to refuse."""
     destination = _DESTINATIONS.get(raw_target)
     if destination is None:
         target = parse_connect_target(raw_target)
-        record.host = target.host
         host = gate.normalize_target_host(target.host)
         destination = Target(host, target.port, connect=True)
         if len(_DESTINATIONS) >= _MAX_DESTINATIONS:
@@ -84,10 +70,31 @@ def connect_destination(raw_target: bytes, record: AccessRecord) -> Target:
     return destination
 
 
-class _TunnelCore:
-    """Policy, gate and bookkeeping shared by both carriers."""
+def connect_admission(ctx: ProxyContext, identity: ClientIdentity, head: RequestHead) -> Admission:
+    """The admission of a CONNECT request, under the generation in force now."""
+    gen = ctx.state.current
+    login = login_from_headers(head.headers) if gen.credentials else None
+    try:
+        destination = connect_destination(head.target)
+    except ProxyFailure as exc:
+        return Admission(gen, identity, None, login, host_text=_host_text(head.target), failure=exc)
+    return Admission(gen, identity, destination, login)
 
-    __slots__ = ("ctx", "decision", "destination", "done", "gen", "head", "record", "rest")
+
+def _host_text(raw_target: bytes) -> str:
+    """What a refused CONNECT asked for, as the refusal and the log name it."""
+    try:
+        return parse_connect_target(raw_target).host
+    except ProxyFailure:
+        return raw_target[:200].decode("latin-1")
+
+
+class _TunnelCore:
+    """The admission, the record and the bookkeeping both carriers share."""
+
+    __slots__ = ("admission", "ctx", "done", "head", "record", "rest")
+
+    admission: Admission  # set by start(), the first thing the connection or acceptor calls
 
     def __init__(self, ctx: ProxyContext, head: RequestHead, record: AccessRecord) -> None:
         self.ctx = ctx
@@ -95,69 +102,6 @@ class _TunnelCore:
         self.record = record
         self.rest = b""
         self.done = False
-
-    def admit(self, identity: ClientIdentity) -> str | None:
-        """Name-level checks. Returns the host text; raises ProxyFailure to refuse."""
-        record = self.record
-        destination = self.destination = connect_destination(self.head.target, record)
-        host = destination.host
-        record.host, record.port = host.text, destination.port
-        gen = self.ctx.state.current
-        user = authenticate(self.head.headers, gen.credentials)
-        if user is not None:
-            record.user = user
-            identity = replace(identity, user=user)
-        self.decision = gate.decide(gen, identity, destination, record)
-        self.gen: Generation = gen
-        return host.text
-
-    def sni_policy_applies(self) -> bool:
-        return self.gen.policies.policies[self.decision.policy].sni_check
-
-    def judge_hello(
-        self, data: bytes, timed_out: bool, eof: bool = False
-    ) -> Decision | HelloResult | None:
-        """None: relay. A Decision: refuse. NEED_MORE: keep reading.
-
-        `timed_out`: no more bytes will be waited for (the hello wait passed, or `eof`).
-        """
-        policy = self.gen.policies.policies[self.decision.policy]
-        result = read_sni(data)
-        if result is HelloResult.NEED_MORE and not timed_out and len(data) < MAX_HELLO_BYTES:
-            return HelloResult.NEED_MORE
-        if isinstance(result, str):
-            self.record.sni = result
-            verdict = policy.decide_sni(self.destination.host, result)
-        elif result is not HelloResult.NO_SNI and gate.starts_as_tls(data):
-            # TLS whose ClientHello cannot be read: never relayed unchecked (fail closed).
-            why = gate.unreadable_hello_why(result, len(data), eof, self.hello_wait_s())
-            verdict = policy.sni_unreadable(why)
-        elif policy.tunnels_without_sni is not NoSniAction.DENY:
-            verdict = None  # no_sni would pass it: skip building the explanation
-        elif timed_out and not data:
-            verdict = policy.no_sni("the client sent nothing (server-speaks-first protocol?)")
-        else:
-            why = _NO_SNI_WHY.get(result, "the TLS ClientHello could not be read")
-            verdict = policy.no_sni(why)
-        if verdict is None:
-            return None
-        if verdict.verdict is Verdict.REPORT:
-            self.record.decision = "report"
-            self.record.reason = verdict.reason.value
-            self.record.detail = verdict.detail
-            return None
-        return verdict
-
-    def hello_wait_s(self) -> float:
-        """The bound on the whole ClientHello phase: first byte to last byte of the hello."""
-        return min(MAX_HELLO_WAIT_S, self.ctx.limits.header_timeout_s)
-
-    def note_refusal(self, verdict: Decision) -> None:
-        record = self.record
-        record.decision = "deny"
-        record.reason = verdict.reason.value
-        record.status = verdict.reason.status
-        record.detail = verdict.detail
 
     def tunnel_done(self, stats: RelayStats) -> None:
         ctx = self.ctx
@@ -172,8 +116,7 @@ class _TunnelCore:
 
     def finish_record(self) -> None:
         self.done = True
-        self.record.duration_ms = (time.time() - self.record.start) * 1000.0
-        self.ctx.finish(self.record)
+        self.ctx.finish(gate.conclude(self.record, self.admission))
 
     def shutdown_idle(self) -> None:
         pass
@@ -188,11 +131,13 @@ class RawTunnel(_TunnelCore):
     """
 
     __slots__ = (
-        "_addresses",
-        "_attempt",
+        "_address",
+        "_address_text",
         "_hello",
         "_on_deadline",
+        "_pending",
         "_relay",
+        "_sni_check",
         "client",
         "client_fd",
         "client_state",
@@ -226,8 +171,10 @@ class RawTunnel(_TunnelCore):
         self.upstream: RawSocket | None = None
         self.upstream_state = Readiness()
         self._relay: Relay | None = None
-        self._addresses: tuple[IPAddress, ...] = ()
-        self._attempt = 0
+        self._address: IPAddress | None = None  # being connected to on the reactor
+        self._address_text = ""
+        self._pending: Connect | None = None  # the Connect step the outbox callback carries out
+        self._sni_check = False  # from the Open step
         # The current phase's deadline (connect, ClientHello), checked by the server's sweeper
         # while this tunnel is in ctx.deadlines; 0: none.
         self.deadline = 0.0
@@ -238,77 +185,95 @@ class RawTunnel(_TunnelCore):
 
     def start(self) -> None:
         # Until the ClientHello phase or the relay reads the client: remember its events.
-        self.reactor.set_handler(self.client_fd, self.client_state.note)
+        self.reactor.set_handler(self.client_fd, self.client_state.note, self.internal_error)
+        try:  # the invariant's boundary (proxy/failsafe.py); free until it raises
+            self.admission = connect_admission(self.ctx, self.identity, self.head)
+            self._advance(self.admission.next())
+        except Exception as exc:
+            self.internal_error(exc)
+
+    # ---- a thin driver of the admission (proxy/gate.py)
+    def _advance(self, step: Step) -> None:
+        """Follow the admission's steps as far as they go without waiting (a cached name: the
+        whole admission runs in this callback, no coroutine)."""
+        admission = self.admission
+        while not self.done:
+            match step:
+                case NeedAddresses():
+                    found = self.ctx.resolver.cached(step.name)
+                    if found is None:
+                        spawn(self._resolve(step.name), "egressgate-resolve", self.internal_error)
+                        return
+                    admission.addresses(found)
+                case Connect():
+                    # A connect wakes the origin's accept on another core: done at the end of
+                    # the loop iteration with the other tunnels' connects and sends, it wakes
+                    # it once for all of them (net/outbox.py).
+                    self._pending = step
+                    self.ctx.outbox.later(self._connect)
+                    return
+                case Open():
+                    self._sni_check = step.sni_check
+                    self.ctx.outbox.later(self._established)  # with this iteration's sends
+                    return
+                case Refuse():
+                    self._refuse_http(step)
+                    return
+            step = admission.next()
+
+    async def _resolve(self, name: str) -> None:
         try:
-            self.admit(self.identity)
-            found = gate.known_addresses(self.ctx, self.destination)
-            if found is None:
-                spawn(self._resolve_then_connect(), name="egressgate-resolve")
-                return
-            self._addresses = gate.vet(self.gen, self.decision, found, self.record)
+            resolution = await self.ctx.resolver.resolve(name)
         except ProxyFailure as exc:
-            self._refuse_http(exc)
-            return
-        # A connect wakes the origin's accept on another core: done at the end of the loop
-        # iteration with the other tunnels' connects and sends, it wakes it once for all of
-        # them (net/outbox.py).
-        self.ctx.outbox.later(self._connect_first)
-
-    def _connect_first(self) -> None:
-        if not self.done:  # not ended meanwhile (a drain)
-            self._connect_vetted()
-
-    async def _resolve_then_connect(self) -> None:
-        try:
-            found = await gate.addresses(self.ctx, self.destination)
-            self._addresses = gate.vet(self.gen, self.decision, found, self.record)
-        except ProxyFailure as exc:
-            self._refuse_http(exc)
-            return
-        if not self.done:
-            self._connect_vetted()
-
-    def _connect_vetted(self) -> None:
-        """One address (the usual case, and the benchmarked one): connect on the reactor.
-        Several: gate.connect_any's staggered, deadline-bounded attempts, in a task."""
-        if len(self._addresses) == 1:
-            self._connect_next()
+            self.admission.resolve_failed(exc)
         else:
-            spawn(self._connect_any(), name="egressgate-connect")
+            self.admission.addresses(resolution.addresses)
+        self._advance(self.admission.next())
 
-    async def _connect_any(self) -> None:
+    def _connect(self) -> None:
+        """One address (the usual case, and the benchmarked one): a non-blocking connect on
+        the reactor. Several: net/connect.py's staggered, deadline-bounded strategy, in a task."""
+        if self.done:
+            return  # ended meanwhile (a drain)
+        step = self._pending
+        if step is None:
+            return
+        if len(step.addresses) == 1:
+            self._connect_raw(step, step.addresses[0], step.port)
+        else:
+            spawn(self._connect_first(step), "egressgate-connect", self.internal_error)
+
+    async def _connect_first(self, step: Connect) -> None:
         try:
-            sock, _ = await gate.connect_any(
-                self.ctx, self._addresses, self.destination.port, self.record
+            sock, address = await connect_first(
+                step.addresses,
+                step.port,
+                step.attempt_timeout_s,
+                step.total_timeout_s,
+                self.ctx.metrics.count_upstream_failure,
             )
         except ProxyFailure as exc:
-            self._refuse_http(exc)
+            self.admission.connect_failed(exc)
+            self._advance(self.admission.next())
             return
         if self.done:  # ended meanwhile (a drain)
             sock.close()
             return
         self.upstream = sock
         self.upstream_state = Readiness()
-        self.reactor.add(sock.fileno(), self._connect_event, writable=True)
-        self._connected()
+        self.reactor.add(sock.fileno(), self.upstream_state.note, False, self.internal_error)
+        self.admission.connected(address)
+        self._advance(self.admission.next())
 
     # ---- connecting to the one vetted address on the reactor
-    def _connect_next(self, last: UpstreamError | None = None) -> None:
-        if self._attempt >= len(self._addresses):
-            assert last is not None
-            self._refuse_http(last)
-            return
-        address = self._addresses[self._attempt]
-        self._attempt += 1
-        text = address_texts(self._addresses)[self._attempt - 1]
-        self.record.address = text
-        port = self.destination.port
+    def _connect_raw(self, step: Connect, address: IPAddress, port: int) -> None:
+        self._address = address
+        text = self._address_text = address_texts(step.addresses)[0]  # no ipaddress hashing
         try:
             sock = nonblocking_stream(address.version == 6)
         except OSError as exc:
-            # EMFILE/ENFILE: refuse (503) instead of letting the error escape this callback,
-            # which left the client socket open and the tunnel registered for good.
-            self._refuse_http(translate_os_error(exc, f"{address_text(address)}:{port}"))
+            # EMFILE/ENFILE: refuse (503) instead of letting the error escape this callback.
+            self._connect_failed(exc)
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.upstream = sock
@@ -316,13 +281,11 @@ class RawTunnel(_TunnelCore):
         error = sock.connect_ex((text, port))
         if error == 0 or error == errno.EINPROGRESS:
             # Writable (or error/hang-up) reports the end of the connect.
-            self.reactor.add(sock.fileno(), self._connect_event, writable=True)
+            self.reactor.add(sock.fileno(), self._connect_event, True, self.internal_error)
             if error == 0:
                 self._connected()
             else:
-                limits = self.ctx.limits
-                wait_s = min(limits.connect_timeout_s, limits.connect_total_timeout_s)
-                self._arm(wait_s, self._connect_expired)
+                self._arm(step.attempt_timeout_s, self._connect_expired)
         else:
             self._connect_failed(OSError(error, "connect"))
 
@@ -365,10 +328,12 @@ class RawTunnel(_TunnelCore):
 
     def _connect_failed(self, exc: OSError) -> None:
         self._close_upstream()
-        address = self._addresses[self._attempt - 1]
-        error = translate_os_error(exc, f"{address_text(address)}:{self.destination.port}")
+        address = self._address
+        assert address is not None
+        error = translate_os_error(exc, f"{address_text(address)}:{self.admission.port}")
         self.ctx.metrics.count_upstream_error(error.reason.value)
-        self._connect_next(error)
+        self.admission.connect_failed(error, address)
+        self._advance(self.admission.next())
 
     def _connected(self) -> None:
         assert self.upstream is not None
@@ -377,7 +342,9 @@ class RawTunnel(_TunnelCore):
         if self.done:
             self._close_sockets()
             return
-        self.ctx.outbox.later(self._established)  # with this iteration's other sends
+        assert self._address is not None
+        self.admission.connected(self._address, self._address_text)
+        self._advance(self.admission.next())
 
     def _established(self) -> None:
         if self.done:
@@ -388,7 +355,7 @@ class RawTunnel(_TunnelCore):
         except OSError:
             self._end(RelayStats(0, 0, "reset"))
             return
-        if self.sni_policy_applies():
+        if self._sni_check:
             self._start_hello()
         else:
             self._relay_now(self.rest)
@@ -398,7 +365,7 @@ class RawTunnel(_TunnelCore):
         self._hello = self.rest
         if self._hello and self._judge(False):
             return
-        self._arm(self.hello_wait_s(), self._hello_expired)
+        self._arm(self.admission.hello_wait_s(), self._hello_expired)
         self.reactor.set_handler(self.client_fd, self._hello_event)
         if self.client_state.ready:
             self._hello_readable()
@@ -435,21 +402,24 @@ class RawTunnel(_TunnelCore):
     def _judge(self, timed_out: bool, eof: bool = False) -> bool:
         if self.done or self._relay is not None:
             return True
-        outcome = self.judge_hello(self._hello, timed_out, eof)
-        if outcome is HelloResult.NEED_MORE:
+        outcome = self.admission.judge_hello(self._hello, timed_out, eof)
+        if outcome is Hello.NEED_MORE:
             return False
         self._stop_hello()
-        if isinstance(outcome, Decision):
-            self.note_refusal(outcome)
-            if self._hello[:1] == b"\x16":
-                try:
-                    self.client.send(TLS_ACCESS_DENIED_ALERT)
-                except OSError:
-                    pass
-            self._end(RelayStats(0, 0, "refused"))
-        else:
+        if outcome is Hello.RELAY:
             self._relay_now(self._hello)
+        else:
+            self._cut(TLS_ACCESS_DENIED_ALERT)
         return True
+
+    def _cut(self, alert: bytes) -> None:
+        """End a tunnel past its "200": a TLS alert if the client speaks TLS, then close."""
+        if self._hello[:1] == b"\x16" or self.rest[:1] == b"\x16":
+            try:
+                self.client.send(alert)
+            except OSError:
+                pass
+        self._end(RelayStats(0, 0, "refused"))
 
     def _stop_hello(self) -> None:
         self._disarm()
@@ -474,29 +444,47 @@ class RawTunnel(_TunnelCore):
 
     def refuse_early(self, failure: ProxyFailure) -> None:
         """Refuse before start() (proxy auth's back-off, proxy/acceptor.py)."""
-        self._refuse_http(failure)
+        self._fail_before_admission(failure)
+        step = self.admission.next()
+        assert isinstance(step, Refuse)
+        self._refuse_http(step)
 
-    def _refuse_http(self, failure: ProxyFailure) -> None:
+    def _fail_before_admission(self, failure: ProxyFailure) -> None:
+        if not hasattr(self, "admission"):
+            gen = self.ctx.state.current
+            host = _host_text(self.head.target)
+            self.admission = Admission(gen, self.identity, None, host_text=host, failure=failure)
+        else:
+            self.admission.fail(failure)
+
+    def _refuse_http(self, step: Refuse) -> None:
         """Refuse before "200": an HTTP error response on the client socket."""
         if self.done:
             return
-        record = self.record
-        reason = failure.reason
-        record.reason = reason.value
-        record.status = reason.status
-        record.decision = "deny" if isinstance(failure, Refused) else "error"
-        record.detail = failure.detail or None
-        realm = None
-        if reason is Reason.AUTH_REQUIRED:
-            auth = self.ctx.state.current.config.auth
-            realm = auth.realm if auth is not None else None
         try:
-            self.client.send(
-                refusal_response(reason, record.host, failure.detail, record.policy, realm)
-            )
+            self.client.send(step.response())
         except OSError:
             pass
         self._end(RelayStats(0, 0, "refused"))
+
+    def internal_error(self, exc: BaseException) -> None:
+        """An unexpected exception in this tunnel's work (proxy/failsafe.py): 502 before the
+        "200", a TLS internal_error alert after it; logged and counted."""
+        failure = internal_error(self.ctx.metrics, exc, "CONNECT tunnel")
+        if self.done:
+            return
+        self._fail_before_admission(failure)
+        if self.record.status == 200:
+            if self._relay is not None:
+                self._relay.close()  # ends through _end with the admission's failure
+                return
+            self._disarm()
+            self._cut(TLS_INTERNAL_ERROR_ALERT)
+            return
+        step = self.admission.next()
+        assert isinstance(step, Refuse)
+        self._disarm()
+        self._refuse_http(step)
 
     def _close_upstream(self) -> None:
         if self.upstream is not None:
@@ -526,66 +514,54 @@ class RawTunnel(_TunnelCore):
         self._end(RelayStats(0, 0, "closed"))
 
 
-class TunnelExchange(_TunnelCore):
-    """A CONNECT inside the TLS listener: transports and the pump."""
+class TunnelExchange(_TunnelCore, Exchange):
+    """A CONNECT inside the TLS listener: the awaited admission driver, transports, the pump.
 
-    __slots__ = ("_pump", "conn")
+    Body events from the client connection before the tunnel opens are early tunnel bytes
+    (`request_body`, `tunnel_start`); the other Exchange events keep their defaults: the
+    tunnel's own timers apply once it is open.
+    """
 
-    def __init__(self, conn: ClientConnection, head: RequestHead) -> None:
+    __slots__ = ("_pump", "_transports", "conn", "identity")
+
+    def __init__(self, conn: ClientSide, head: RequestHead) -> None:
         super().__init__(conn.ctx, head, conn.new_record("CONNECT", "tunnel"))
-        self.conn: ClientConnection | None = conn
+        self.conn: ClientSide | None = conn
         self._pump: TransportPump | None = None
+        self._transports: tuple[asyncio.Transport, asyncio.Transport] | None = None
 
     def start(self) -> None:
         conn = self.conn
         assert conn is not None
         assert conn.identity is not None
-        try:
-            self.admit(conn.identity)
-        except ProxyFailure as exc:
-            self.done = True
-            conn.refuse(exc, self.record, self.record.host)
-            return
-        spawn(self._open(), name="egressgate-tunnel")
+        self.identity = conn.identity  # kept for a reload's re-decision (proxy/revoke.py)
+        self.admission = connect_admission(self.ctx, conn.identity, self.head)
+        spawn(self._open(), "egressgate-tunnel", self.internal_error)
 
-    # Events from the client connection while the tunnel is being set up.
     def request_body(self, data: bytes) -> None:
         self.rest += data
-
-    def request_end(self) -> None:
-        pass
 
     def tunnel_start(self, rest: bytes) -> None:
         self.rest += rest
 
-    def client_eof(self) -> None:
-        pass
-
-    def check_deadline(self, now: float) -> None:
-        pass  # the tunnel's own timers apply once it is open
-
-    def client_write_paused(self) -> None:
-        pass
-
-    def client_write_resumed(self) -> None:
-        pass
-
     def client_lost(self) -> None:
         if not self.done:
-            self.record.status = 499
-            self.record.detail = "client closed before the tunnel was open"
+            record = gate.conclude(self.record, self.admission)
+            record.status = 499
+            record.detail = "client closed before the tunnel was open"
             self.finish_record()
 
+    def _refuse(self) -> None:
+        step = self.admission.next()
+        assert isinstance(step, Refuse)
+        if not self.done and self.conn is not None:
+            self.done = True
+            self.conn.refuse(step.response(), gate.conclude(self.record, self.admission))
+
     async def _open(self) -> None:
-        record = self.record
-        try:
-            found = await gate.addresses(self.ctx, self.destination)
-            vetted = gate.vet(self.gen, self.decision, found, record)
-            sock, _ = await gate.connect_any(self.ctx, vetted, self.destination.port, record)
-        except ProxyFailure as exc:
-            if not self.done and self.conn is not None:
-                self.done = True
-                self.conn.refuse(exc, record, record.host)
+        sock = await open_upstream(self.ctx, self.admission)
+        if sock is None:
+            self._refuse()
             return
         conn = self.conn
         if self.done or conn is None or conn.transport is None or conn.transport.is_closing():
@@ -602,44 +578,51 @@ class TunnelExchange(_TunnelCore):
         if transport is None:
             upstream.close()
             return
-        record.status = 200
+        self.record.status = 200
         conn.detach_for_tunnel()
-        conn.exchange = None
         self.conn = None
         self.ctx.metrics.active_tunnels += 1
         self.ctx.tunnels.add(self)
+        self._transports = (transport, upstream)
         transport.write(CONNECT_ESTABLISHED)
-        if self.sni_policy_applies():
+        step = self.admission.next()
+        assert isinstance(step, Open)
+        if step.sni_check:
             _TransportHello(self, transport, upstream)
         else:
-            self._pump = TransportPump(
-                transport,
-                upstream,
-                self.tunnel_done,
-                self.ctx.limits.idle_timeout_s,
-                initial_up=self.rest,
-            )
+            self.start_pump(transport, upstream, self.rest)
 
     def start_pump(
         self, client: asyncio.Transport, upstream: asyncio.Transport, first: bytes
     ) -> None:
+        limits = self.admission.gen.config.limits
         self._pump = TransportPump(
-            client, upstream, self.tunnel_done, self.ctx.limits.idle_timeout_s, initial_up=first
+            client, upstream, self.tunnel_done, limits.idle_timeout_s, initial_up=first
         )
 
-    def refuse_tls(
-        self,
-        client: asyncio.Transport,
-        upstream: asyncio.Transport,
-        verdict: Decision,
-        was_tls: bool,
-    ) -> None:
-        self.note_refusal(verdict)
+    def cut(self, alert: bytes, was_tls: bool) -> None:
+        """End the tunnel past its "200": a TLS alert if the client speaks TLS, then close."""
+        assert self._transports is not None
+        client, upstream = self._transports
         if was_tls:
-            client.write(TLS_ACCESS_DENIED_ALERT)
+            client.write(alert)
         client.close()
         upstream.close()
         self.tunnel_done(RelayStats(0, 0, "refused"))
+
+    def internal_error(self, exc: BaseException) -> None:
+        """An unexpected exception in this tunnel's work (proxy/failsafe.py): 502 before the
+        "200", a TLS internal_error alert after it; logged and counted."""
+        failure = internal_error(self.ctx.metrics, exc, "CONNECT tunnel (TLS listener)")
+        if self.done:
+            return
+        self.admission.fail(failure)
+        if self._pump is not None:
+            self._pump.close()
+        elif self._transports is not None:
+            self.cut(TLS_INTERNAL_ERROR_ALERT, self.rest[:1] == b"\x16")
+        else:
+            self._refuse()
 
     def force_close(self) -> None:
         if self._pump is not None:
@@ -657,7 +640,7 @@ class _TransportHello(asyncio.Protocol):
         self.upstream = upstream
         self.data = tunnel.rest
         self.finished = False
-        wait = tunnel.hello_wait_s()
+        wait = tunnel.admission.hello_wait_s()
         self.timer = asyncio.get_running_loop().call_later(wait, self._judge, True)
         client.set_protocol(self)
         if not (self.data and self._judge(False)):
@@ -665,7 +648,12 @@ class _TransportHello(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.data += data
-        self._judge(False)
+        try:  # the invariant's boundary (proxy/failsafe.py)
+            self._judge(False)
+        except Exception as exc:
+            self.finished = True
+            self.timer.cancel()
+            self.tunnel.internal_error(exc)
 
     def eof_received(self) -> bool:
         self._judge(True, eof=True)
@@ -681,14 +669,14 @@ class _TransportHello(asyncio.Protocol):
     def _judge(self, timed_out: bool, eof: bool = False) -> bool:
         if self.finished:
             return True
-        outcome = self.tunnel.judge_hello(self.data, timed_out, eof)
-        if outcome is HelloResult.NEED_MORE:
+        outcome = self.tunnel.admission.judge_hello(self.data, timed_out, eof)
+        if outcome is Hello.NEED_MORE:
             return False
         self.finished = True
         self.timer.cancel()
-        if isinstance(outcome, Decision):
-            self.tunnel.refuse_tls(self.client, self.upstream, outcome, self.data[:1] == b"\x16")
-        else:
+        if outcome is Hello.RELAY:
             self.client.pause_reading()
             self.tunnel.start_pump(self.client, self.upstream, self.data)
+        else:
+            self.tunnel.cut(TLS_ACCESS_DENIED_ALERT, self.data[:1] == b"\x16")
         return True

@@ -9,12 +9,27 @@ the server's sweeper, not by a timer per connection).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
 from egressgate.names.hostname import IPAddress, address_texts
 
-if TYPE_CHECKING:
-    from egressgate.proxy.forward import UpstreamConnection
+
+class Pooled(Protocol):
+    """What the pool needs of an upstream connection (forward.UpstreamConnection is one)."""
+
+    key: tuple[str, int]
+    idle_since: float
+
+    def usable(self) -> bool: ...
+
+    def enter_pool(self, now: float) -> None: ...
+
+    def leave_pool(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+P = TypeVar("P", bound=Pooled)
 
 MAX_IDLE_PER_KEY = 64
 MAX_IDLE_TOTAL = 2048
@@ -22,13 +37,15 @@ MAX_IDLE_TOTAL = 2048
 PoolKey = tuple[str, int]
 
 
-class UpstreamPool:
+class UpstreamPool(Generic[P]):
+    """Idle connections of one kind (`P`, e.g. forward.UpstreamConnection)."""
+
     def __init__(self, idle_s: float) -> None:
-        self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
+        self._idle: dict[PoolKey, list[P]] = {}
         self._count = 0
         self.idle_s = idle_s
 
-    def get(self, addresses: tuple[IPAddress, ...], port: int) -> UpstreamConnection | None:
+    def get(self, addresses: tuple[IPAddress, ...], port: int) -> P | None:
         """An idle connection to one of `addresses` (all vetted), most recently used first."""
         for text in address_texts(addresses):
             idle = self._idle.get((text, port))
@@ -40,7 +57,7 @@ class UpstreamPool:
                     return conn
         return None
 
-    def put(self, conn: UpstreamConnection) -> None:
+    def put(self, conn: P) -> None:
         idle = self._idle.setdefault(conn.key, [])
         if len(idle) >= MAX_IDLE_PER_KEY or self._count >= MAX_IDLE_TOTAL:
             conn.close()
@@ -59,7 +76,7 @@ class UpstreamPool:
                 self._count -= 1
                 conn.close()
 
-    def remove(self, conn: UpstreamConnection) -> None:
+    def remove(self, conn: P) -> None:
         idle = self._idle.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)

@@ -51,7 +51,15 @@ from egressgate.runtime.state import Generation, State, compile_generation
 POLL_INTERVAL_S = 1.0
 # The watcher counts as dead (readiness fails) when its last poll is older than this.
 WATCHER_STALL_S = 5 * POLL_INTERVAL_S
-RESTART_ONLY = ("listen", "admin_listen", "tls_listen", "dns_listen", "socks_listen", "workers")
+RESTART_ONLY = (
+    "listen",
+    "admin_listen",
+    "tls_listen",
+    "transparent_listen",
+    "dns_listen",
+    "socks_listen",
+    "workers",
+)
 # While a compile runs in its thread: how long the loop may wait for the GIL at most.
 COMPILE_SWITCH_INTERVAL_S = 0.0005
 

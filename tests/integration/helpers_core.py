@@ -62,6 +62,7 @@ ACCESS_LOG_FIELDS = (
     "kind",
     "sni",
     "detail",
+    "original_dst",
 )
 
 

@@ -104,6 +104,7 @@ def test_allowed_request_is_logged_with_every_field(env: Env) -> None:
         "kind": "http",
         "sni": None,
         "detail": None,
+        "original_dst": None,
     }
 
 

@@ -468,3 +468,20 @@ def test_a_pipelined_login_held_by_the_back_off_goes_on_with_its_request(env: En
         assert recv_exactly(sock, 10)[:2] == b"\x05\x00"
     record = wait_record(proxy, kind="socks", user="alice")
     assert record["decision"] == "allow"
+
+
+def test_sigterm_closes_an_open_socks_tunnel_at_the_drain_deadline_and_logs_it(env: Env) -> None:
+    proxy = env.start(allow=["tls.test"], limits={"drain_timeout_s": 1.5})
+    with socks_socket(proxy) as sock:
+        sock.sendall(b"\x05\x01\x00" + request(1, 3, domain("tls.test"), env.origin.port))
+        assert recv_exactly(sock, 2) == b"\x05\x00"
+        assert recv_exactly(sock, 10)[:2] == b"\x05\x00"
+        with env.ca.client_context().wrap_socket(sock, server_hostname="tls.test") as tls:
+            tls.sendall(b"GET /bytes/10 HTTP/1.1\r\nHost: tls.test\r\n\r\n")  # kept alive
+            assert tls.recv(65536).startswith(b"HTTP/1.1 200")
+            started = time.monotonic()
+            assert proxy.terminate(timeout=15) == 0
+            assert time.monotonic() - started < 8
+    record = wait_record(proxy, kind="socks", host="tls.test")
+    assert record["decision"] == "allow"
+    assert record["detail"] == "tunnel ended: closed"

@@ -132,14 +132,15 @@ def check_loopback_bind_host(host: str) -> None:
         raise ValueError(f"test servers bind to loopback only, not {host!r}")
 
 
-def bind_listener(host: str, backlog: int = 1024) -> socket.socket:
-    """A TCP listening socket on `host` (a loopback literal), port 0 chosen by the kernel."""
+def bind_listener(host: str, backlog: int = 1024, port: int = 0) -> socket.socket:
+    """A TCP listening socket on `host` (a loopback literal), `port` (0: chosen by the kernel;
+    a fixed one such as 443 for the transparent listener's tests, which need root)."""
     check_loopback_bind_host(host)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, 0))
+        sock.bind((host, port))
         sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:

@@ -246,6 +246,7 @@ class Origin:
         cert_names: Sequence[str] = ("localhost",),
         client_ca: HarnessCA | None = None,
         keepalive_timeout: float = 60.0,
+        port: int = 0,
     ) -> None:
         self.name = name
         self.host = host
@@ -259,7 +260,7 @@ class Origin:
             self._ssl = tls.server_context(*dict.fromkeys([host, *cert_names]), client_ca=client_ca)
             self._ssl.set_alpn_protocols(["http/1.1"])
             self._ssl.sni_callback = _remember_sni
-        sock = bind_listener(host)
+        sock = bind_listener(host, port=port)
         self.port: int = sock.getsockname()[1]
         self._loop = LoopThread(f"origin-{name}-{self.port}")
         self._server: asyncio.base_events.Server | None = None
@@ -797,6 +798,7 @@ class RawOrigin:
         mode: Literal["echo", "serve", "sink"] = "echo",
         serve_bytes: int = 0,
         seed: int = 0,
+        port: int = 0,
     ) -> None:
         self.name = name
         self.host = host
@@ -806,7 +808,7 @@ class RawOrigin:
         self.connections: Recorder[RawConnection] = Recorder()
         self._ids = itertools.count(1)
         self._writers: set[asyncio.StreamWriter] = set()
-        sock = bind_listener(host)
+        sock = bind_listener(host, port=port)
         self.port: int = sock.getsockname()[1]
         self._loop = LoopThread(f"raw-{name}-{self.port}")
         self._server: asyncio.base_events.Server | None = None

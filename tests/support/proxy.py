@@ -14,11 +14,12 @@ FILE written by `yaml.safe_dump` from the config dict (`listen`, `admin_listen`,
 
 Contract with the proxy: on startup it writes one JSON object per line to STDERR; the line with
 `"event": "listening"` carries `"proxy": "HOST:PORT"`, `"admin": "HOST:PORT"` or null, `"dns":
-"HOST:PORT"` or null (the DNS guard, bound port read back), and
-`"pid"`. A reader thread keeps every stderr line (`stderr_lines`; the parsed JSON ones in
-`json_events()`); `start()` waits (bounded) for the listening line and raises `ProxyStartError`
-with the captured stderr if the process exits or the wait times out. The process is started in
-its own session and `close()` (called on context exit and by the fixtures) kills its group.
+"HOST:PORT"` or null (the DNS guard, bound port read back), `"transparent": "HOST:PORT"` or
+null (the transparent listener), and `"pid"`. A reader thread keeps every stderr line
+(`stderr_lines`; the parsed JSON ones in `json_events()`); `start()` waits (bounded) for the
+listening line and raises `ProxyStartError` with the captured stderr if the process exits or the
+wait times out. The process is started in its own session and `close()` (called on context
+exit and by the fixtures) kills its group.
 """
 
 from __future__ import annotations
@@ -344,6 +345,11 @@ class ProxyProcess:
     def tls_proxy_address(self) -> tuple[str, int] | None:
         """(host, port) of the TLS (HTTPS-to-proxy) listener, if the proxy reports one."""
         return self.listening_address("tls_proxy")
+
+    @property
+    def transparent_address(self) -> tuple[str, int] | None:
+        """(host, port) of the transparent listener (`transparent_listen`), if it runs one."""
+        return self.listening_address("transparent")
 
     @property
     def socks_address(self) -> tuple[str, int]:

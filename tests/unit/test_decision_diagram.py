@@ -17,6 +17,9 @@ SCRIPT = ROOT / "scripts" / "render_decision_diagram.py"
 NOT_ON_THE_PICTURE = {Reason.ALLOWED, Reason.REPORTED, Reason.NO_POLICY, Reason.UNSUPPORTED_METHOD}
 # Emitted only by the DNS guard (dns_listen), whose own order is a table in docs/transparent.md.
 NOT_ON_THE_PICTURE |= {Reason.DNS_QUERY_TYPE_REFUSED, Reason.DNS_OVERLOADED}
+# Emitted only by the transparent listener, before any name exists: its own table is in
+# docs/transparent.md ("How a connection is judged").
+NOT_ON_THE_PICTURE |= {Reason.NO_DESTINATION_NAME}
 
 
 def script() -> ModuleType:

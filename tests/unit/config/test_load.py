@@ -298,6 +298,7 @@ def test_unknown_key_inside_a_policy_is_reported_at_that_key() -> None:
         ("workers: 0\n", (1, 10), "from 1 to 256"),
         ("workers: true\n", (1, 10), "whole number"),  # a bool is not a number
         ("forwarded_for: 1\n", (1, 16), "true or false"),
+        ("reload_revokes: yes please\n", (1, 17), "true or false"),
         ("allow: {a: 1}\n", (1, 8), "must be a list"),
         ("allow: [1.5]\n", (1, 9), "expected a string"),
         ("allow: [true]\n", (1, 9), "expected a string"),
@@ -684,3 +685,8 @@ def test_arbitrary_yamlish_text_raises_only_config_error(text: str) -> None:
     assert all(isinstance(i, ConfigIssue) for i in found)
     positions = [(i.line or 0, i.column or 0) for i in found]
     assert positions == sorted(positions)
+
+
+def test_reload_revokes_is_on_by_default_and_can_be_turned_off() -> None:
+    assert load_config_text("allow: []\n", "t.yaml").reload_revokes is True
+    assert load_config_text("reload_revokes: false\n", "t.yaml").reload_revokes is False

@@ -47,6 +47,7 @@ def record(**overrides: Any) -> AccessRecord:
         "duration_ms": 12.3456,
         "sni": "api.stripe.com",
         "detail": None,
+        "original_dst": None,
     }
     values.update(overrides)
     return AccessRecord(**values)
@@ -86,6 +87,7 @@ def test_values_are_written_with_their_json_types() -> None:
         "kind": "tunnel",
         "sni": "api.stripe.com",
         "detail": None,
+        "original_dst": None,
     }
 
 

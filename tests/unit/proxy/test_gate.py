@@ -508,4 +508,5 @@ def test_conclude_keeps_what_the_front_end_measured() -> None:
         "default",
         PUBLIC,
     )
-    assert record.duration_ms >= 1000.0
+    admission.fail(UpstreamError(Reason.UPSTREAM_ERROR, "later"))
+    assert gate.conclude(record, admission).reason == "allowed"  # once only
