@@ -68,13 +68,21 @@ def _handshake_bytes(data: bytes) -> bytes | HelloResult:
             break
         out += data[offset + 5 : offset + 5 + length]
         offset += 5 + length
-        if len(out) >= 4 and len(out) >= 4 + int.from_bytes(out[1:4], "big"):
+        if len(out) >= 4 and _header_decides(out):
             break
     if len(out) < 4:
         if len(data) >= 5 and data[1] != 0x03:
             return HelloResult.NOT_TLS
         return HelloResult.NEED_MORE
     return bytes(out)
+
+
+def _header_decides(out: bytearray) -> bool:
+    """Whether the handshake header already decides the answer: the whole message is here, or
+    it is no ClientHello, or it declares more than MAX_HELLO_BYTES. Later records then change
+    nothing, so the answer does not depend on how the bytes were split (found by fuzzing)."""
+    declared = 4 + int.from_bytes(out[1:4], "big")
+    return len(out) >= declared or out[0] != _CLIENT_HELLO or declared > MAX_HELLO_BYTES
 
 
 def _server_name(body: bytes) -> str | HelloResult:

@@ -202,16 +202,20 @@ class DnsServer:
 
     @staticmethod
     def _bind_pair(host: str) -> tuple[socket.socket, socket.socket]:
-        """UDP on port 0, then TCP on the same port number (retry, bounded, if TCP's is taken)."""
+        """TCP on port 0, then UDP on the same port number (retry, bounded, if UDP's is taken).
+
+        TCP first: on a busy machine the TCP port space is the crowded one (every outgoing
+        connection holds a local port), so a UDP port picked first often had its TCP twin taken
+        50 times in a row; the UDP twin of a free TCP port is almost always free."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for _ in range(50):
             udp = socket.socket(family, socket.SOCK_DGRAM)
             tcp = socket.socket(family, socket.SOCK_STREAM)
             try:
-                udp.bind((host, 0))
                 tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                tcp.bind((host, udp.getsockname()[1]))
+                tcp.bind((host, 0))
                 tcp.listen(128)
+                udp.bind((host, tcp.getsockname()[1]))
             except OSError as exc:
                 udp.close()
                 tcp.close()

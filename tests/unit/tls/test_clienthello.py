@@ -262,3 +262,12 @@ def test_corrupted_real_hello_never_raises(data: st.DataObject) -> None:
         hello[data.draw(st.integers(0, len(hello) - 1))] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(hello)))
     assert _valid_result(read_sni(bytes(hello[:cut])))
+
+
+def test_a_declared_oversize_hello_is_too_large_whatever_follows() -> None:
+    # Found by tests/fuzz: the handshake header declares 65,535 bytes (over MAX_HELLO_BYTES);
+    # the answer must not change when a broken second record arrives later.
+    first_record = b"\x16\x03\x01\x02\x00" + b"\x01\x00\xff\xff" + bytes(508)
+    data = first_record + b"\x00" * 5
+    assert read_sni(first_record[:9]) is HelloResult.TOO_LARGE
+    assert read_sni(data) is HelloResult.TOO_LARGE
