@@ -27,7 +27,7 @@ import socket
 import time
 from typing import cast
 
-from egressgate.errors import ProtocolError, Reason, Refused
+from egressgate.errors import ProtocolError, ProxyFailure, Reason, Refused
 from egressgate.http1.connect_head import read_connect_head
 from egressgate.http1.events import RequestHead, TunnelStart
 from egressgate.http1.parser import RequestParser
@@ -143,7 +143,7 @@ class Acceptor:
                     self._exhausted(exc)
                 return  # ECONNABORTED and friends: the next readiness event goes on
             if client.fileno() >= ctx.fd_ceiling:
-                self._reserve_reached(client)
+                self._reserve_reached(client, peer)
                 continue
             if self.backoff_s or self.in_reserve:
                 self._recovered()
@@ -176,7 +176,7 @@ class Acceptor:
             _FirstRead(ctx, client, peer).start(data)
 
     # ---- descriptor exhaustion (module docstring)
-    def _reserve_reached(self, client: RawSocket) -> None:
+    def _reserve_reached(self, client: RawSocket, peer: tuple[str, int]) -> None:
         """A client socket took a reserved descriptor: 503 and close it at once."""
         fd = client.fileno()
         self.ctx.metrics.connections_rejected += 1
@@ -186,6 +186,12 @@ class Acceptor:
             except OSError:
                 pass
         client.close()
+        self._log_refused(
+            peer,
+            Reason.TOO_MANY_CONNECTIONS,
+            f"{fd + 1} descriptors open: the last reserved_fds "
+            f"({self.ctx.limits.reserved_fds}) are kept for the admin port and upstreams",
+        )
         if not self.in_reserve:
             self.in_reserve = True
             emit(
@@ -241,6 +247,21 @@ class Acceptor:
         except OSError:
             pass
         client.close()
+        detail = (
+            "the proxy is shutting down"
+            if draining
+            else f"max_connections ({self.ctx.limits.max_connections}) reached"
+        )
+        self._log_refused(peer, reason, detail)
+
+    def _log_refused(self, peer: tuple[str, int], reason: Reason, detail: str) -> None:
+        """Every accepted connection ends with one access record, a refused one too (issue 12):
+        `kind: connection`, no request was read."""
+        client = client_identity(peer[0])[1]
+        failure = ProxyFailure(reason, detail)
+        self.ctx.finish(
+            gate.conclude(AccessRecord(time.time(), client, "-", "connection"), None, failure)
+        )
 
 
 class _FirstRead:

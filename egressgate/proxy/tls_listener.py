@@ -102,14 +102,21 @@ class TlsAcceptor(Acceptor):
                     self._exhausted(exc)
                 return
             if client.fileno() >= ctx.fd_ceiling:
-                self._reserve_reached(client)
+                self._reserve_reached(client, peer)
                 continue
             if self.backoff_s or self.in_reserve:
                 self._recovered()
             closing = ctx.state.closing
             if closing or len(ctx.live) + len(ctx.tunnels) >= ctx.limits.max_connections:
                 ctx.metrics.connections_rejected += not closing
-                client.close()
+                client.close()  # before its handshake: no HTTP answer is possible, only a record
+                self._log_refused(
+                    peer,
+                    Reason.SHUTTING_DOWN if closing else Reason.TOO_MANY_CONNECTIONS,
+                    "the proxy is shutting down"
+                    if closing
+                    else f"max_connections ({ctx.limits.max_connections}) reached",
+                )
                 continue
             TlsHandshake(ctx, self.context, client, client_identity(peer[0])[1]).start()
 

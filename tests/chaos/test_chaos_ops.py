@@ -226,6 +226,12 @@ def test_max_connections_reached_is_a_503_with_reason_admin_answers_and_it_recov
             assert_raw_refusal(result, 503, "too-many-connections", policy=None)
         assert admin_get(proxy.admin_address, "/healthz").status == 200  # type: ignore[arg-type]
         snapshot = wait_metric(proxy, "egressgate_connections_rejected_total", 3)
+        # Every accepted connection ends with one record, a refused one too (issue 12).
+        refused = proxy.wait_for_records(3, predicate=lambda r: r["kind"] == "connection")
+        assert {(r["reason"], r["status"], r["method"]) for r in refused} == {
+            ("too-many-connections", 503, "-")
+        }
+        assert all("max_connections (3) reached" in r["detail"] for r in refused)
         assert snapshot.value("egressgate_active_tunnels") == 3
         assert all(t.roundtrip(b"pong") == b"pong" for t in held), "held tunnels disturbed"
     finally:
