@@ -627,6 +627,11 @@ class TunnelExchange(_TunnelCore, Exchange):
     def force_close(self) -> None:
         if self._pump is not None:
             self._pump.close()
+        elif self._transports is not None:
+            # Still waiting for the ClientHello (no pump yet): closing the client ends the
+            # phase now; _TransportHello.connection_lost closes the upstream and concludes the
+            # record. A drain or a revocation must not wait for the hello wait.
+            self._transports[0].close()
 
 
 class _TransportHello(asyncio.Protocol):
