@@ -464,3 +464,31 @@ def test_connections_before_their_handshake_count_against_max_connections(
             break
         time.sleep(0.2)
     assert result.status == 200, result.stderr
+
+
+def test_a_reload_revokes_a_tls_listener_tunnel_still_waiting_for_its_client_hello(
+    sites: Sites, proxy_factory: ProxyFactory, test_ca: HarnessCA
+) -> None:
+    # Past its 200 but before the client's ClientHello the tunnel has no pump yet: force_close
+    # had nothing to close, so a revocation (or a drain) waited for the hello wait (5 s).
+    listen = tls_listen(test_ca)
+    proxy = proxy_factory(sites.policy(["a.test", "b.test"]), tls_listen=listen)
+    with tls_socket(proxy, test_ca) as sock:
+        target = f"a.test:{sites.tls_web.port}"
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 4096:
+            chunk = sock.recv(4096)
+            assert chunk, head
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 200"), head
+        started = time.monotonic()
+        proxy.reload(
+            {**proxy.config, **sites.policy(["b.test"]), "tls_listen": listen},
+            wait_for="reloaded",
+        )
+        sock.settimeout(3.0)
+        assert sock.recv(100) == b""  # closed by the revocation, not by the hello wait
+        assert time.monotonic() - started < 3.0
+    record = proxy.wait_for_records(1, predicate=lambda r: r["method"] == "CONNECT")[0]
+    assert "revoked by reload generation 2" in (record["detail"] or "")
