@@ -7,6 +7,7 @@ request. Also the live-connection registry used for draining and the connection 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from egressgate.config.model import Limits
@@ -32,6 +33,37 @@ class Closable(Protocol):
 
 class HasDeadline(Protocol):
     def check_deadline(self, now: float) -> None: ...
+
+
+class SweptDeadline:
+    """One pending deadline per object, checked by the server's sweeper (ctx.deadlines) instead
+    of a timer per connection: `_arm` sets it with the action to run, `_disarm` clears it. Mixed
+    into the raw-socket front ends (RawTunnel, SocksSession), whose own slots hold the fields."""
+
+    if not TYPE_CHECKING:
+        # Empty slots keep the subclasses free of a __dict__; hidden from mypy, which would
+        # otherwise refuse assignments to fields this mixin declares but does not own.
+        __slots__ = ()
+    ctx: ProxyContext
+    deadline: float  # monotonic; 0: none
+    _on_deadline: Callable[[], object] | None
+
+    def _arm(self, delay_s: float, action: Callable[[], object]) -> None:
+        self.deadline = time.monotonic() + delay_s
+        self._on_deadline = action
+        self.ctx.deadlines.add(self)
+
+    def _disarm(self) -> None:
+        if self.deadline:
+            self.deadline = 0.0
+            self._on_deadline = None
+            self.ctx.deadlines.discard(self)
+
+    def check_deadline(self, now: float) -> None:
+        action = self._on_deadline
+        if self.deadline and now >= self.deadline and action is not None:
+            self._disarm()
+            action()
 
 
 class ProxyContext:

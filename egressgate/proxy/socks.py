@@ -38,7 +38,7 @@ from egressgate.observe.record import AccessRecord
 from egressgate.policy.decision import ClientIdentity
 from egressgate.proxy import gate
 from egressgate.proxy.auth import Login, verify
-from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.context import ProxyContext, SweptDeadline
 from egressgate.proxy.gate import Admission, Connect, Hello, NeedAddresses, Open, Refuse
 from egressgate.proxy.refusal import TLS_ACCESS_DENIED_ALERT
 from egressgate.socks.protocol import (
@@ -106,7 +106,7 @@ class SocksListener:
             SocksSession(ctx, client, peer[0]).start()
 
 
-class SocksSession:
+class SocksSession(SweptDeadline):
     """One SOCKS5 client from accept to the end of its tunnel (or its refusal)."""
 
     __slots__ = (
@@ -560,26 +560,6 @@ class SocksSession:
         )
         self._relay = relay
         relay.start()
-
-    # ---- deadlines (the server's sweeper calls check_deadline)
-    def _arm(self, delay_s: float, action: Callable[[], object]) -> None:
-        self.deadline = time.monotonic() + delay_s
-        self._on_deadline = action
-        self.ctx.deadlines.add(self)
-
-    def _disarm(self) -> None:
-        if self.deadline:
-            self.deadline = 0.0
-            self._on_deadline = None
-            self.ctx.deadlines.discard(self)
-
-    def check_deadline(self, now: float) -> None:
-        action = self._on_deadline
-        if self.deadline and now >= self.deadline and action is not None:
-            self.deadline = 0.0
-            self._on_deadline = None
-            self.ctx.deadlines.discard(self)
-            action()
 
     # ---- the end
     def _send(self, data: bytes) -> bool:

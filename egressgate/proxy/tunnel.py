@@ -44,7 +44,7 @@ from egressgate.policy.decision import ClientIdentity, Target
 from egressgate.proxy import gate
 from egressgate.proxy.admit import open_upstream
 from egressgate.proxy.auth import login_from_headers
-from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.context import ProxyContext, SweptDeadline
 from egressgate.proxy.exchange import ClientSide, Exchange
 from egressgate.proxy.failsafe import internal_error
 from egressgate.proxy.gate import Admission, Connect, Hello, NeedAddresses, Open, Refuse, Step
@@ -122,7 +122,7 @@ class _TunnelCore:
         pass
 
 
-class RawTunnel(_TunnelCore):
+class RawTunnel(_TunnelCore, SweptDeadline):
     """A CONNECT on a plain listener, on raw sockets in the reactor (net/reactor.py).
 
     Both sockets stay in the edge-triggered reactor from accept (client) and socket creation
@@ -305,23 +305,6 @@ class RawTunnel(_TunnelCore):
         # closed socket whose fd number was reused never reach here, see Reactor._dispatch).
         self._disarm()
         self._connected()
-
-    def _arm(self, delay_s: float, action: Callable[[], object]) -> None:
-        self.deadline = time.monotonic() + delay_s
-        self._on_deadline = action
-        self.ctx.deadlines.add(self)
-
-    def _disarm(self) -> None:
-        if self.deadline:
-            self.deadline = 0.0
-            self._on_deadline = None
-            self.ctx.deadlines.discard(self)
-
-    def check_deadline(self, now: float) -> None:
-        action = self._on_deadline
-        if self.deadline and now >= self.deadline and action is not None:
-            self._disarm()
-            action()
 
     def _connect_expired(self) -> None:
         self._connect_failed(TimeoutError(errno.ETIMEDOUT, "timed out"))
