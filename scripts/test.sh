@@ -32,8 +32,12 @@ echo "== ruff check";          "$PYTHON" -m ruff check egressgate tests scripts
 echo "== mypy";                "$PYTHON" -m mypy
 echo "== import layers";       lint-imports
 echo "== pytest"
+# The tests mostly wait on sockets and subprocesses, so they run on one pytest-xdist worker per
+# core (EGRESSGATE_TEST_WORKERS overrides: a number, or 0 to run serially in this process);
+# `--dist loadgroup` keeps tests marked `xdist_group` on one worker. The 15 slowest are listed
+# to watch the time budget (docs/testing.md). Arguments are passed on and win: `-n 0`, `-x`, paths.
 set +e
-"$PYTHON" -m pytest "$@"
+"$PYTHON" -m pytest -q -n "${EGRESSGATE_TEST_WORKERS:-auto}" --dist loadgroup --durations=15 "$@"
 status=$?
 set -e
 if [ "$status" = 5 ]; then
