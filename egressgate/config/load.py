@@ -691,11 +691,7 @@ class _ConfigBuilder:
         return InterceptConfig(host, rules, headers, line=node.start_mark.line + 1)
 
     def _intercept_host(self, node: yaml.Node) -> str:
-        text = self.w.parsed(node, lambda s: s)
-        try:
-            pattern = DomainPattern.parse(text)
-        except ValueError as exc:
-            raise _Invalid(node, f"intercept host: {exc}") from exc
+        text, pattern = self._parsed_pattern(node, "intercept host")
         if pattern.kind is PatternKind.ANY:
             raise _Invalid(node, "intercept host: '*' is refused; interception names its hosts")
         if pattern.kind is PatternKind.NETWORK:
@@ -813,21 +809,20 @@ class _ConfigBuilder:
             )
         return value
 
-    def _pattern(self, node: yaml.Node) -> str:
+    def _parsed_pattern(self, node: yaml.Node, what: str) -> tuple[str, DomainPattern]:
+        """An allowlist-form entry: its text and parsed pattern; errors prefixed by `what`."""
         text = self.w.parsed(node, lambda s: s)
         try:
-            DomainPattern.parse(text)
+            return text, DomainPattern.parse(text)
         except ValueError as exc:
-            raise _Invalid(node, f"allow: {exc}") from exc
-        return text
+            raise _Invalid(node, f"{what}: {exc}") from exc
+
+    def _pattern(self, node: yaml.Node) -> str:
+        return self._parsed_pattern(node, "allow")[0]
 
     def _name_pattern(self, node: yaml.Node) -> str:
         """A dns_passthrough entry: the allowlist's name forms (exact, .domain, *.sub)."""
-        text = self.w.parsed(node, lambda s: s)
-        try:
-            pattern = DomainPattern.parse(text)
-        except ValueError as exc:
-            raise _Invalid(node, f"dns_passthrough: {exc}") from exc
+        text, pattern = self._parsed_pattern(node, "dns_passthrough")
         if pattern.network is not None:
             raise _Invalid(node, f"dns_passthrough: {text!r} is an address; list domain names")
         return text
