@@ -36,8 +36,19 @@ echo "== pytest"
 # core (EGRESSGATE_TEST_WORKERS overrides: a number, or 0 to run serially in this process);
 # `--dist loadgroup` keeps tests marked `xdist_group` on one worker. The 15 slowest are listed
 # to watch the time budget (docs/testing.md). Arguments are passed on and win: `-n 0`, `-x`, paths.
+cores() {
+  # The CPUs this process may run on, fewer if a cgroup v2 CPU quota says so (a container
+  # limited to 2 CPUs on a 64-core host must not start 64 workers).
+  local n quota period
+  n=$(nproc)
+  if read -r quota period 2>/dev/null </sys/fs/cgroup/cpu.max && [ "$quota" != max ]; then
+    quota=$(( (quota + period - 1) / period ))
+    [ "$quota" -lt "$n" ] && n=$quota
+  fi
+  echo "$(( n > 0 ? n : 1 ))"
+}
 set +e
-"$PYTHON" -m pytest -q -n "${EGRESSGATE_TEST_WORKERS:-auto}" --dist loadgroup --durations=15 "$@"
+"$PYTHON" -m pytest -q -n "${EGRESSGATE_TEST_WORKERS:-$(cores)}" --dist loadgroup --durations=15 "$@"
 status=$?
 set -e
 if [ "$status" = 5 ]; then
