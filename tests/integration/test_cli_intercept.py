@@ -366,3 +366,25 @@ def test_k8s_render_transparent_mode_says_interception_is_not_rendered_there(
     code, _, _, stderr = _render(config, "--mode", "transparent")
     assert code == 2
     assert "tls_intercept is not rendered for --mode transparent yet" in stderr
+
+
+def test_k8s_render_dns_mode_carries_interception_too(ca_dir: Path, tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    for name in ("ca.crt", "ca.key", "gh-token"):
+        (conf / name).write_bytes((ca_dir / name).read_bytes())
+    (conf / "ca.key").chmod(0o600)
+    (conf / "egress.yaml").write_text(
+        (ca_dir / "egress.yaml").read_text()
+        + "transparent_listen: 0.0.0.0:3130\ndns_listen: 0.0.0.0:5353\n"
+        + "dns_answer: proxy\ndns_proxy_addresses: [10.96.100.53]\n"
+    )
+    code, docs, stdout, stderr = _render(conf / "egress.yaml", "--mode", "dns")
+    assert code == 0, stderr
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    _no_secret(stdout, stderr)
+    pod = _find(docs, "Deployment", "egressgate")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "config"]
+    assert volume["projected"]["sources"][1]["secret"]["name"] == "egressgate-intercept"
+    assert _find(docs, "ConfigMap", "egressgate-ca")["data"]["ca.crt"]
