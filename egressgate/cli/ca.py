@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
+from egressgate.cli.usage import usage_handler
 from egressgate.tools import ca
 
 CA_DESCRIPTION = "The CA that signs the certificates of intercepted hosts (docs/interception.md)."
@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "ca", help="create the interception CA (ca init)", description=CA_DESCRIPTION
     )
     commands = parser.add_subparsers(dest="ca_command", metavar="SUBCOMMAND")
-    parser.set_defaults(handler=_usage(parser))
+    parser.set_defaults(handler=usage_handler(parser))
     init = commands.add_parser(
         "init",
         help="create ca.crt and ca.key (0600) and print how to trust them",
@@ -73,14 +73,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     bundle.add_argument("--no-bundle", action="store_true", help=f"do not write {ca.BUNDLE_NAME}")
     init.set_defaults(handler=_init)
-
-
-def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
-        parser.print_help(sys.stderr)
-        return 2
-
-    return handler
 
 
 def _init(args: argparse.Namespace) -> int:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
 
+from egressgate.cli.usage import usage_handler
 from egressgate.config.default import BUILTIN_DEFAULT_YAML, builtin_default
 from egressgate.config.load import load_config_text
 from egressgate.config.model import Config
@@ -68,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=K8S_DESCRIPTION,
     )
     commands = parser.add_subparsers(dest="k8s_command", metavar="SUBCOMMAND")
-    parser.set_defaults(handler=_usage(parser))
+    parser.set_defaults(handler=usage_handler(parser))
     render = commands.add_parser(
         "render",
         help="print Deployment, Service, NetworkPolicies... for a config",
@@ -78,15 +79,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _add_render_arguments(render)
     render.set_defaults(handler=_run)
-
-
-def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    # `egressgate k8s` alone: show the subcommands, exit 2 (a usage error).
-    def handler(args: argparse.Namespace) -> int:
-        parser.print_help(sys.stderr)
-        return 2
-
-    return handler
 
 
 def _add_render_arguments(parser: argparse.ArgumentParser) -> None:
