@@ -43,9 +43,11 @@ from egressgate.net.reactor import Readiness
 from egressgate.net.relay import Relay, RelayStats
 from egressgate.net.tasks import spawn
 from egressgate.observe.record import AccessRecord
+from egressgate.policy.intercept import InterceptHost
 from egressgate.proxy.acceptor import client_identity
 from egressgate.proxy.admit import connect_step
 from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.intercept import InterceptSession
 from egressgate.proxy.gate import (
     Admission,
     Connect,
@@ -107,6 +109,7 @@ class TransparentConnection:
 
     __slots__ = (
         "_relay",
+        "_session",
         "_task",
         "_upstream",
         "admission",
@@ -134,6 +137,7 @@ class TransparentConnection:
         self.admission: Admission | None = None
         self._upstream: socket.socket | None = None
         self._relay: Relay | None = None
+        self._session: InterceptSession | None = None
         self._task: asyncio.Task[None] | None = None
         self.done = False
         ctx.live.add(self)
@@ -147,7 +151,9 @@ class TransparentConnection:
         """Nothing is idle here: a connection is reading its name, or relaying."""
 
     def force_close(self) -> None:
-        if self._relay is not None:
+        if self._session is not None:
+            self._session.close()
+        elif self._relay is not None:
             self._relay.close()
         elif self._task is not None:
             self._task.cancel()
@@ -308,7 +314,9 @@ class TransparentConnection:
             await self._refuse(None, data, http=http)
             return
         assert isinstance(step, Open)
-        if parser is None:
+        if step.intercept is not None and check_hello:
+            self._intercept_now(data, step.intercept)
+        elif parser is None:
             self._relay_raw(data)
         else:
             await self._relay_http(data, parser)
@@ -334,6 +342,17 @@ class TransparentConnection:
         )
         self._relay = relay
         relay.start()
+
+    def _intercept_now(self, data: bytes, host: InterceptHost) -> None:
+        """The SNI names a host under `intercept`: proxy/intercept.py takes both sockets."""
+        upstream = self._upstream
+        assert upstream is not None and self.admission is not None
+        session = InterceptSession(self.ctx, self.admission, host, self.record.client, self._relayed)
+        self._enter_tunnel()
+        self._upstream = None  # the session owns it now
+        self._session = session
+        self.record.detail = "intercepted"
+        session.start(self.client, upstream, data)
 
     def _relayed(self, stats: RelayStats) -> None:
         self._relay = None
