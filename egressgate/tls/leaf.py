@@ -81,7 +81,8 @@ class LeafMinter:
             raise CAError(f"the CA key is not an unencrypted PEM private key ({exc})") from None
         if not isinstance(key, _SIGNING_KEYS):
             raise CAError("the CA key must be an EC or RSA key")
-        if key.public_key().public_numbers() != self._ca_cert.public_key().public_numbers():
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if key.public_key().public_bytes(*spki) != self._ca_cert.public_key().public_bytes(*spki):
             raise CAError("the CA key does not belong to the CA certificate")
         self._ca_key = key
         self._ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
