@@ -308,6 +308,18 @@ class InterceptSession(asyncio.Protocol):
             sock.close()
             self._end("reset")
 
+    def start_on_transports(
+        self, client: asyncio.Transport, upstream: asyncio.Transport, hello: bytes
+    ) -> None:
+        """The same over transports (CONNECT inside the TLS listener): the client's (paused)
+        transport is handed over, the plain upstream transport is upgraded to TLS."""
+        self._pending_hello = hello
+        self._arm(self.tls.handshake_timeout_s)
+        client.set_protocol(self)
+        self.connection_made(client)
+        client.resume_reading()
+        spawn(self._upgrade_upstream(upstream), "egressgate-intercept-up", self.internal_error)
+
     async def _connect_upstream(self, sock: Any) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -318,8 +330,36 @@ class InterceptSession(asyncio.Protocol):
                 server_hostname=self.name,
                 ssl_handshake_timeout=self.tls.handshake_timeout_s,
             )
-        except ssl.SSLCertVerificationError as exc:
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
             sock.close()
+            self._upstream_tls_failed(exc)
+            return
+        self._upstream_ready(upstream)
+
+    async def _upgrade_upstream(self, plain: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            secured = await loop.start_tls(
+                plain,
+                plain.get_protocol(),
+                self.tls.upstream,
+                server_hostname=self.name,
+                ssl_handshake_timeout=self.tls.handshake_timeout_s,
+            )
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            plain.close()
+            self._upstream_tls_failed(exc)
+            return
+        if secured is None:  # the connection closed during the handshake
+            self._upstream_tls_failed(ConnectionResetError("closed during the TLS handshake"))
+            return
+        upstream = _Upstream(self)
+        secured.set_protocol(upstream)
+        upstream.connection_made(secured)
+        self._upstream_ready(upstream)
+
+    def _upstream_tls_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, ssl.SSLCertVerificationError):
             self._upstream_failed(
                 UpstreamError(
                     Reason.UPSTREAM_BAD_CERTIFICATE,
@@ -327,13 +367,12 @@ class InterceptSession(asyncio.Protocol):
                 )
             )
             return
-        except (ssl.SSLError, OSError, TimeoutError) as exc:
-            sock.close()
-            what = "TLS handshake with" if isinstance(exc, ssl.SSLError) else "connection to"
-            self._upstream_failed(
-                UpstreamError(Reason.UPSTREAM_ERROR, f"{what} {self.name} failed: {exc}")
-            )
-            return
+        what = "TLS handshake with" if isinstance(exc, ssl.SSLError) else "connection to"
+        self._upstream_failed(
+            UpstreamError(Reason.UPSTREAM_ERROR, f"{what} {self.name} failed: {exc}")
+        )
+
+    def _upstream_ready(self, upstream: _Upstream) -> None:
         if self.ended:
             if upstream.transport is not None:
                 upstream.transport.close()
@@ -350,6 +389,9 @@ class InterceptSession(asyncio.Protocol):
     # ---- the client's transport (this object is its protocol)
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        if self.ended:  # closed (a drain) before the transport existed
+            transport.close()
+            return
         hello, self._pending_hello = self._pending_hello, b""
         if hello:
             self.data_received(hello)

@@ -533,13 +533,15 @@ class TunnelExchange(_TunnelCore, Exchange):
     tunnel's own timers apply once it is open.
     """
 
-    __slots__ = ("_pump", "_transports", "conn", "identity")
+    __slots__ = ("_intercept", "_pump", "_session", "_transports", "conn", "identity")
 
     def __init__(self, conn: ClientSide, head: RequestHead) -> None:
         super().__init__(conn.ctx, head, conn.new_record("CONNECT", "tunnel"))
         self.conn: ClientSide | None = conn
         self._pump: TransportPump | None = None
         self._transports: tuple[asyncio.Transport, asyncio.Transport] | None = None
+        self._intercept: InterceptHost | None = None  # from the Open step
+        self._session: InterceptSession | None = None
 
     def start(self) -> None:
         conn = self.conn
@@ -598,6 +600,7 @@ class TunnelExchange(_TunnelCore, Exchange):
         transport.write(CONNECT_ESTABLISHED)
         step = self.admission.next()
         assert isinstance(step, Open)
+        self._intercept = step.intercept
         if step.sni_check:
             _TransportHello(self, transport, upstream)
         else:
@@ -606,6 +609,14 @@ class TunnelExchange(_TunnelCore, Exchange):
     def start_pump(
         self, client: asyncio.Transport, upstream: asyncio.Transport, first: bytes
     ) -> None:
+        if self._intercept is not None:
+            session = InterceptSession(
+                self.ctx, self.admission, self._intercept, self.record.client, self.tunnel_done
+            )
+            self._session = session
+            self.record.detail = "intercepted"
+            session.start_on_transports(client, upstream, first)
+            return
         limits = self.admission.gen.config.limits
         self._pump = TransportPump(
             client, upstream, self.tunnel_done, limits.idle_timeout_s, initial_up=first
@@ -628,7 +639,9 @@ class TunnelExchange(_TunnelCore, Exchange):
         if self.done:
             return
         self.admission.fail(failure)
-        if self._pump is not None:
+        if self._session is not None:
+            self._session.close()
+        elif self._pump is not None:
             self._pump.close()
         elif self._transports is not None:
             self.cut(TLS_INTERNAL_ERROR_ALERT, self.rest[:1] == b"\x16")
@@ -636,7 +649,9 @@ class TunnelExchange(_TunnelCore, Exchange):
             self._refuse()
 
     def force_close(self) -> None:
-        if self._pump is not None:
+        if self._session is not None:
+            self._session.close()
+        elif self._pump is not None:
             self._pump.close()
         elif self._transports is not None:
             # Still waiting for the ClientHello (no pump yet): closing the client ends the

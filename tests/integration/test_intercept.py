@@ -34,6 +34,14 @@ OTHER_TOKEN = "tok-other-0c4e8a2d91f7"  # injected for other.test
 ENV = {"EG_ICPT_TOKEN": TOKEN, "EG_ICPT_OTHER": OTHER_TOKEN}
 
 
+ROOT = os.geteuid() == 0
+_PID = os.getpid()
+# Transparent interception needs an origin on port 443 (no redirect: the standard port is
+# assumed), on a loopback address unique to this test process (test_transparent.py uses
+# 127.100-199.x.x).
+_NET = f"127.{200 + _PID % 50}.{(_PID // 50) % 250 + 1}"
+
+
 @dataclass
 class Rig:
     proxy: ProxyProcess
@@ -42,6 +50,7 @@ class Rig:
     tunnel: Origin
     bad: Origin
     plain: Origin
+    tapi: Origin | None  # on port 443 for the transparent listener (root only)
     icpt_ca: HarnessCA
     origin_ca: HarnessCA
 
@@ -77,12 +86,31 @@ def rig(test_ca: HarnessCA, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             origins += [api, other, tunnel, bad, plain]
             for name in ("api.test", "other.test", "tunnel.test", "bad.test", "plain.test"):
                 dns.set(name, ["127.0.0.1"])
+            tapi = None
+            if ROOT:
+                tapi = Origin("tapi", host=f"{_NET}.2", port=443, tls=test_ca, cert_names=("tapi.test",))
+                origins.append(tapi)
+                dns.set("tapi.test", [tapi.host])
+            listener_cert = test_ca.server_cert("127.0.0.1")
             config: dict[str, Any] = base_proxy_config(dns.address, workdir)
             config.update(
                 {
-                    "allow": ["api.test", "other.test", "tunnel.test", "bad.test", "plain.test"],
+                    "allow": [
+                        "api.test",
+                        "other.test",
+                        "tunnel.test",
+                        "bad.test",
+                        "plain.test",
+                        "tapi.test",
+                    ],
                     "allow_private": ["127.0.0.0/8"],
-                    "connect_ports": [str(o.port) for o in (api, other, tunnel, bad)],
+                    "connect_ports": [str(o.port) for o in (api, other, tunnel, bad)] + ["443"],
+                    "transparent_listen": "127.0.0.1:0",
+                    "tls_listen": {
+                        "listen": "127.0.0.1:0",
+                        "cert_file": str(listener_cert.chain_path),
+                        "key_file": str(listener_cert.key_path),
+                    },
                     "http_ports": [str(plain.port)],
                     "limits": {"header_timeout_s": 5, "response_timeout_s": 10},
                     "tls_intercept": {
@@ -107,13 +135,14 @@ def rig(test_ca: HarnessCA, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                             "set_headers": {"X-Key": "env:EG_ICPT_OTHER"},
                         },
                         {"host": "bad.test", "rules": [{}]},
+                        {"host": "tapi.test", "rules": [{"paths": ["/echo-headers"]}]},
                     ],
                 }
             )
             proxy = ProxyProcess(config, workdir / "proxy", env=ENV)
             proxy.start()
             try:
-                yield Rig(proxy, api, other, tunnel, bad, plain, icpt_ca, test_ca)
+                yield Rig(proxy, api, other, tunnel, bad, plain, tapi, icpt_ca, test_ca)
             finally:
                 proxy.close()
         finally:
@@ -389,3 +418,51 @@ def test_no_secret_value_in_the_environment_of_the_test_leaks_into_records(rig: 
     records = rig.proxy.access_records()
     assert records
     assert TOKEN not in json.dumps(records)
+
+
+# ---- the other front ends: CONNECT inside the TLS listener, the transparent listener
+def test_connect_inside_the_tls_listener_is_intercepted_too(rig: Rig) -> None:
+    address = rig.proxy.tls_proxy_address
+    assert address is not None
+    proxy_url = f"https://127.0.0.1:{address[1]}"
+    result = curl(
+        [
+            "--proxy-cacert",
+            str(rig.origin_ca.ca_pem_path),
+            rig.url(rig.api, "api.test", "/repos/other-org/x"),
+        ],
+        proxy=proxy_url,
+        cacert=rig.icpt_ca.ca_pem_path,
+    )
+    assert result.status == 403, result.stderr
+    assert result.header("X-Egressgate-Reason") == "rule-not-matched"
+    result = curl(
+        ["--proxy-cacert", str(rig.origin_ca.ca_pem_path), rig.url(rig.api, "api.test", "/echo-headers")],
+        proxy=proxy_url,
+        cacert=rig.icpt_ca.ca_pem_path,
+    )
+    assert result.status == 200, result.stderr
+    assert rig.api.request_records("/echo-headers")[-1].header("Authorization") == f"Bearer {TOKEN}"
+
+
+@pytest.mark.skipif(not ROOT, reason="the origin for the transparent listener needs port 443")
+def test_transparent_connections_to_an_intercepted_name_are_intercepted(rig: Rig) -> None:
+    assert rig.tapi is not None
+    address = rig.proxy.listening_address("transparent")
+    assert address is not None
+
+    def get(path: str) -> tuple[int, dict[str, str], bytes]:
+        raw = socket.create_connection(address, timeout=10)
+        with rig.icpt_ca.client_context().wrap_socket(raw, server_hostname="tapi.test") as tls:
+            request = f"GET {path} HTTP/1.1\r\nHost: tapi.test\r\nConnection: close\r\n\r\n"
+            return _exchange(tls, request.encode())
+
+    status, _, body = get("/echo-headers")
+    assert status == 200
+    assert rig.tapi.request_records("/echo-headers")
+    status, headers, _ = get("/other")
+    assert status == 403
+    assert headers["x-egressgate-reason"] == "rule-not-matched"
+    assert not rig.tapi.request_records("/other")
+    record = _records(rig, kind="transparent", host="tapi.test")[-1]
+    assert record["detail"] == "intercepted"
