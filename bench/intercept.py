@@ -26,6 +26,7 @@ keep plain squid for the other benches, unpack it aside (`apt-get download squid
 dpkg -x squid-openssl_*.deb /opt/squid-openssl`) and pass
 `--squid-openssl /opt/squid-openssl/usr/sbin/squid` (its certificate helper is found beside it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,16 +60,38 @@ TARGETS = ["egressgate-intercept", "mitmdump", "squid-bump"]
 THREADS = 16  # client threads (connections in flight)
 
 
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
 def make_ca(d: str, name: str) -> tuple[str, str]:
     key, cert = os.path.join(d, f"{name}.key"), os.path.join(d, f"{name}.crt")
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", key, "-out", cert, "-days", "3", "-subj", f"/CN=bench {name}",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        cert,
+        "-days",
+        "3",
+        "-subj",
+        f"/CN=bench {name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
     os.chmod(key, 0o600)
     return cert, key
 
@@ -78,10 +101,37 @@ def make_leaf(d: str, ca: tuple[str, str], host: str) -> tuple[str, str]:
     ext = os.path.join(d, "origin.ext")
     with open(ext, "w") as f:
         f.write(f"subjectAltName=DNS:{host}\nextendedKeyUsage=serverAuth\n")
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", key, "-out", csr, "-subj", f"/CN={host}")
-    _openssl("x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
-             "-out", cert, "-days", "3", "-extfile", ext)
+    _openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        csr,
+        "-subj",
+        f"/CN={host}",
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        ca[0],
+        "-CAkey",
+        ca[1],
+        "-CAcreateserial",
+        "-out",
+        cert,
+        "-days",
+        "3",
+        "-extfile",
+        ext,
+    )
     os.chmod(key, 0o644)  # nginx's worker reads it
     return cert, key
 
@@ -99,8 +149,20 @@ class InterceptBench(run.Bench):
         self.tlsload = os.path.join(self.tmp, "tlsload")
 
     def setup(self) -> None:
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", self.tlsload, os.path.join(HERE, "tlsload.c"),
-                        "-lssl", "-lcrypto", "-lpthread"], check=True)
+        subprocess.run(
+            [
+                "gcc",
+                "-O2",
+                "-Wall",
+                "-o",
+                self.tlsload,
+                os.path.join(HERE, "tlsload.c"),
+                "-lssl",
+                "-lcrypto",
+                "-lpthread",
+            ],
+            check=True,
+        )
         pki = self.target_dir("pki")
         self.origin_ca = make_ca(pki, "origin-ca")
         self.icpt_ca = make_ca(pki, "intercept-ca")
@@ -114,8 +176,9 @@ class InterceptBench(run.Bench):
             f.write("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
         for path in (self.hosts, self.resolv):
             os.chmod(path, 0o644)
-        r = subprocess.run(self.wrap(["getent", "hosts", ORIGIN_NAME], cpu=None),
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            self.wrap(["getent", "hosts", ORIGIN_NAME], cpu=None), capture_output=True, text=True
+        )
         self.netns_ok = r.returncode == 0 and "127.0.0.1" in r.stdout
         self.nofile = 65536
         self.start_nginx()
@@ -124,8 +187,10 @@ class InterceptBench(run.Bench):
         conf = os.path.join(self.tmp, "nginx.conf")
         ngx_tmp = os.path.join(self.tmp, "ngx")
         os.makedirs(ngx_tmp, exist_ok=True)
-        temps = "\n".join(f"  {d}_temp_path {ngx_tmp}/{d};" for d in
-                          ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        temps = "\n".join(
+            f"  {d}_temp_path {ngx_tmp}/{d};"
+            for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
         with open(conf, "w") as f:
             f.write(f"""daemon off;
 worker_processes 1;
@@ -149,9 +214,21 @@ http {{
 }}
 """)
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.nginx = self.spawn(["taskset", "-c", run.CLIENT_CPU, nginx, "-e",
-                                 f"{self.tmp}/nginx-startup.log", "-p", self.tmp, "-c", conf],
-                                os.path.join(self.tmp, "nginx.out"))
+        self.nginx = self.spawn(
+            [
+                "taskset",
+                "-c",
+                run.CLIENT_CPU,
+                nginx,
+                "-e",
+                f"{self.tmp}/nginx-startup.log",
+                "-p",
+                self.tmp,
+                "-c",
+                conf,
+            ],
+            os.path.join(self.tmp, "nginx.out"),
+        )
         if not run.wait_port(self.tls_port, self.nginx, 15):
             sys.exit("bench: nginx HTTPS origin did not start; see " + self.tmp)
 
@@ -177,18 +254,36 @@ intercept:
     rules:
       - {{methods: [GET, HEAD], paths: ["/*"]}}
 """)
-        return [sys.executable, "-m", "egressgate", "run", "--config", conf], access, None, os.getcwd()
+        return (
+            [sys.executable, "-m", "egressgate", "run", "--config", conf],
+            access,
+            None,
+            os.getcwd(),
+        )
 
     def make_mitmdump(self, port: int):
         d = self.target_dir("mitmdump")
         # mitmproxy reads its CA (key and certificate in one PEM) from confdir.
         with open(os.path.join(d, "mitmproxy-ca.pem"), "w") as f:
-            f.write(open(self.icpt_ca[1]).read() + open(self.icpt_ca[0]).read())
+            f.write(_read(self.icpt_ca[1]) + _read(self.icpt_ca[0]))
         access = self.touch(os.path.join(d, "flows.log"))
-        cmd = [self.args.mitmdump, "--mode", "regular", "--listen-host", "127.0.0.1",
-               "--listen-port", str(port), "--set", f"confdir={d}",
-               "--set", f"ssl_verify_upstream_trusted_ca={self.origin_ca[0]}",
-               "--set", "http2=false", "--set", "flow_detail=1"]
+        cmd = [
+            self.args.mitmdump,
+            "--mode",
+            "regular",
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            str(port),
+            "--set",
+            f"confdir={d}",
+            "--set",
+            f"ssl_verify_upstream_trusted_ca={self.origin_ca[0]}",
+            "--set",
+            "http2=false",
+            "--set",
+            "flow_detail=1",
+        ]
         # flow_detail=1: one line per request on stdout, the nearest thing to an access log.
         return cmd, access, None, None
 
@@ -211,15 +306,15 @@ intercept:
         self.touch(os.path.join(d, "cache.log"), user)
         bump_pem = os.path.join(d, "bump.pem")
         with open(bump_pem, "w") as f:
-            f.write(open(self.icpt_ca[0]).read() + open(self.icpt_ca[1]).read())
+            f.write(_read(self.icpt_ca[0]) + _read(self.icpt_ca[1]))
         ssl_db = os.path.join(d, "ssl_db")
-        subprocess.run([certgen, "-c", "-s", ssl_db, "-M", "16MB"], check=True,
-                       capture_output=True)
+        subprocess.run([certgen, "-c", "-s", ssl_db, "-M", "16MB"], check=True, capture_output=True)
         subprocess.run(["chown", "-R", user, ssl_db, bump_pem], check=True)
         conf = os.path.join(d, "squid.conf")
+        cert_options = "generate-host-certificates=on dynamic_cert_mem_cache_size=16MB"
         with open(conf, "w") as f:
             f.write(f"""# egressgate bench: Squid ssl_bump (peek at the SNI, then bump)
-http_port 127.0.0.1:{port} ssl-bump tls-cert={bump_pem} generate-host-certificates=on dynamic_cert_mem_cache_size=16MB
+http_port 127.0.0.1:{port} ssl-bump tls-cert={bump_pem} {cert_options}
 sslcrtd_program {certgen} -s {ssl_db} -M 16MB
 sslcrtd_children 4
 tls_outgoing_options cafile={self.origin_ca[0]}
@@ -269,16 +364,20 @@ http_access deny all
         """One GET through the proxy's interception: (status, body bytes, certificate issuer)."""
         context = ssl.create_default_context(cafile=self.icpt_ca[0])
         with socket.create_connection(("127.0.0.1", port), timeout=15) as raw:
-            raw.sendall(f"CONNECT {ORIGIN_NAME}:{self.tls_port} HTTP/1.1\r\n"
-                        f"Host: {ORIGIN_NAME}:{self.tls_port}\r\n\r\n".encode())
+            raw.sendall(
+                f"CONNECT {ORIGIN_NAME}:{self.tls_port} HTTP/1.1\r\n"
+                f"Host: {ORIGIN_NAME}:{self.tls_port}\r\n\r\n".encode()
+            )
             buf = bytearray()
             status, _, _ = run.read_http_head(raw, buf)
             if status != 200:
                 return status, 0, ""
             with context.wrap_socket(raw, server_hostname=ORIGIN_NAME) as tls:
                 issuer = dict(x[0] for x in tls.getpeercert()["issuer"]).get("commonName", "")
-                tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {ORIGIN_NAME}:{self.tls_port}\r\n"
-                            "Connection: close\r\n\r\n".encode())
+                tls.sendall(
+                    f"GET {path} HTTP/1.1\r\nHost: {ORIGIN_NAME}:{self.tls_port}\r\n"
+                    "Connection: close\r\n\r\n".encode()
+                )
                 data = b""
                 while chunk := tls.recv(65536):
                     data += chunk
@@ -286,16 +385,29 @@ http_access deny all
         return int(head.split()[1]), len(body), issuer
 
     def tlsload_run(self, mode: str, port: int, duration: float, pid: int) -> dict:
-        cmd = [self.tlsload, mode, "-a", f"127.0.0.1:{port}",
-               "-o", f"{ORIGIN_NAME}:{self.tls_port}", "-p", "/1k", "-c", str(THREADS),
-               "-d", str(duration), "-C", self.icpt_ca[0]]
+        cmd = [
+            self.tlsload,
+            mode,
+            "-a",
+            f"127.0.0.1:{port}",
+            "-o",
+            f"{ORIGIN_NAME}:{self.tls_port}",
+            "-p",
+            "/1k",
+            "-c",
+            str(THREADS),
+            "-d",
+            str(duration),
+            "-C",
+            self.icpt_ca[0],
+        ]
         cpu = run.CpuSample(pid)
         r = self.run_client(cmd, timeout=duration + 60)
         usage = cpu.done()
         try:
             res = json.loads(r.stdout.strip().splitlines()[-1])
         except (IndexError, ValueError):
-            raise RuntimeError(f"tlsload {mode} failed: {(r.stdout + r.stderr)[-400:]}")
+            raise RuntimeError(f"tlsload {mode} failed: {(r.stdout + r.stderr)[-400:]}") from None
         res.update(usage)
         return res
 
@@ -325,18 +437,34 @@ http_access deny all
         return res
 
     def report_intercept(self, order: list[str]) -> str:
-        rows = [["target", "handshakes/s", "hs p50 ms", "keepalive rps", "ka p50 ms",
-                 "proxy cpu% (hs/ka)", "errors"]]
+        rows = [
+            [
+                "target",
+                "handshakes/s",
+                "hs p50 ms",
+                "keepalive rps",
+                "ka p50 ms",
+                "proxy cpu% (hs/ka)",
+                "errors",
+            ]
+        ]
         for t in order:
             r = self.results.get(t, {})
             if r.get("skipped"):
                 rows.append([t, "skipped: " + r["skipped"]])
                 continue
             hs, ka = r.get("handshake", {}), r.get("keepalive", {})
-            rows.append([t, f"{hs.get('rate', 0):.0f}", f"{hs.get('p50_ms', 0):.1f}",
-                         f"{ka.get('rate', 0):.0f}", f"{ka.get('p50_ms', 0):.2f}",
-                         f"{hs.get('proxy_cpu_pct', '-')}/{ka.get('proxy_cpu_pct', '-')}",
-                         str(hs.get("errors", 0) + ka.get("errors", 0))])
+            rows.append(
+                [
+                    t,
+                    f"{hs.get('rate', 0):.0f}",
+                    f"{hs.get('p50_ms', 0):.1f}",
+                    f"{ka.get('rate', 0):.0f}",
+                    f"{ka.get('p50_ms', 0):.2f}",
+                    f"{hs.get('proxy_cpu_pct', '-')}/{ka.get('proxy_cpu_pct', '-')}",
+                    str(hs.get("errors", 0) + ka.get("errors", 0)),
+                ]
+            )
         out = ["Interception: absolute figures (higher is better)", run._fmt_table(rows)]
         base = self.results.get("mitmdump", {})
         if base.get("handshake") and base.get("keepalive"):
@@ -345,8 +473,13 @@ http_access deny all
                 r = self.results.get(t, {})
                 if r.get("skipped"):
                     continue
-                rows.append([t] + [f"{r[m]['rate'] / base[m]['rate']:.2f}x"
-                                   if base[m]["rate"] else "-" for m in ("handshake", "keepalive")])
+                rows.append(
+                    [t]
+                    + [
+                        f"{r[m]['rate'] / base[m]['rate']:.2f}x" if base[m]["rate"] else "-"
+                        for m in ("handshake", "keepalive")
+                    ]
+                )
             out += ["\nRatio to mitmdump in this run", run._fmt_table(rows)]
         if self.warnings:
             out.append("\nWarnings:")
@@ -355,8 +488,9 @@ http_access deny all
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--quick", action="store_true", help="3 s runs instead of 10 s")
     ap.add_argument("--json", metavar="OUT")
@@ -379,11 +513,21 @@ def main() -> int:
         bench.cleanup()
     print(bench.report_intercept(targets))
     if args.json:
-        doc = {"meta": {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mode": "intercept",
-                        "quick": args.quick, "host": platform.node(), "cpus": os.cpu_count(),
-                        "python": platform.python_version(), "targets": targets,
-                        "threads": THREADS, "duration_s": bench.dur},
-               "targets": bench.results, "warnings": bench.warnings}
+        doc = {
+            "meta": {
+                "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "mode": "intercept",
+                "quick": args.quick,
+                "host": platform.node(),
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "targets": targets,
+                "threads": THREADS,
+                "duration_s": bench.dur,
+            },
+            "targets": bench.results,
+            "warnings": bench.warnings,
+        }
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=2)
     return 0

@@ -248,7 +248,8 @@ class InterceptSession(asyncio.Protocol):
         on_end: Callable[[RelayStats], None],
     ) -> None:
         target = admission.target
-        assert target is not None and target.host.name is not None
+        assert target is not None
+        assert target.host.name is not None
         self.ctx = ctx
         self.admission = admission
         self.gen = admission.gen
@@ -268,7 +269,9 @@ class InterceptSession(asyncio.Protocol):
         self._pending_hello = b""
         self.transport: asyncio.Transport | None = None
         self._parser = RequestParser(limits.max_request_line_bytes, limits.max_header_bytes)
-        self._rparser = ResponseParser(limits.max_response_header_bytes, limits.max_response_headers)
+        self._rparser = ResponseParser(
+            limits.max_response_header_bytes, limits.max_response_headers
+        )
         self._up: _Upstream | None = None
         self._up_failure: ProxyFailure | None = None
         self._early: list[bytes] = []
@@ -823,7 +826,9 @@ class InterceptSession(asyncio.Protocol):
 
     def _fresh_response_parser(self) -> None:
         limits = self.limits
-        self._rparser = ResponseParser(limits.max_response_header_bytes, limits.max_response_headers)
+        self._rparser = ResponseParser(
+            limits.max_response_header_bytes, limits.max_response_headers
+        )
 
     def _switch_protocols(self, ex: _Exchange, rest: bytes) -> None:
         head = ex.response_head

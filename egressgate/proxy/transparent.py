@@ -47,7 +47,6 @@ from egressgate.policy.intercept import InterceptHost
 from egressgate.proxy.acceptor import client_identity
 from egressgate.proxy.admit import connect_step
 from egressgate.proxy.context import ProxyContext
-from egressgate.proxy.intercept import InterceptSession
 from egressgate.proxy.gate import (
     Admission,
     Connect,
@@ -59,6 +58,7 @@ from egressgate.proxy.gate import (
     starts_as_tls,
     unreadable_hello_why,
 )
+from egressgate.proxy.intercept import InterceptSession
 from egressgate.proxy.refusal import TLS_ACCESS_DENIED_ALERT, refusal_response
 from egressgate.runtime.state import Generation
 from egressgate.tls.clienthello import MAX_HELLO_BYTES, HelloResult, read_sni
@@ -346,8 +346,11 @@ class TransparentConnection:
     def _intercept_now(self, data: bytes, host: InterceptHost) -> None:
         """The SNI names a host under `intercept`: proxy/intercept.py takes both sockets."""
         upstream = self._upstream
-        assert upstream is not None and self.admission is not None
-        session = InterceptSession(self.ctx, self.admission, host, self.record.client, self._relayed)
+        assert upstream is not None
+        assert self.admission is not None
+        session = InterceptSession(
+            self.ctx, self.admission, host, self.record.client, self._relayed
+        )
         self._enter_tunnel()
         self._upstream = None  # the session owns it now
         self._session = session

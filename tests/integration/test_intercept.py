@@ -88,7 +88,9 @@ def rig(test_ca: HarnessCA, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 dns.set(name, ["127.0.0.1"])
             tapi = None
             if ROOT:
-                tapi = Origin("tapi", host=f"{_NET}.2", port=443, tls=test_ca, cert_names=("tapi.test",))
+                tapi = Origin(
+                    "tapi", host=f"{_NET}.2", port=443, tls=test_ca, cert_names=("tapi.test",)
+                )
                 origins.append(tapi)
                 dns.set("tapi.test", [tapi.host])
             listener_cert = test_ca.server_cert("127.0.0.1")
@@ -207,7 +209,11 @@ def _records(rig: Rig, **match: Any) -> list[dict[str, Any]]:
 # ---- real clients: allowed, denied, methods, the injected header
 def test_curl_allowed_path_reaches_the_origin_with_the_injected_header(rig: Rig) -> None:
     result = curl(
-        ["-H", "Authorization: Bearer client-own-value", rig.url(rig.api, "api.test", "/echo-headers")],
+        [
+            "-H",
+            "Authorization: Bearer client-own-value",
+            rig.url(rig.api, "api.test", "/echo-headers"),
+        ],
         proxy=rig.proxy_url,
         cacert=rig.icpt_ca.ca_pem_path,
     )
@@ -218,7 +224,8 @@ def test_curl_allowed_path_reaches_the_origin_with_the_injected_header(rig: Rig)
     assert TOKEN.encode() not in result.body
     assert b"Bearer " + b"*" * len(TOKEN) in result.body
     record = _records(rig, kind="intercept", path="/echo-headers")[-1]
-    assert record["method"] == "GET" and record["decision"] == "allow"
+    assert record["method"] == "GET"
+    assert record["decision"] == "allow"
     assert record["rule"].startswith("intercept[api.test] rule 2")
     assert "redacted" in (record["detail"] or "")
 
@@ -247,7 +254,8 @@ def test_requests_denied_path_and_method_get_403_with_the_reason(rig: Rig) -> No
     assert not rig.api.request_records("/repos/other-org/tool")
     assert all(r.method != "POST" for r in rig.api.request_records("/repos/our-org/tool"))
     record = _records(rig, kind="intercept", method="POST", path="/repos/our-org/tool")[-1]
-    assert record["status"] == 403 and record["reason"] == "rule-not-matched"
+    assert record["status"] == 403
+    assert record["reason"] == "rule-not-matched"
     assert record["decision"] == "deny"
 
 
@@ -329,7 +337,8 @@ def test_an_origin_with_a_bad_certificate_is_refused_inside_the_tunnel(rig: Rig)
     assert result.header("X-Egressgate-Reason") == "upstream-bad-certificate"
     assert not rig.bad.request_records()
     record = _records(rig, kind="intercept", host="bad.test")[-1]
-    assert record["reason"] == "upstream-bad-certificate" and record["status"] == 502
+    assert record["reason"] == "upstream-bad-certificate"
+    assert record["status"] == 502
     assert "certificate" in record["detail"]
 
 
@@ -339,10 +348,12 @@ def test_a_host_not_under_intercept_is_tunnelled_untouched(rig: Rig) -> None:
         status, _, body = _exchange(
             tls, f"GET / HTTP/1.1\r\nHost: tunnel.test:{rig.tunnel.port}\r\n\r\n".encode()
         )
-    assert status == 200 and body == b"hello from tunnel"
+    assert status == 200
+    assert body == b"hello from tunnel"
     assert issuer["organizationName"] == "egressgate test CA"  # the origin's own certificate
     seen = rig.tunnel.request_records()[-1]
-    assert seen.header("Authorization") is None and seen.header("Via") is None
+    assert seen.header("Authorization") is None
+    assert seen.header("Via") is None
 
 
 def test_a_pinned_client_fails_closed_and_the_log_says_why(rig: Rig) -> None:
@@ -437,7 +448,11 @@ def test_connect_inside_the_tls_listener_is_intercepted_too(rig: Rig) -> None:
     assert result.status == 403, result.stderr
     assert result.header("X-Egressgate-Reason") == "rule-not-matched"
     result = curl(
-        ["--proxy-cacert", str(rig.origin_ca.ca_pem_path), rig.url(rig.api, "api.test", "/echo-headers")],
+        [
+            "--proxy-cacert",
+            str(rig.origin_ca.ca_pem_path),
+            rig.url(rig.api, "api.test", "/echo-headers"),
+        ],
         proxy=proxy_url,
         cacert=rig.icpt_ca.ca_pem_path,
     )
@@ -457,7 +472,7 @@ def test_transparent_connections_to_an_intercepted_name_are_intercepted(rig: Rig
             request = f"GET {path} HTTP/1.1\r\nHost: tapi.test\r\nConnection: close\r\n\r\n"
             return _exchange(tls, request.encode())
 
-    status, _, body = get("/echo-headers")
+    status, _, _body = get("/echo-headers")
     assert status == 200
     assert rig.tapi.request_records("/echo-headers")
     status, headers, _ = get("/other")
