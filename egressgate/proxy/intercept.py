@@ -280,6 +280,7 @@ class InterceptSession(asyncio.Protocol):
         self._client_paused = False
         self._raw_up = False  # after an Upgrade request: client bytes go upstream as they are
         self._raw_down = False  # after a 101: origin bytes go to the client as they are
+        self._batch: list[bytes] | None = None  # client-bound bytes of one origin read
         self.ex: _Exchange | None = None
         self.bytes_up = 0
         self.bytes_down = 0
@@ -411,7 +412,7 @@ class InterceptSession(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self._client_eof()
-        return None
+        return not self.ended  # True: keep the transport open for the response still due
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -481,8 +482,18 @@ class InterceptSession(asyncio.Protocol):
 
     def _to_client(self, data: bytes) -> None:
         self.bytes_down += len(data)
+        batch = self._batch
+        if batch is not None:
+            batch.append(data)  # one TLS write per read from the origin (head + body)
+            return
         self._ssl.write(data)
         self._flush_tls()
+
+    def _flush_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch:
+            self._ssl.write(b"".join(batch) if len(batch) > 1 else batch[0])
+            self._flush_tls()
 
     def _to_upstream(self, data: bytes) -> None:
         up = self._up
@@ -712,6 +723,12 @@ class InterceptSession(asyncio.Protocol):
             if up is not None and up.transport is not None and up.transport.can_write_eof():
                 up.transport.write_eof()
                 return
+        if ex is not None and ex.request_complete and not self._raw_up and not self.ended:
+            # The client closed its sending side after a whole request: the response still
+            # goes to it, then the connection ends (keep-alive is off now).
+            ex.keep_alive = False
+            self._pending = []
+            return
         if ex is not None and not self.ended:
             ex.record.detail = ex.record.detail or "client closed the connection"
             if ex.record.status == 0:
@@ -734,19 +751,24 @@ class InterceptSession(asyncio.Protocol):
         except ProtocolError as exc:
             self._upstream_failed(UpstreamError(Reason.UPSTREAM_BAD_RESPONSE, exc.detail))
             return
-        for event in events:
-            if self.ex is not ex or self.ended:
-                return
-            if isinstance(event, bytes):
-                self._response_body(ex, event)
-            elif isinstance(event, ResponseHead):
-                self._response_head(ex, event)
-            elif event is END:
-                head = ex.response_head
-                if head is not None and head.status != 101:
-                    self._response_end(ex)
-            elif isinstance(event, TunnelStart):
-                self._switch_protocols(ex, event.rest)
+        self._batch = []
+        try:
+            for event in events:
+                if self.ex is not ex or self.ended:
+                    return
+                if isinstance(event, bytes):
+                    self._response_body(ex, event)
+                elif isinstance(event, ResponseHead):
+                    self._response_head(ex, event)
+                elif event is END:
+                    head = ex.response_head
+                    if head is not None and head.status != 101:
+                        self._response_end(ex)
+                elif isinstance(event, TunnelStart):
+                    self._switch_protocols(ex, event.rest)
+        finally:
+            if not self.ended:
+                self._flush_batch()
 
     def _response_head(self, ex: _Exchange, head: ResponseHead) -> None:
         headers = end_to_end(head.headers, connection_tokens(head.headers))
@@ -879,9 +901,7 @@ class InterceptSession(asyncio.Protocol):
         self.admission.fail(error)
         ex = self.ex
         if ex is None:
-            if self._handshaking:
-                return  # answered at the first request, once the client's TLS is up
-            return
+            return  # answered at the next request (the client's TLS may still be starting)
         if ex.response_head is None:
             self._refuse(error)
             return
@@ -955,6 +975,7 @@ class InterceptSession(asyncio.Protocol):
         transport = self.transport
         if transport is not None:
             if not self._handshaking:
+                self._flush_batch()
                 try:
                     self._ssl.unwrap()  # close_notify
                 except ssl.SSLError:

@@ -51,6 +51,7 @@ class Rig:
     bad: Origin
     plain: Origin
     tapi: Origin | None  # on port 443 for the transparent listener (root only)
+    tplain: Origin | None  # on port 80 for the transparent listener (root only)
     icpt_ca: HarnessCA
     origin_ca: HarnessCA
 
@@ -86,8 +87,11 @@ def rig(test_ca: HarnessCA, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             origins += [api, other, tunnel, bad, plain]
             for name in ("api.test", "other.test", "tunnel.test", "bad.test", "plain.test"):
                 dns.set(name, ["127.0.0.1"])
-            tapi = None
+            tapi = tplain = None
             if ROOT:
+                tplain = Origin("tplain", host=f"{_NET}.2", port=80)
+                origins.append(tplain)
+                dns.set("tplain.test", [tplain.host])
                 tapi = Origin(
                     "tapi", host=f"{_NET}.2", port=443, tls=test_ca, cert_names=("tapi.test",)
                 )
@@ -104,6 +108,7 @@ def rig(test_ca: HarnessCA, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                         "bad.test",
                         "plain.test",
                         "tapi.test",
+                        "tplain.test",
                     ],
                     "allow_private": ["127.0.0.0/8"],
                     "connect_ports": [str(o.port) for o in (api, other, tunnel, bad)] + ["443"],
@@ -113,7 +118,7 @@ def rig(test_ca: HarnessCA, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                         "cert_file": str(listener_cert.chain_path),
                         "key_file": str(listener_cert.key_path),
                     },
-                    "http_ports": [str(plain.port)],
+                    "http_ports": [str(plain.port), "80"],
                     "limits": {"header_timeout_s": 5, "response_timeout_s": 10},
                     "tls_intercept": {
                         "ca_cert_file": str(cert_file),
@@ -144,7 +149,7 @@ def rig(test_ca: HarnessCA, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             proxy = ProxyProcess(config, workdir / "proxy", env=ENV)
             proxy.start()
             try:
-                yield Rig(proxy, api, other, tunnel, bad, plain, tapi, icpt_ca, test_ca)
+                yield Rig(proxy, api, other, tunnel, bad, plain, tapi, tplain, icpt_ca, test_ca)
             finally:
                 proxy.close()
         finally:
@@ -481,3 +486,73 @@ def test_transparent_connections_to_an_intercepted_name_are_intercepted(rig: Rig
     assert not rig.tapi.request_records("/other")
     record = _records(rig, kind="transparent", host="tapi.test")[-1]
     assert record["detail"] == "intercepted"
+
+
+@pytest.mark.skipif(not ROOT, reason="the origin for the transparent listener needs port 80")
+def test_a_secret_on_a_transparent_plain_http_connection_is_refused(rig: Rig) -> None:
+    assert rig.tplain is not None
+    address = rig.proxy.listening_address("transparent")
+    assert address is not None
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(f"GET /?k={TOKEN} HTTP/1.1\r\nHost: tplain.test\r\n\r\n".encode())
+        first = sock.recv(65536)
+    assert first.startswith(b"HTTP/1.1 403"), first
+    assert b"secret-leak" in first
+    assert not rig.tplain.request_records()
+    # A later request on a kept-alive connection, the secret split across two writes.
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: tplain.test\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        sock.sendall(f"GET /second HTTP/1.1\r\nHost: tplain.test\r\nX-A: {TOKEN[:5]}".encode())
+        sock.sendall(f"{TOKEN[5:]}\r\n\r\n".encode())
+        rest = b""
+        while chunk := sock.recv(65536):
+            rest += chunk
+    assert rest == b""  # closed without an answer: the request never went out
+    assert [r.path for r in rig.tplain.request_records()] == ["/"]
+    record = _records(rig, kind="transparent", host="tplain.test", reason="secret-leak")
+    assert "connection closed" in record[-1]["detail"]
+
+
+# ---- HTTP/1.1 details inside the tunnel
+def test_pipelined_requests_are_answered_in_order(rig: Rig) -> None:
+    with _tunnel(rig, "api.test", rig.api.port) as tls:
+        one = f"GET /chunked/10 HTTP/1.1\r\nHost: api.test:{rig.api.port}\r\n\r\n"
+        two = f"GET /chunked/20 HTTP/1.1\r\nHost: api.test:{rig.api.port}\r\nConnection: close\r\n\r\n"
+        tls.sendall((one + two).encode())
+        data = b""
+        while True:
+            try:
+                chunk = tls.recv(65536)
+            except (ssl.SSLError, OSError):
+                break
+            if not chunk:
+                break
+            data += chunk
+    assert data.count(b"HTTP/1.1 200") == 2
+    assert data.index(b"\r\na\r\n") < data.index(b"\r\n14\r\n")  # 10 bytes, then 20
+
+
+def test_a_client_that_half_closes_after_its_request_still_gets_the_response(rig: Rig) -> None:
+    with _tunnel(rig, "api.test", rig.api.port) as tls:
+        tls.sendall(f"GET /chunked/100 HTTP/1.1\r\nHost: api.test:{rig.api.port}\r\n\r\n".encode())
+        socket.socket.shutdown(tls, socket.SHUT_WR)  # TCP half-close under the TLS session
+        data = b""
+        while b"0\r\n\r\n" not in data and (chunk := tls.recv(65536)):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200"), data
+
+
+def test_a_secret_split_across_a_plain_http_body_is_refused(rig: Rig) -> None:
+    def body() -> Any:
+        yield b"payload " + OTHER_TOKEN[:6].encode()
+        yield OTHER_TOKEN[6:].encode() + b" end"
+
+    before = len(rig.plain.request_records())
+    response = requests.post(
+        f"http://plain.test:{rig.plain.port}/upload", data=body(), proxies={"http": rig.proxy_url}
+    )
+    assert response.status_code == 403
+    assert response.headers["X-Egressgate-Reason"] == "secret-leak"
+    for record in rig.plain.request_records()[before:]:
+        assert not record.body_complete
