@@ -517,8 +517,9 @@ def test_a_secret_on_a_transparent_plain_http_connection_is_refused(rig: Rig) ->
 # ---- HTTP/1.1 details inside the tunnel
 def test_pipelined_requests_are_answered_in_order(rig: Rig) -> None:
     with _tunnel(rig, "api.test", rig.api.port) as tls:
-        one = f"GET /chunked/10 HTTP/1.1\r\nHost: api.test:{rig.api.port}\r\n\r\n"
-        two = f"GET /chunked/20 HTTP/1.1\r\nHost: api.test:{rig.api.port}\r\nConnection: close\r\n\r\n"
+        host = f"Host: api.test:{rig.api.port}\r\n"
+        one = f"GET /chunked/10 HTTP/1.1\r\n{host}\r\n"
+        two = f"GET /chunked/20 HTTP/1.1\r\n{host}Connection: close\r\n\r\n"
         tls.sendall((one + two).encode())
         data = b""
         while True:
