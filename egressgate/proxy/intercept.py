@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from egressgate.config.intercept_ca import load_ca
 from egressgate.errors import ProtocolError, ProxyFailure, Reason, Refused, UpstreamError
 from egressgate.http1 import render
 from egressgate.http1.events import END, Event, RequestHead, ResponseHead, TunnelStart
@@ -96,13 +97,12 @@ def intercept_tls(gen: Generation) -> InterceptTls:
     if config is None:
         raise ProxyFailure(Reason.UPSTREAM_ERROR, "interception is not configured")
     limits = gen.config.limits
-    with open(config.ca_cert_file, "rb") as cert_file, open(config.ca_key_file, "rb") as key:
-        minter = LeafMinter(
-            cert_file.read(),
-            key.read(),
-            limits.intercept_leaf_cache_entries,
-            limits.intercept_leaf_validity_s,
-        )
+    # Checked at load already (mode, CA:TRUE, expiry, the key belongs to the certificate); read
+    # again here, once per generation: a reload with a new CA is how a CA is rotated or revoked.
+    ca = load_ca(config.ca_cert_file, config.ca_key_file)
+    minter = LeafMinter(
+        ca.cert, ca.key, limits.intercept_leaf_cache_entries, limits.intercept_leaf_validity_s
+    )
     upstream = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     if config.upstream_ca_file is not None:
         upstream.load_verify_locations(cafile=config.upstream_ca_file)

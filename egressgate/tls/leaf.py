@@ -1,6 +1,7 @@
 """Leaf certificates for TLS interception: one per server name, signed by the operator's CA.
 
-`LeafMinter` holds the CA (certificate and key, given as PEM bytes: the caller reads the files)
+`LeafMinter` holds the CA (certificate and key objects: config/intercept_ca.py reads and checks
+the files)
 and one ECDSA P-256 key for the whole process. `context_for(name)` returns a server-side
 `ssl.SSLContext` presenting a certificate for `name` (SAN dNSName, serverAuth, not a CA, valid
 `validity_s` from a few minutes ago, never beyond the CA's own end), ALPN `http/1.1` only:
@@ -69,23 +70,19 @@ class LeafMinter:
     )
 
     def __init__(
-        self, ca_cert_pem: bytes, ca_key_pem: bytes, cache_entries: int, validity_s: float
+        self,
+        ca_cert: x509.Certificate,
+        ca_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+        cache_entries: int,
+        validity_s: float,
     ) -> None:
-        try:
-            self._ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
-        except ValueError as exc:
-            raise CAError(f"the CA certificate is not a PEM certificate: {exc}") from None
-        try:
-            key = serialization.load_pem_private_key(ca_key_pem, password=None)
-        except (ValueError, TypeError) as exc:
-            raise CAError(f"the CA key is not an unencrypted PEM private key ({exc})") from None
-        if not isinstance(key, _SIGNING_KEYS):
-            raise CAError("the CA key must be an EC or RSA key")
-        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        if key.public_key().public_bytes(*spki) != self._ca_cert.public_key().public_bytes(*spki):
-            raise CAError("the CA key does not belong to the CA certificate")
-        self._ca_key = key
-        self._ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        """A CA pair already checked to belong together (config/intercept_ca.py load_ca)."""
+        self._ca_cert = ca_cert
+        self._ca_key = ca_key
+        try:  # the leaves' authority key identifier is the CA's own subject key identifier
+            self._ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        except x509.ExtensionNotFound:
+            self._ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
         self._leaf_key = ec.generate_private_key(ec.SECP256R1())
         self._key_pem = self._leaf_key.private_bytes(
             serialization.Encoding.PEM,
@@ -97,6 +94,26 @@ class LeafMinter:
         self.cache_entries = max(1, cache_entries)
         self.validity_s = validity_s
         self.minted = 0  # leaves signed so far (tests and the bench count them)
+
+    @classmethod
+    def from_pem(
+        cls, ca_cert_pem: bytes, ca_key_pem: bytes, cache_entries: int, validity_s: float
+    ) -> LeafMinter:
+        """From PEM bytes, checking what load_ca checks for files (tests, the bench)."""
+        try:
+            cert = x509.load_pem_x509_certificate(ca_cert_pem)
+        except ValueError as exc:
+            raise CAError(f"the CA certificate is not a PEM certificate: {exc}") from None
+        try:
+            key = serialization.load_pem_private_key(ca_key_pem, password=None)
+        except (ValueError, TypeError) as exc:
+            raise CAError(f"the CA key is not an unencrypted PEM private key ({exc})") from None
+        if not isinstance(key, _SIGNING_KEYS):
+            raise CAError("the CA key must be an EC or RSA key")
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+            raise CAError("the CA key does not belong to the CA certificate")
+        return cls(cert, key, cache_entries, validity_s)
 
     def context_for(self, name: str) -> ssl.SSLContext:
         """The server context for `name` (a normalized DNS name), minted on a cache miss."""

@@ -34,7 +34,7 @@ def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, name: str) -> ssl
 
 
 def test_leaf_verifies_for_its_name_with_http11_alpn(ca: trustme.CA) -> None:
-    minter = LeafMinter(ca.cert_pem.bytes(), ca.private_key_pem.bytes(), 8, 3600)
+    minter = LeafMinter.from_pem(ca.cert_pem.bytes(), ca.private_key_pem.bytes(), 8, 3600)
     client = ssl.create_default_context()
     ca.configure_trust(client)
     client.set_alpn_protocols(["h2", "http/1.1"])
@@ -44,7 +44,7 @@ def test_leaf_verifies_for_its_name_with_http11_alpn(ca: trustme.CA) -> None:
 
 
 def test_leaf_is_short_lived_ecdsa_and_not_a_ca(ca: trustme.CA) -> None:
-    minter = LeafMinter(ca.cert_pem.bytes(), ca.private_key_pem.bytes(), 8, 3600)
+    minter = LeafMinter.from_pem(ca.cert_pem.bytes(), ca.private_key_pem.bytes(), 8, 3600)
     cert = x509.load_pem_x509_certificate(minter.certificate_pem("a.test"))
     assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
     assert cert.public_key().curve.name == "secp256r1"  # type: ignore[attr-defined]
@@ -54,7 +54,7 @@ def test_leaf_is_short_lived_ecdsa_and_not_a_ca(ca: trustme.CA) -> None:
 
 
 def test_repeated_names_are_cached_and_the_cache_is_bounded(ca: trustme.CA) -> None:
-    minter = LeafMinter(ca.cert_pem.bytes(), ca.private_key_pem.bytes(), 2, 3600)
+    minter = LeafMinter.from_pem(ca.cert_pem.bytes(), ca.private_key_pem.bytes(), 2, 3600)
     first = minter.context_for("a.test")
     assert minter.context_for("a.test") is first
     assert minter.minted == 1
@@ -71,6 +71,6 @@ def test_repeated_names_are_cached_and_the_cache_is_bounded(ca: trustme.CA) -> N
 def test_a_key_of_another_certificate_is_refused(ca: trustme.CA) -> None:
     other = trustme.CA()
     with pytest.raises(CAError, match="does not belong"):
-        LeafMinter(ca.cert_pem.bytes(), other.private_key_pem.bytes(), 8, 3600)
+        LeafMinter.from_pem(ca.cert_pem.bytes(), other.private_key_pem.bytes(), 8, 3600)
     with pytest.raises(CAError, match="not a PEM certificate"):
-        LeafMinter(b"junk", ca.private_key_pem.bytes(), 8, 3600)
+        LeafMinter.from_pem(b"junk", ca.private_key_pem.bytes(), 8, 3600)
