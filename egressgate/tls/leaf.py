@@ -141,15 +141,20 @@ class LeafMinter:
         if not_after <= now:
             raise CAError("the CA certificate has expired")
         utc = datetime.UTC
+        # The CN, when there is one, is the name itself: OpenSSL checks a hostname-like CN
+        # against a CA's name constraints (`egressgate ca init`). A name too long for a CN gets
+        # an empty subject and a critical SAN (RFC 5280 4.2.1.6).
+        cn = len(name) <= 64
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)] if cn else [])
         builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64])]))
+            .subject_name(subject)
             .issuer_name(ca.subject)
             .public_key(self._leaf_key.public_key())
             .serial_number(int.from_bytes(secrets.token_bytes(16), "big") >> 1)
             .not_valid_before(datetime.datetime.fromtimestamp(not_before, utc))
             .not_valid_after(datetime.datetime.fromtimestamp(not_after, utc))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=not cn)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(

@@ -74,3 +74,17 @@ def test_a_key_of_another_certificate_is_refused(ca: trustme.CA) -> None:
         LeafMinter.from_pem(ca.cert_pem.bytes(), other.private_key_pem.bytes(), 8, 3600)
     with pytest.raises(CAError, match="not a PEM certificate"):
         LeafMinter.from_pem(b"junk", ca.private_key_pem.bytes(), 8, 3600)
+
+
+def test_a_name_too_long_for_a_cn_gets_an_empty_subject_and_a_critical_san(ca: trustme.CA) -> None:
+    minter = LeafMinter.from_pem(ca.cert_pem.bytes(), ca.private_key_pem.bytes(), 8, 3600)
+    name = "a" * 60 + ".example.test"
+    cert = x509.load_pem_x509_certificate(minter.certificate_pem(name))
+    assert len(cert.subject) == 0
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert san.critical
+    assert san.value.get_values_for_type(x509.DNSName) == [name]
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    tls = _handshake(minter.context_for(name), client, name)
+    assert tls.getpeercert()["subjectAltName"] == (("DNS", name),)
