@@ -19,6 +19,7 @@ Why one SSLContext per name and not one context with an `sni_callback`: the inte
 reads the ClientHello itself before any TLS object exists (the SNI check), so it knows the name
 and picks the context directly; a callback would add a Python call into every handshake and
 still need one context per certificate (OpenSSL binds the certificate to the context).
+Measured (memory BIOs, client + server handshake): the same CPU within noise either way.
 """
 
 from __future__ import annotations
