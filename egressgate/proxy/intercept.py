@@ -56,6 +56,8 @@ from egressgate.names.hostname import InvalidHost, normalize_host
 from egressgate.net.relay import RelayStats
 from egressgate.net.tasks import spawn
 from egressgate.observe.record import AccessRecord
+from egressgate.policy.clients import NeedsAuthentication
+from egressgate.policy.decision import ClientIdentity
 from egressgate.policy.intercept import InterceptHost
 from egressgate.policy.secret_scan import LeakScan, Redactor, SecretFinder
 from egressgate.proxy.context import ProxyContext
@@ -643,9 +645,13 @@ class InterceptSession(asyncio.Protocol):
         """After a reload: the new generation intercepts this host for this client with the
         same rules object shape; the session then follows the new generation."""
         gen = self.ctx.state.current
+        admission = self.admission
+        client = admission.client
+        if admission.user is not None:
+            client = ClientIdentity(client.address, admission.user, client.tls_names)
         try:
-            policy = gen.policies.policy_for(self.admission.client)
-        except ProxyFailure:
+            policy = gen.policies.policy_for(client)
+        except (ProxyFailure, NeedsAuthentication):
             return False
         host = policy.intercept.for_host(self.admission.target.host)  # type: ignore[union-attr]
         if host is None:
@@ -1003,6 +1009,12 @@ class InterceptSession(asyncio.Protocol):
     def check_deadline(self, now: float) -> None:
         if not self.deadline or now < self.deadline or self.ended:
             return
+        try:  # the invariant's boundary: the sweeper must never see an exception
+            self._deadline_passed(now)
+        except Exception as exc:
+            self.internal_error(exc)
+
+    def _deadline_passed(self, now: float) -> None:
         phase = self.phase
         if phase in (_BUSY, _UPGRADED):
             idle_s = self.limits.idle_timeout_s

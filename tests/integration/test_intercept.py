@@ -557,3 +557,24 @@ def test_a_secret_split_across_a_plain_http_body_is_refused(rig: Rig) -> None:
     assert response.headers["X-Egressgate-Reason"] == "secret-leak"
     for record in rig.plain.request_records()[before:]:
         assert not record.body_complete
+
+
+# ---- reload (last in the module: it changes the rig's config, then restores it)
+def test_after_a_reload_requests_on_an_open_connection_follow_the_new_rules(rig: Rig) -> None:
+    import copy
+
+    original = copy.deepcopy(rig.proxy.config)
+    tightened = copy.deepcopy(original)
+    api_rules = tightened["intercept"][0]["rules"]
+    tightened["intercept"][0]["rules"] = [r for r in api_rules if "/echo-headers" not in r["paths"]]
+    request = f"GET /echo-headers HTTP/1.1\r\nHost: api.test:{rig.api.port}\r\n\r\n".encode()
+    try:
+        with _tunnel(rig, "api.test", rig.api.port) as tls:
+            status, _, _ = _exchange(tls, request)
+            assert status == 200
+            rig.proxy.reload(tightened, wait_for="reloaded")
+            status, headers, _ = _exchange(tls, request)
+        assert status == 403
+        assert headers["x-egressgate-reason"] == "rule-not-matched"
+    finally:
+        rig.proxy.reload(original, wait_for="reloaded")
