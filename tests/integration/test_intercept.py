@@ -113,6 +113,7 @@ def rig(test_ca: HarnessCA, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                     "allow_private": ["127.0.0.0/8"],
                     "connect_ports": [str(o.port) for o in (api, other, tunnel, bad)] + ["443"],
                     "transparent_listen": "127.0.0.1:0",
+                    "socks_listen": "127.0.0.1:0",
                     "tls_listen": {
                         "listen": "127.0.0.1:0",
                         "cert_file": str(listener_cert.chain_path),
@@ -463,6 +464,25 @@ def test_connect_inside_the_tls_listener_is_intercepted_too(rig: Rig) -> None:
     )
     assert result.status == 200, result.stderr
     assert rig.api.request_records("/echo-headers")[-1].header("Authorization") == f"Bearer {TOKEN}"
+
+
+def test_socks5_tunnels_to_an_intercepted_host_are_intercepted_too(rig: Rig) -> None:
+    address = rig.proxy.listening_address("socks")
+    assert address is not None
+    proxies = {"https": f"socks5h://127.0.0.1:{address[1]}"}
+    verify = str(rig.icpt_ca.ca_pem_path)
+    denied = requests.get(
+        rig.url(rig.api, "api.test", "/repos/other-org/x"), proxies=proxies, verify=verify
+    )
+    assert denied.status_code == 403
+    assert denied.headers["X-Egressgate-Reason"] == "rule-not-matched"
+    allowed = requests.get(
+        rig.url(rig.api, "api.test", "/echo-headers"), proxies=proxies, verify=verify
+    )
+    assert allowed.status_code == 200
+    assert rig.api.request_records("/echo-headers")[-1].header("Authorization") == f"Bearer {TOKEN}"
+    record = _records(rig, kind="socks", host="api.test", detail="intercepted")[-1]
+    assert record["decision"] == "allow"
 
 
 @pytest.mark.skipif(not ROOT, reason="the origin for the transparent listener needs port 443")
