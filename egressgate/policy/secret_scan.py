@@ -53,9 +53,9 @@ class SecretFinder:
         return self._pattern.sub(masked, data), count
 
 
-class LeakScan:
-    """A request body on its way out: `feed` returns the bytes safe to send now, or None once a
-    secret was seen (the caller refuses and sends nothing more); `flush` the rest at the end."""
+class _HeldBack:
+    """What both stream scanners share: the tail that may still start a secret is held back
+    until the next chunk (or `flush` at the end of the message)."""
 
     __slots__ = ("_finder", "_held")
 
@@ -63,44 +63,47 @@ class LeakScan:
         self._finder = finder
         self._held = b""
 
+    def _joined(self, chunk: bytes) -> bytes:
+        return self._held + chunk if self._held else chunk
+
+    def _release(self, data: bytes) -> bytes:
+        keep = self._finder.holdback
+        if keep == 0:
+            return data
+        self._held = data[-keep:]
+        return data[:-keep]
+
+    def flush(self) -> bytes:
+        held, self._held = self._held, b""
+        return held
+
+
+class LeakScan(_HeldBack):
+    """A request body on its way out: `feed` returns the bytes safe to send now, or None once a
+    secret was seen (the caller refuses and sends nothing more); `flush` the rest at the end."""
+
+    __slots__ = ()
+
     def feed(self, chunk: bytes) -> bytes | None:
-        data = self._held + chunk if self._held else chunk
+        data = self._joined(chunk)
         if self._finder.search(data):
             self._held = b""
             return None
-        keep = self._finder.holdback
-        if keep == 0:
-            return data
-        self._held = data[-keep:]
-        return data[:-keep]
-
-    def flush(self) -> bytes:
-        held, self._held = self._held, b""
-        return held
+        return self._release(data)
 
 
-class Redactor:
+class Redactor(_HeldBack):
     """A response body on its way to the client: `feed` returns the bytes to relay now (secrets
     masked), `flush` the rest at the end. `found` counts the secrets masked."""
 
-    __slots__ = ("_finder", "_held", "found")
+    __slots__ = ("found",)
 
     def __init__(self, finder: SecretFinder) -> None:
-        self._finder = finder
-        self._held = b""
+        super().__init__(finder)
         self.found = 0
 
     def feed(self, chunk: bytes) -> bytes:
-        data = self._held + chunk if self._held else chunk
-        data, count = self._finder.mask(data)
+        data, count = self._finder.mask(self._joined(chunk))
         self.found += count
-        keep = self._finder.holdback
-        if keep == 0:
-            return data
-        # Masked bytes are `*`, never the start of a secret; only the unmasked tail is held.
-        self._held = data[-keep:]
-        return data[:-keep]
-
-    def flush(self) -> bytes:
-        held, self._held = self._held, b""
-        return held
+        # Masked bytes are `*`, never the start of a secret: holding back the tail is enough.
+        return self._release(data)

@@ -441,27 +441,18 @@ def test_no_secret_value_in_the_environment_of_the_test_leaks_into_records(rig: 
 def test_connect_inside_the_tls_listener_is_intercepted_too(rig: Rig) -> None:
     address = rig.proxy.tls_proxy_address
     assert address is not None
-    proxy_url = f"https://127.0.0.1:{address[1]}"
-    result = curl(
-        [
-            "--proxy-cacert",
-            str(rig.origin_ca.ca_pem_path),
-            rig.url(rig.api, "api.test", "/repos/other-org/x"),
-        ],
-        proxy=proxy_url,
-        cacert=rig.icpt_ca.ca_pem_path,
-    )
+
+    def get(path: str) -> Any:
+        return curl(
+            ["--proxy-cacert", str(rig.origin_ca.ca_pem_path), rig.url(rig.api, "api.test", path)],
+            proxy=f"https://127.0.0.1:{address[1]}",
+            cacert=rig.icpt_ca.ca_pem_path,
+        )
+
+    result = get("/repos/other-org/x")
     assert result.status == 403, result.stderr
     assert result.header("X-Egressgate-Reason") == "rule-not-matched"
-    result = curl(
-        [
-            "--proxy-cacert",
-            str(rig.origin_ca.ca_pem_path),
-            rig.url(rig.api, "api.test", "/echo-headers"),
-        ],
-        proxy=proxy_url,
-        cacert=rig.icpt_ca.ca_pem_path,
-    )
+    result = get("/echo-headers")
     assert result.status == 200, result.stderr
     assert rig.api.request_records("/echo-headers")[-1].header("Authorization") == f"Bearer {TOKEN}"
 
