@@ -288,7 +288,9 @@ def _load(path: str | None) -> tuple[Config, str]:
         raise ConfigError([ConfigIssue(path, None, None, "not UTF-8 text")]) from exc
     # Validate the very text that is shipped; relative paths resolve next to the file, as
     # they will next to /etc/egressgate/egress.yaml in the pod.
-    return load_config_text(text, path, base_dir=os.path.dirname(os.path.abspath(path))), text
+    # Secrets are not read: the manifests never carry them, and they need not exist here.
+    base_dir = os.path.dirname(os.path.abspath(path))
+    return load_config_text(text, path, base_dir=base_dir, secrets=False), text
 
 
 def _files_next_to_config(config: Config, path: str | None) -> dict[str, str]:

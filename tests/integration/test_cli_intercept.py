@@ -320,6 +320,18 @@ def test_k8s_render_keeps_the_key_in_the_proxys_secret(ca_dir: Path) -> None:
     assert "mount the ConfigMap egressgate-ca at /etc/egressgate-ca" in stderr
 
 
+def test_k8s_render_needs_no_secret_where_it_runs(ca_dir: Path) -> None:
+    """The manifests never carry a secret, so rendering reads none: the variable may be unset
+    on the workstation or in CI."""
+    result = run_cli(
+        ["k8s", "render", "--config", str(ca_dir / "egress.yaml"), "--app-label", "app=ci"],
+        timeout=60,
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "add the variable EG_CLI_TOKEN to the egressgate container" in result.stderr
+    _no_secret(result.stdout, result.stderr)
+
+
 def test_k8s_render_without_interception_is_unchanged(tmp_path: Path) -> None:
     config = tmp_path / "egress.yaml"
     config.write_text("listen: 0.0.0.0:3128\nallow: [api.github.com]\n")

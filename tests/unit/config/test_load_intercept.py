@@ -22,6 +22,7 @@ from egressgate.config.model import (
     TlsInterceptConfig,
 )
 from egressgate.errors import ConfigError
+from egressgate.policy.engine import PolicySet
 
 TOKEN = "ghp_S3cretTokenValue0123456789"  # what must never appear in an error
 Issue = tuple[int | None, int | None, str]
@@ -455,3 +456,20 @@ def test_every_issue_is_reported_at_once(files: Path) -> None:
         files,
     )
     assert [line for line, _, _ in found] == [4, 4, 5]
+
+
+def test_describing_a_config_without_its_secrets(files: Path) -> None:
+    """`k8s render` loads with secrets=False: nothing is read (the variable may be unset, the
+    file absent), the rest is validated as usual, and such a config cannot be compiled."""
+    text = _with_secret("Bearer env:EG_UNSET_VAR_X")
+    config = load_config_text(textwrap.dedent(text), "test.yaml", str(files), secrets=False)
+    (header,) = config.policy("default").intercept[0].set_headers
+    assert (header.prefix, header.secret.source, header.secret.reveal()) == (
+        "Bearer ",
+        "env:EG_UNSET_VAR_X",
+        b"",
+    )
+    with pytest.raises(ValueError, match="compiled from a config without secrets"):
+        PolicySet.compile(config)
+    with pytest.raises(ConfigError, match="names no file"):
+        load_config_text(_with_secret("file:"), "test.yaml", str(files), secrets=False)
