@@ -88,3 +88,21 @@ def test_a_name_too_long_for_a_cn_gets_an_empty_subject_and_a_critical_san(ca: t
     ca.configure_trust(client)
     tls = _handshake(minter.context_for(name), client, name)
     assert tls.getpeercert()["subjectAltName"] == (("DNS", name),)
+
+
+def test_leaves_of_a_name_constrained_ca_verify_inside_its_names_only() -> None:
+    """`egressgate ca init --name-constraint`: a leaf for a permitted name verifies, one for any
+    other name is refused by the client's own X.509 checks (the CN is the name, never a
+    different string that would trip or dodge the constraint)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from egressgate.tools.ca import make_ca
+
+    cert, key = make_ca(["example.test"])
+    minter = LeafMinter(cert, key, 8, 3600)
+    client = ssl.create_default_context()
+    client.load_verify_locations(cadata=cert.public_bytes(serialization.Encoding.PEM).decode())
+    tls = _handshake(minter.context_for("api.example.test"), client, "api.example.test")
+    assert tls.getpeercert()["subjectAltName"] == (("DNS", "api.example.test"),)
+    with pytest.raises(ssl.SSLCertVerificationError, match=r"name constraint|permitted"):
+        _handshake(minter.context_for("api.other.test"), client, "api.other.test")
