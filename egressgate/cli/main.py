@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = (
     "noproxy",
     "verify",
     "k8s",
+    "inject",
     "learn",
     "import_squid",
     "hash_password",
