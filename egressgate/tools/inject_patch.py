@@ -201,7 +201,9 @@ def _transparent(value: object, source: str, problems: list[str]) -> Transparent
         problems.append(f"{source}: transparent: a mapping (image, init_image, config_map, ...)")
         return None
     problems += [
-        f"{source}: transparent: unknown key {key!r}" for key in value if key not in _TRANSPARENT_KEYS
+        f"{source}: transparent: unknown key {key!r}"
+        for key in value
+        if key not in _TRANSPARENT_KEYS
     ]
     defaults = TransparentSettings()
     image = value.get("image", defaults.image)
@@ -214,7 +216,9 @@ def _transparent(value: object, source: str, problems: list[str]) -> Transparent
         if not isinstance(text, str) or not text or any(c.isspace() for c in text):
             problems.append(f"{source}: transparent.{key}: a non-empty string without spaces")
     if admin_port is not None and (
-        isinstance(admin_port, bool) or not isinstance(admin_port, int) or not 0 < admin_port < 65536
+        isinstance(admin_port, bool)
+        or not isinstance(admin_port, int)
+        or not 0 < admin_port < 65536
     ):
         problems.append(f"{source}: transparent.admin_port: a port number or null")
     return TransparentSettings(image, init_image, config_map, admin_port)
@@ -268,7 +272,7 @@ class Decision:
     why: str = ""  # for the log: why nothing was done
 
 
-def mode_for_path(path: str) -> str | None | bool:
+def mode_for_path(path: str) -> str | bool | None:
     """The namespace's mode a request path stands for: a mode, None (pod label only), or False
     for a path this webhook does not serve."""
     if path == MUTATE_PATH:
@@ -478,7 +482,9 @@ def _transparent_patch(spec: Mapping[str, Any], settings: InjectSettings) -> lis
     if spec.get("initContainers") is None:
         ops.append({"op": "add", "path": "/spec/initContainers", "value": parts["initContainers"]})
     else:
-        ops.append({"op": "add", "path": "/spec/initContainers/0", "value": parts["initContainers"][0]})
+        ops.append(
+            {"op": "add", "path": "/spec/initContainers/0", "value": parts["initContainers"][0]}
+        )
     ops += [{"op": "add", "path": "/spec/containers/-", "value": c} for c in parts["containers"]]
     if volumes is None:
         ops.append({"op": "add", "path": "/spec/volumes", "value": parts["volumes"]})

@@ -334,4 +334,3 @@ def run(config_path: str, listen: ListenAddress, cert_path: str, key_path: str) 
     with contextlib.suppress(KeyboardInterrupt):
         return int(uvloop.run(main()))
     return 130
-
