@@ -334,7 +334,7 @@ def _decide(pod: object, namespace_mode: str | None, settings: InjectSettings) -
     marks = {INJECTED_ANNOTATION: mode}
     if skipped:
         marks[SKIPPED_ANNOTATION] = skipped
-    patch += _annotation_ops(metadata, marks)
+    patch += _annotation_ops(pod.get("metadata"), marks)
     return Decision(mode, patch, [], skipped=skipped)
 
 
@@ -345,7 +345,9 @@ def _overrides(text: str) -> frozenset[str] | bool:
     return frozenset(name.strip() for name in text.split(",") if name.strip())
 
 
-def _annotation_ops(metadata: Mapping[str, Any], marks: Mapping[str, str]) -> list[dict[str, Any]]:
+def _annotation_ops(metadata: object, marks: Mapping[str, str]) -> list[dict[str, Any]]:
+    if not isinstance(metadata, dict):  # absent or null (the API server always sends one)
+        return [{"op": "add", "path": "/metadata", "value": {"annotations": dict(marks)}}]
     if metadata.get("annotations") is None:
         return [{"op": "add", "path": "/metadata/annotations", "value": dict(marks)}]
     return [
@@ -463,12 +465,13 @@ def _transparent_patch(spec: Mapping[str, Any], settings: InjectSettings) -> lis
     if not containers:
         raise _Unparseable("spec.containers is empty")
     names = {c.get("name") for key in _CONTAINER_LISTS for c in _containers(spec, key)}
+    names = {name for name in names if isinstance(name, str)}
     volumes = spec.get("volumes")
     if volumes is not None and (
         not isinstance(volumes, list) or not all(isinstance(v, dict) for v in volumes)
     ):
         raise _Unparseable("spec.volumes is not a list of volumes")
-    volume_names = {v.get("name") for v in volumes or []}
+    volume_names = {v.get("name") for v in volumes or [] if isinstance(v.get("name"), str)}
     clash = sorted(
         str(n)
         for n in (names & {INIT_CONTAINER_NAME, parts["containers"][0]["name"]})
