@@ -294,7 +294,7 @@ def test_a_pod_label_opts_in_and_transparent_gets_the_sidecar(installed: Install
 
 def test_garbage_is_admitted_with_a_warning_or_answered_400(installed: Installed) -> None:
     conn = installed.connect()
-    response, after = _admit(conn, {"metadata": {}, "spec": {"containers": "web"}})
+    response, _ = _admit(conn, {"metadata": {}, "spec": {"containers": "web"}})
     assert "patch" not in response
     assert response["warnings"][0].startswith("egressgate-inject: pod left unchanged")
     for body in (b"{not json", b"[]", json.dumps({"kind": "AdmissionReview"}).encode()):
