@@ -84,7 +84,6 @@ class InjectLimits:
     """Bounds of the webhook server; read for every new request, so they reload too."""
 
     max_body_bytes: int = 4 * 1024 * 1024  # a Pod is at most ~1.5 MB in etcd; room to spare
-    max_header_bytes: int = 16 * 1024
     header_timeout_s: float = 10.0  # the whole request head, once its first byte arrived
     body_timeout_s: float = 10.0
     idle_timeout_s: float = 120.0  # a keep-alive connection with no request (the API server's
@@ -338,11 +337,15 @@ def _decide(pod: object, namespace_mode: str | None, settings: InjectSettings) -
     return Decision(mode, patch, [], skipped=skipped)
 
 
-def _overrides(text: str) -> frozenset[str] | bool:
-    """The override annotation: True (`true`/`all`: every variable) or the names it lists."""
-    if text.strip().lower() in ("true", "all", "*"):
-        return True
-    return frozenset(name.strip() for name in text.split(",") if name.strip())
+_ALL = "*"
+
+
+def _overrides(text: str) -> frozenset[str]:
+    """The override annotation, as lowercase names (a name covers both letter cases), or
+    {"*"} for `true`/`all`/`*` (every variable)."""
+    if text.strip().lower() in ("true", "all", _ALL):
+        return frozenset({_ALL})
+    return frozenset(name.strip().lower() for name in text.split(",") if name.strip())
 
 
 def _annotation_ops(metadata: object, marks: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -374,7 +377,7 @@ def _containers(spec: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
 
 
 def _explicit_patch(
-    spec: Mapping[str, Any], settings: InjectSettings, overrides: frozenset[str] | bool
+    spec: Mapping[str, Any], settings: InjectSettings, overrides: frozenset[str]
 ) -> tuple[list[dict[str, Any]], str]:
     patch: list[dict[str, Any]] = []
     skipped_by_container: list[str] = []
@@ -396,7 +399,7 @@ def _container_env(
     container: Mapping[str, Any],
     base: str,
     settings: InjectSettings,
-    overrides: frozenset[str] | bool,
+    overrides: frozenset[str],
 ) -> tuple[list[dict[str, Any]], list[str]]:
     env = container.get("env")
     if env is None:
@@ -406,6 +409,9 @@ def _container_env(
     ):
         raise _Unparseable(f"{base[1:].replace('/', '.')} is not a list of named variables")
     existing = {entry["name"]: index for index, entry in enumerate(env)}
+    # A variable the container sets in one letter case keeps the other case unset too: two
+    # values for one setting make runtimes disagree (proxy_env's case-mismatch finding).
+    present = {name.lower() for name in existing}
     added: list[dict[str, Any]] = []
     ops: list[dict[str, Any]] = []
     skipped: list[str] = []
@@ -413,12 +419,15 @@ def _container_env(
     if settings.java_options:
         wanted.append(("JAVA_TOOL_OPTIONS", settings.java_options))
     for name, value in wanted:
+        override = _ALL in overrides or name.lower() in overrides
         index = existing.get(name)
         if index is None:
-            added.append({"name": name, "value": value})
+            if name.lower() in present and not override:
+                skipped.append(name)
+            else:
+                added.append({"name": name, "value": value})
             continue
-        override = overrides is True or (overrides is not False and name in overrides)
-        op, why = _existing(env[index], f"{base}/{index}", name, value, bool(override))
+        op, why = _existing(env[index], f"{base}/{index}", name, value, override)
         if op is not None:
             ops.append(op)
         if why:

@@ -246,7 +246,8 @@ def test_each_pod_shape_is_injected_and_still_a_valid_pod(installed: Installed) 
         for c in containers:
             env = _env(c)
             for variable, value in installed.client_env.items():
-                if variable in ("HTTP_PROXY", "JAVA_TOOL_OPTIONS") and name.startswith("existing"):
+                kept = ("HTTP_PROXY", "http_proxy", "JAVA_TOOL_OPTIONS")
+                if variable in kept and name.startswith("existing"):
                     continue
                 if variable == "JAVA_TOOL_OPTIONS" and name == "java-from-secret":
                     continue
@@ -255,7 +256,9 @@ def test_each_pod_shape_is_injected_and_still_a_valid_pod(installed: Installed) 
     env = _env(patched["spec"]["containers"][0])
     assert env["HTTP_PROXY"] == "http://team-proxy.example:8080"
     assert env["JAVA_TOOL_OPTIONS"].startswith("-Xmx512m -XX:+UseG1GC -Dhttp.proxyHost=")
-    assert patched["metadata"]["annotations"]["egressgate.io/skipped-env"] == "api: HTTP_PROXY"
+    assert "http_proxy" not in env  # the pair stays as the app set it
+    skipped = patched["metadata"]["annotations"]["egressgate.io/skipped-env"]
+    assert skipped == "api: HTTP_PROXY, http_proxy"
     conn.close()
 
 

@@ -114,8 +114,8 @@ def test_every_container_gets_the_variables_or_keeps_its_own(shape: str) -> None
     for c in _all_containers(patched):
         env = _env(c)
         for name, value in EXPECTED.items():
-            assert name in env, (shape, c["name"], name)
-            if name not in ("JAVA_TOOL_OPTIONS", "HTTP_PROXY"):
+            assert name in env or name == "http_proxy", (shape, c["name"], name)
+            if name not in ("JAVA_TOOL_OPTIONS", "HTTP_PROXY", "http_proxy"):
                 assert env[name] == value
     assert pod == pod_shapes()[shape]  # the input is never modified
 
@@ -135,19 +135,21 @@ def test_existing_variables_are_left_alone_and_listed() -> None:
     (api,) = patched["spec"]["containers"]
     env = _env(api)
     assert env["HTTP_PROXY"] == "http://team-proxy.example:8080"
-    assert env["http_proxy"] == PROXY  # the other letter case was not set: it is added
+    assert "http_proxy" not in env  # never two values for one setting (runtimes would disagree)
+    assert env["HTTPS_PROXY"] == env["https_proxy"] == PROXY
     assert env["LOG_LEVEL"] == "debug"
     # Appended, never replaced: the JVM flags the app had come first.
     assert env["JAVA_TOOL_OPTIONS"] == "-Xmx512m -XX:+UseG1GC " + EXPECTED["JAVA_TOOL_OPTIONS"]
-    assert patched["metadata"]["annotations"][SKIPPED_ANNOTATION] == "api: HTTP_PROXY"
-    assert decision.skipped == "api: HTTP_PROXY"
+    assert patched["metadata"]["annotations"][SKIPPED_ANNOTATION] == "api: HTTP_PROXY, http_proxy"
+    assert decision.skipped == "api: HTTP_PROXY, http_proxy"
 
 
-def test_the_override_annotation_replaces_what_it_names() -> None:
+def test_the_override_annotation_replaces_what_it_names_in_both_cases() -> None:
     pod = pod_shapes()["existing-env-and-java"]
-    pod["metadata"]["annotations"] = {OVERRIDE_ANNOTATION: "HTTP_PROXY"}
+    pod["metadata"]["annotations"] = {OVERRIDE_ANNOTATION: "http_proxy"}
     patched, _ = _apply(pod)
-    assert _env(patched["spec"]["containers"][0])["HTTP_PROXY"] == PROXY
+    env = _env(patched["spec"]["containers"][0])
+    assert env["HTTP_PROXY"] == env["http_proxy"] == PROXY
     assert SKIPPED_ANNOTATION not in patched["metadata"]["annotations"]
 
 
