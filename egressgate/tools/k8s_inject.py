@@ -49,6 +49,7 @@ from egressgate.tools.k8s_render import (
     RenderError,
     RenderOptions,
     cluster_cidrs,
+    container_security_context,
     proxy_url,
 )
 
@@ -196,15 +197,7 @@ def _deployment(options: RenderOptions, n: dict[str, str]) -> Manifest:
             "requests": {"cpu": CPU_REQUEST, "memory": MEMORY_REQUEST},
             "limits": {"memory": MEMORY_LIMIT},
         },
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_ID,
-            "runAsGroup": RUN_AS_ID,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": container_security_context(),
         "volumeMounts": [
             # Directory mounts (never subPath): the kubelet's symlink swap is what reloads.
             {"name": "config", "mountPath": f"{INJECT_CONFIG_DIR}/config", "readOnly": True},

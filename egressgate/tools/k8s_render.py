@@ -737,19 +737,26 @@ def _container(plan: _Plan) -> Manifest:
         **_probes(plan),
         **_lifecycle(plan),
         "resources": {key: dict(value) for key, value in plan.resources.items()},
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_ID,
-            "runAsGroup": RUN_AS_ID,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
+    }
+
+
+def container_security_context() -> Manifest:
+    """The hardened securityContext of every egressgate container (the proxy, the sidecar and
+    the injection webhook): non-root as RUN_AS_ID, no privilege escalation, read-only root
+    filesystem, no capabilities, the runtime's seccomp profile. A new dict per call."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_ID,
+        "runAsGroup": RUN_AS_ID,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 

@@ -36,6 +36,7 @@ from egressgate.tools.k8s_render import (
     Manifest,
     RenderError,
     RenderOptions,
+    container_security_context,
 )
 from egressgate.tools.redirect import DEFAULT_TCP_PORTS, nft_script
 
@@ -171,16 +172,8 @@ def sidecar_spec(
             "requests": {"cpu": SIDECAR_CPU_REQUEST, "memory": SIDECAR_MEMORY_REQUEST},
             "limits": {"memory": SIDECAR_MEMORY_LIMIT},
         },
-        "securityContext": {
-            # The one UID the redirect rules exempt: it must be exactly this.
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_ID,
-            "runAsGroup": RUN_AS_ID,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        # runAsUser RUN_AS_ID: the one UID the redirect rules exempt; it must be exactly this.
+        "securityContext": container_security_context(),
         "volumeMounts": [dict(mount), {"name": TMP_VOLUME, "mountPath": "/tmp"}],
         **_probes(admin_port),
     }
