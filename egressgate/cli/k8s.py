@@ -22,7 +22,10 @@ from egressgate.tools.k8s_inject import InjectOptions
 from egressgate.tools.k8s_render import RenderError, RenderOptions
 from egressgate.tools.redirect import DEFAULT_TCP_PORTS
 
-K8S_DESCRIPTION = "Kubernetes tooling: render the manifests that run egressgate in a cluster."
+K8S_DESCRIPTION = (
+    "Kubernetes tooling: render the manifests that run egressgate in a cluster (k8s render), "
+    "and the injection webhook's certificate (k8s certs)."
+)
 
 RENDER_DESCRIPTION = f"""\
 Render everything egressgate needs on Kubernetes, from your config file, as one YAML stream for
@@ -65,7 +68,7 @@ exit status: 0 rendered; 2 invalid config or options (every problem is listed on
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "k8s",
-        help="Kubernetes manifests (k8s render)",
+        help="Kubernetes manifests (k8s render, k8s certs)",
         description=K8S_DESCRIPTION,
     )
     commands = parser.add_subparsers(dest="k8s_command", metavar="SUBCOMMAND")

@@ -231,6 +231,28 @@ def test_without_a_ca_bundle_cert_manager_issues_the_certificate(tmp_path: Path)
     assert secret["secret"]["secretName"] == certificate["spec"]["secretName"]
 
 
+def test_an_unusable_config_or_certificate_stops_the_start_with_every_problem(
+    installed: Installed, tmp_path: Path
+) -> None:
+    config = tmp_path / "inject.yaml"
+    config.write_text("proxy: egressgate:3128\nlimits: {max_connections: 0}\nsurprise: 1\n")
+    tls = (
+        "--tls-cert",
+        str(installed.workdir / "tls.crt"),
+        "--tls-key",
+        str(installed.workdir / "tls.key"),
+    )
+    done = _egressgate("inject", "--config", str(config), "--listen", "127.0.0.1:0", *tls)
+    assert done.returncode == 2
+    for problem in ("has no scheme", "limits.max_connections", "unknown key 'surprise'"):
+        assert problem in done.stderr
+    config.write_text("proxy: http://egressgate:3128\n")
+    bad_key = ("--tls-cert", str(installed.workdir / "tls.crt"), "--tls-key", str(config))
+    done = _egressgate("inject", "--config", str(config), "--listen", "127.0.0.1:0", *bad_key)
+    assert done.returncode == 2
+    assert done.stderr.startswith("egressgate inject: ")
+
+
 # -- pods as controllers create them, over HTTPS --------------------------------------------------
 
 

@@ -365,7 +365,7 @@ _pod = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pod=_pod, mode=st.sampled_from([None, "explicit", "transparent"]))
 def test_any_pod_like_json_never_crashes_and_the_patch_always_applies(pod: Any, mode: Any) -> None:
     decision = decide(pod, mode, SETTINGS)
