@@ -157,7 +157,8 @@ class WebhookServer:
         """(status, JSON or text body) for one complete request."""
         route = path.split(b"?", 1)[0].decode("latin-1")
         if route in ("/healthz", "/readyz"):
-            return (200, b"ok\n") if method in (b"GET", b"HEAD") else (405, b"use GET\n")
+            # GET only: an answer to HEAD must have no body, and probes use GET.
+            return (200, b"ok\n") if method == b"GET" else (405, b"use GET\n")
         namespace_mode = inject_patch.mode_for_path(route)
         if namespace_mode is False:
             return 404, b"not found: POST an AdmissionReview to /mutate[/explicit|/transparent]\n"
