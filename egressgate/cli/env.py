@@ -13,10 +13,13 @@ import sys
 from egressgate.tools import noproxy
 from egressgate.tools.proxy_env import (
     FORMATS,
+    CaTrust,
     ProxyEnvError,
     build_env,
+    ca_trust,
     parse_socks_url,
     render,
+    render_ca,
     ssh_config,
     ssh_config_warnings,
 )
@@ -43,6 +46,13 @@ SOCKS URL (clients that read it use it for what the scheme variables do not cove
 git for other schemes, pip/requests/httpx with their SOCKS extras), and JAVA_TOOL_OPTIONS adds
 -DsocksProxyHost and -DsocksProxyPort. `--format ssh-config` prints an ssh_config Host block
 whose ProxyCommand (`nc -X 5`) sends SSH through the SOCKS listener; it needs only --socks.
+
+With --ca FILE (TLS interception, docs/interception.md), the variables that make each measured
+runtime trust egressgate's CA: SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE,
+GIT_SSL_CAINFO and PIP_CERT replace the runtime's CA store, so FILE must also hold the public
+CAs (give the bundle.pem of `egressgate ca init`); NODE_EXTRA_CA_CERTS adds to Node's. The JVM
+reads no variable for this: the keytool command that imports the CA is printed on stderr (and
+in --format json). --ca works without --proxy (transparent mode: only the CA variables).
 
 Check any value with `egressgate noproxy explain` and `egressgate noproxy lint`.
 """
@@ -74,6 +84,9 @@ examples:
       > /etc/systemd/system/containerd.service.d/http-proxy.conf
   egressgate env --proxy http://10.0.0.5:3128 --format docker-daemon --no-proxy 10.0.0.0/24
 
+  # TLS interception: trust egressgate's CA too (bundle.pem from `egressgate ca init`)
+  eval "$(egressgate env --proxy http://egressgate:3128 --ca /etc/egressgate-ca/bundle.pem)"
+
   # a docker compose .env file, extra internal domain
   egressgate env --proxy http://egress:3128 --no-proxy .corp.example --format dotenv > .env
 
@@ -100,6 +113,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="URL",
         help="egressgate's SOCKS5 listener: socks5h://HOST:PORT (adds ALL_PROXY/all_proxy "
         "and the JVM's socksProxyHost/socksProxyPort)",
+    )
+    parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="egressgate's interception CA as the apps see it (a bundle: the public CAs plus "
+        "egressgate's, like ca init's bundle.pem): adds SSL_CERT_FILE, REQUESTS_CA_BUNDLE, "
+        "CURL_CA_BUNDLE, GIT_SSL_CAINFO, PIP_CERT and NODE_EXTRA_CA_CERTS",
     )
     parser.add_argument(
         "--no-proxy",
@@ -138,9 +158,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _run(args: argparse.Namespace) -> int:
     if args.format == "ssh-config":
         return _run_ssh_config(args)
+    try:
+        ca = _ca(args.ca) if args.ca is not None else None
+    except ProxyEnvError as exc:
+        print(f"egressgate env: {exc}", file=sys.stderr)
+        return 2
+    if args.proxy is None and ca is not None:
+        return _print_ca_only(ca, args.format)
     if args.proxy is None:
         print(
-            "egressgate env: --proxy is required (except with --format ssh-config)", file=sys.stderr
+            "egressgate env: --proxy is required (except with --format ssh-config, or --ca alone)",
+            file=sys.stderr,
         )
         return 2
     try:
@@ -151,8 +179,11 @@ def _run(args: argparse.Namespace) -> int:
     except ProxyEnvError as exc:
         print(f"egressgate env: {exc}", file=sys.stderr)
         return 2
+    if ca is not None:
+        env = env.with_ca(ca)
     sys.stdout.write(render(env, args.format, java=not args.no_java))
     if args.format != "json":
+        _print_ca_note(ca)
         for warning in env.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         if env.warnings:
@@ -163,6 +194,37 @@ def _run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return 0
+
+
+def _ca(path: str) -> CaTrust:
+    """--ca FILE, with its content checked when this machine can read it (it is often a path
+    inside a container, which cannot be checked here)."""
+    try:
+        with open(path, "rb") as handle:
+            pem: bytes | None = handle.read()
+    except OSError:
+        pem = None
+    return ca_trust(path, pem)
+
+
+def _print_ca_only(ca: CaTrust, fmt: str) -> int:
+    if fmt == "ssh-config":
+        print("egressgate env: --format ssh-config has no use for --ca", file=sys.stderr)
+        return 2
+    sys.stdout.write(render_ca(ca, fmt))
+    if fmt != "json":
+        _print_ca_note(ca)
+        for warning in ca.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _print_ca_note(ca: CaTrust | None) -> None:
+    if ca is not None:
+        print(
+            f"note: the JVM reads no CA variable; import the CA into its truststore: {ca.keytool}",
+            file=sys.stderr,
+        )
 
 
 def _run_ssh_config(args: argparse.Namespace) -> int:

@@ -10,14 +10,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
 
+from egressgate.cli.usage import usage_handler
 from egressgate.config.default import BUILTIN_DEFAULT_YAML, builtin_default
 from egressgate.config.load import load_config_text
 from egressgate.config.model import Config
 from egressgate.errors import ConfigError, ConfigIssue
-from egressgate.tools import k8s_central, k8s_inject, k8s_render, k8s_sidecar
+from egressgate.tools import ca, k8s_central, k8s_inject, k8s_render, k8s_sidecar
 from egressgate.tools.k8s_inject import InjectOptions
 from egressgate.tools.k8s_render import RenderError, RenderOptions
 from egressgate.tools.redirect import DEFAULT_TCP_PORTS
@@ -72,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=K8S_DESCRIPTION,
     )
     commands = parser.add_subparsers(dest="k8s_command", metavar="SUBCOMMAND")
-    parser.set_defaults(handler=_usage(parser))
+    parser.set_defaults(handler=usage_handler(parser))
     render = commands.add_parser(
         "render",
         help="print Deployment, Service, NetworkPolicies... for a config",
@@ -155,15 +156,6 @@ def _run_certs(args: argparse.Namespace) -> int:
     secret = k8s_certs.tls_secret(certs, f"{service}-tls", args.namespace)
     sys.stdout.write(k8s_render.to_yaml([secret]))
     return 0
-
-
-def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    # `egressgate k8s` alone: show the subcommands, exit 2 (a usage error).
-    def handler(args: argparse.Namespace) -> int:
-        parser.print_help(sys.stderr)
-        return 2
-
-    return handler
 
 
 def _add_render_arguments(parser: argparse.ArgumentParser) -> None:
@@ -412,33 +404,65 @@ def _load(path: str | None) -> tuple[Config, str]:
         raise ConfigError([ConfigIssue(path, None, None, "not UTF-8 text")]) from exc
     # Validate the very text that is shipped; relative paths resolve next to the file, as
     # they will next to /etc/egressgate/egress.yaml in the pod.
-    return load_config_text(text, path, base_dir=os.path.dirname(os.path.abspath(path))), text
+    # Secrets are not read: the manifests never carry them, and they need not exist here.
+    base_dir = os.path.dirname(os.path.abspath(path))
+    return load_config_text(text, path, base_dir=base_dir, secrets=False), text
 
 
 def _files_next_to_config(config: Config, path: str | None) -> dict[str, str]:
-    """The config's hosts_file when it sits next to the config file (`hosts_file: hosts`): in
-    the pod it then resolves to /etc/egressgate/hosts, a key of the same ConfigMap."""
-    if path is None or config.hosts_file is None:
+    """The config's hosts_file and public TLS-interception files (the CA certificate, the
+    upstream CA bundle) when they sit next to the config file (`hosts_file: hosts`): in the pod
+    they then resolve next to /etc/egressgate/egress.yaml, keys of the same ConfigMap. Never a
+    key or a secret."""
+    if path is None:
         return {}
-    directory, _, name = config.hosts_file.rpartition("/")
-    if directory != os.path.dirname(os.path.abspath(path)):
-        return {}
-    with open(config.hosts_file, encoding="utf-8") as handle:  # the loader just parsed it
-        return {name: handle.read()}
+    wanted = [config.hosts_file]
+    if config.tls_intercept is not None:
+        wanted += [config.tls_intercept.ca_cert_file, config.tls_intercept.upstream_ca_file]
+    here = os.path.dirname(os.path.abspath(path))
+    files: dict[str, str] = {}
+    for file in wanted:
+        if file is None or os.path.dirname(file) != here:
+            continue
+        with open(file, encoding="utf-8") as handle:  # the loader just read it
+            files[os.path.basename(file)] = handle.read()
+    return files
+
+
+def _with_interception(options: RenderOptions, config: Config, path: str | None) -> RenderOptions:
+    """`options` plus, for tls_intercept: the config's directory, the CA certificate's text and
+    the system bundle with it appended (for the apps' <name>-ca ConfigMap)."""
+    if config.tls_intercept is None or path is None:
+        return options
+    with open(config.tls_intercept.ca_cert_file, encoding="utf-8") as handle:
+        cert = handle.read()
+    system = ca.find_system_bundle()
+    bundle = None
+    if system is not None:
+        with open(system, encoding="utf-8") as handle:
+            bundle = handle.read().rstrip("\n") + "\n" + cert
+    return replace(
+        options,
+        config_dir=os.path.dirname(os.path.abspath(path)),
+        ca_cert_pem=cert,
+        ca_bundle_pem=bundle,
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
         config, text = _load(args.config)
         extra_files = _files_next_to_config(config, args.config)
+        options = _with_interception(
+            replace(_options(args), extra_config_files=extra_files), config, args.config
+        )
     except ConfigError as exc:
         _print_lines((str(issue) for issue in exc.issues), "")
         print(f"egressgate k8s render: {len(exc.issues)} config error(s)", file=sys.stderr)
         return 2
     except (OSError, UnicodeDecodeError) as exc:
-        print(f"egressgate k8s render: cannot read the hosts_file: {exc}", file=sys.stderr)
+        print(f"egressgate k8s render: cannot read a file of the config: {exc}", file=sys.stderr)
         return 2
-    options = replace(_options(args), extra_config_files=extra_files)
     if args.inject:
         return _run_inject(args, config, options)
     try:

@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "run",
     "check",
     "env",
+    "ca",
     "noproxy",
     "verify",
     "k8s",

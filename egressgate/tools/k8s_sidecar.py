@@ -94,6 +94,11 @@ def _problems(config: Config, tcp_ports: Sequence[int]) -> list[str]:
                 f"{key} {address}: in a sidecar bind 127.0.0.1 (REDIRECT delivers there, and "
                 "a UDP socket on the wildcard answers redirected DNS from the wrong address)"
             )
+    if config.tls_intercept is not None:
+        problems.append(
+            "tls_intercept is not rendered for --mode transparent yet (the CA key's Secret and "
+            "the app's CA mount): use --mode explicit or --mode dns"
+        )
     if any(not 0 < port < 65536 for port in tcp_ports):
         problems.append(f"--redirect-port: invalid port in {list(tcp_ports)}")
     return problems
