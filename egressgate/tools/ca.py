@@ -94,8 +94,10 @@ def make_ca(
     days: int = DEFAULT_VALIDITY_DAYS,
     now: datetime.datetime | None = None,
     label: str | None = None,
+    purpose: str = "interception",
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A new self-signed CA (certificate, key). `constraints` are DNS names (constraint_names)."""
+    """A new self-signed CA (certificate, key). `constraints` are DNS names (constraint_names).
+    `purpose` names it in the subject (the injection webhook's CA: tools/k8s_certs.py)."""
     if not 1 <= days <= 3650:
         raise CaError(f"--days {days}: give 1 to 3650 days")
     now = now or datetime.datetime.now(datetime.UTC)
@@ -106,7 +108,7 @@ def make_ca(
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "egressgate"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"egressgate interception CA ({tag})"[:64]),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"egressgate {purpose} CA ({tag})"[:64]),
         ]
     )
     builder = (

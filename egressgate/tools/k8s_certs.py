@@ -2,8 +2,9 @@
 
 For clusters without cert-manager. The API server calls the webhook over TLS and checks its
 certificate against the `caBundle` of the MutatingWebhookConfiguration, for the Service's DNS
-name (<service>.<namespace>.svc). This module makes an ECDSA P-256 CA and a serving pair
-signed by it, for exactly those names, and the kubernetes.io/tls Secret (with ca.crt) that the
+name (<service>.<namespace>.svc). This module makes an ECDSA P-256 CA (tools/ca.py's `make_ca`,
+name-constrained to the Service's names) and a serving pair signed by it, for exactly those
+names, and the kubernetes.io/tls Secret (with ca.crt) that the
 webhook Deployment mounts; `k8s render --inject --ca-bundle ca.crt` puts the CA into caBundle.
 The CA's key is not kept: to rotate, generate a new set and apply both again.
 
@@ -22,8 +23,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from egressgate.tools import ca
+
 DEFAULT_VALIDITY_DAYS = 825  # the longest leaf validity clients commonly accept
-_BACKDATE = datetime.timedelta(minutes=5)  # clock skew between this machine and the cluster
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,24 +46,24 @@ def service_names(service: str, namespace: str) -> list[str]:
 
 
 def generate(names: list[str], validity_days: int = DEFAULT_VALIDITY_DAYS) -> WebhookCerts:
-    """A new CA and a serving certificate for `names` (the first is the subject's CN)."""
-    now = datetime.datetime.now(datetime.UTC) - _BACKDATE
-    until = now + datetime.timedelta(days=validity_days)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "egressgate-inject CA")])
-    ca = (
-        _builder(ca_name, ca_name, ca_key.public_key(), now, until)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
+    """A new CA (tools/ca.py's, name-constrained to `names`: even a leaked CA could sign
+    nothing else) and a serving certificate for `names` (the first is the subject's CN)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_cert, ca_key = ca.make_ca(
+        names, days=validity_days, now=now, label=names[0], purpose="injection webhook"
     )
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0][:64])])
     leaf = (
-        _builder(subject, ca_name, key.public_key(), now, until)
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - ca.BACKDATE)
+        .not_valid_after(now + datetime.timedelta(days=validity_days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(_leaf_key_usage(), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
         .add_extension(
@@ -70,7 +72,7 @@ def generate(names: list[str], validity_days: int = DEFAULT_VALIDITY_DAYS) -> We
         .sign(ca_key, hashes.SHA256())
     )
     return WebhookCerts(
-        ca_pem=ca.public_bytes(serialization.Encoding.PEM),
+        ca_pem=ca_cert.public_bytes(serialization.Encoding.PEM),
         cert_pem=leaf.public_bytes(serialization.Encoding.PEM),
         key_pem=key.private_bytes(
             serialization.Encoding.PEM,
@@ -80,33 +82,15 @@ def generate(names: list[str], validity_days: int = DEFAULT_VALIDITY_DAYS) -> We
     )
 
 
-def _builder(
-    subject: x509.Name,
-    issuer: x509.Name,
-    public_key: ec.EllipticCurvePublicKey,
-    start: datetime.datetime,
-    end: datetime.datetime,
-) -> x509.CertificateBuilder:
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-    )
-
-
-def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+def _leaf_key_usage() -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
         key_encipherment=False,
         data_encipherment=False,
         key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
+        key_cert_sign=False,
+        crl_sign=False,
         encipher_only=False,
         decipher_only=False,
     )
