@@ -121,7 +121,7 @@ def make_ca(
         .not_valid_after(now + datetime.timedelta(days=days))
         # path_length=0: it signs leaf certificates only, never another CA.
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(key_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
     )
@@ -130,15 +130,16 @@ def make_ca(
     return builder.sign(key, hashes.SHA256()), key
 
 
-def _ca_key_usage() -> x509.KeyUsage:
+def key_usage(*, ca: bool = True) -> x509.KeyUsage:
+    """Signatures only (ECDSA); a CA also signs certificates and CRLs."""
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
         key_encipherment=False,
         data_encipherment=False,
         key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
+        key_cert_sign=ca,
+        crl_sign=ca,
         encipher_only=False,
         decipher_only=False,
     )

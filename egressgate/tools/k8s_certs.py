@@ -63,7 +63,7 @@ def generate(names: list[str], validity_days: int = DEFAULT_VALIDITY_DAYS) -> We
         .not_valid_before(now - ca.BACKDATE)
         .not_valid_after(now + datetime.timedelta(days=validity_days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_leaf_key_usage(), critical=True)
+        .add_extension(ca.key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
         .add_extension(
@@ -79,20 +79,6 @@ def generate(names: list[str], validity_days: int = DEFAULT_VALIDITY_DAYS) -> We
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         ),
-    )
-
-
-def _leaf_key_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
     )
 
 
