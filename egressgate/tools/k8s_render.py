@@ -356,26 +356,33 @@ def _intercept_advisories(config: Config, options: RenderOptions) -> list[str]:
             "verify in runtimes whose variable replaces their store; install the CA in the "
             "app image's system store instead"
         )
-    for policy in config.policies:
-        for entry in policy.intercept:
-            for header in entry.set_headers:
-                kind, _, where = header.secret.source.partition(":")
-                if kind == "env":
-                    notes.append(
-                        f"set_headers {header.name} of {entry.host}: add the variable {where} "
-                        "to the egressgate container from a Secret (env.valueFrom.secretKeyRef)"
-                    )
-                elif "/" in where:
-                    notes.append(
-                        f"set_headers {header.name} of {entry.host}: mount the secret file at "
-                        f"{where} in the egressgate container (or put it next to the config, "
-                        f"where it goes into {secret})"
-                    )
+    notes += _secret_advisories(config, secret)
     if tls.upstream_ca_file and os.path.dirname(tls.upstream_ca_file) != options.config_dir:
         notes.append(
             f"tls_intercept.upstream_ca_file {tls.upstream_ca_file}: mount it at that path, or "
             "put it next to the config (it then goes into the ConfigMap)"
         )
+    return notes
+
+
+def _secret_advisories(config: Config, secret: str) -> list[str]:
+    """set_headers secrets the Secret `secret` does not carry: variables, files elsewhere."""
+    notes: list[str] = []
+    for policy in config.policies:
+        for entry in policy.intercept:
+            for header in entry.set_headers:
+                kind, _, where = header.secret.source.partition(":")
+                what = f"set_headers {header.name} of {entry.host}"
+                if kind == "env":
+                    notes.append(
+                        f"{what}: add the variable {where} to the egressgate container from a "
+                        "Secret (env.valueFrom.secretKeyRef)"
+                    )
+                elif "/" in where:
+                    notes.append(
+                        f"{what}: mount the secret file at {where} in the egressgate container "
+                        f"(or put it next to the config, where it goes into {secret})"
+                    )
     return notes
 
 
