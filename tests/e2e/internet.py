@@ -101,6 +101,7 @@ class _DnsTcp(socketserver.ThreadingTCPServer):
 class _Origin(BaseHTTPRequestHandler):
     server: _OriginServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # head and body are two writes: no delayed-ACK wait between
 
     def do_GET(self) -> None:
         name = self.server.origin_name

@@ -151,6 +151,9 @@ class AppServer:
 
         class _Request(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # TCP_NODELAY: the head and the body are two writes, and on a kept-alive connection
+            # Nagle held the body until the client's delayed ACK (~40 ms per response).
+            disable_nagle_algorithm = True
 
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
