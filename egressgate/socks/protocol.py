@@ -145,14 +145,28 @@ def auth_reply(ok: bool) -> bytes:
     return AUTH_OK if ok else AUTH_FAILED
 
 
+# ATYP + BND.ADDR of the proxy's own addresses (few: its outgoing interfaces), by their text;
+# bounded. Parsing the address with `ipaddress` for every tunnel cost as much as the rest of
+# the reply.
+_BOUND_ADDRESSES: dict[str, bytes] = {}
+_MAX_BOUND_ADDRESSES = 64
+
+
 def reply(code: ReplyCode, bound: tuple[str, int] | None = None) -> bytes:
     """A SOCKS5 reply; `bound`: the proxy's address and port of the upstream connection
     (BND.ADDR, BND.PORT), reported on success; 0.0.0.0:0 otherwise."""
     if bound is None:
         return _FAILURE_REPLIES[code]
-    address = ipaddress.ip_address(bound[0].split("%", 1)[0])
-    atyp = AddressType.IPV4 if address.version == 4 else AddressType.IPV6
-    return bytes((VERSION, code, 0x00, atyp)) + address.packed + bound[1].to_bytes(2, "big")
+    host, port = bound[0], bound[1]
+    encoded = _BOUND_ADDRESSES.get(host)
+    if encoded is None:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+        atyp = AddressType.IPV4 if address.version == 4 else AddressType.IPV6
+        encoded = bytes((atyp,)) + address.packed
+        if len(_BOUND_ADDRESSES) >= _MAX_BOUND_ADDRESSES:
+            _BOUND_ADDRESSES.clear()
+        _BOUND_ADDRESSES[host] = encoded
+    return bytes((VERSION, code, 0x00)) + encoded + port.to_bytes(2, "big")
 
 
 # Which SOCKS5 reply code says what a Reason says (RFC 1928 §6). Policy refusals are 2; a name
