@@ -102,6 +102,12 @@ def normalize_target_host(raw: str) -> Host:
     return host
 
 
+# Targets by (host text, port, connect): clients open tunnels to few destinations (bounded; an
+# invalid host is not stored). CONNECT keeps its own by the raw target (proxy/tunnel.py).
+_TARGETS: dict[tuple[str, int, bool], Target] = {}
+_TARGETS_MAX = 4096
+
+
 # ---- the steps: what the front end must do next (frozen values)
 @dataclass(frozen=True, slots=True)
 class NeedAddresses:
@@ -238,12 +244,18 @@ class Admission:
     ) -> Admission:
         """An admission for a host still as text (SOCKS5 domain or IP literal, SNI, Host):
         an invalid host is refused as host-not-allowed by the story itself."""
-        try:
-            target = Target(normalize_target_host(host), port, connect)
-        except Refused as exc:
-            admission = cls(gen, client, None, login, host_text=host, failure=exc)
-            admission.port = port
-            return admission
+        key = (host, port, connect)
+        target = _TARGETS.get(key)
+        if target is None:
+            try:
+                target = Target(normalize_target_host(host), port, connect)
+            except Refused as exc:
+                admission = cls(gen, client, None, login, host_text=host, failure=exc)
+                admission.port = port
+                return admission
+            if len(_TARGETS) >= _TARGETS_MAX:
+                _TARGETS.clear()
+            _TARGETS[key] = target
         return cls(gen, client, target, login)
 
     # ---- results the front end hands back

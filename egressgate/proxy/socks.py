@@ -70,6 +70,10 @@ class SocksListener:
     def __init__(self, ctx: ProxyContext, listener: socket.socket) -> None:
         self.ctx = ctx
         self.listener = listener
+        # Accepted sockets inherit it (Linux): no Nagle wait between two small replies in
+        # flight (an optimistic client's method reply and success reply), and no setsockopt
+        # per client.
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.raw = RawAcceptor(listener)
         self.loop = ctx.reactor.loop
         self.loop.add_reader(listener.fileno(), self._accept)

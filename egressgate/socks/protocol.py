@@ -378,7 +378,10 @@ class SocksParser:
             return None
         port = (buffer[end] << 8) | buffer[end + 1]
         if atyp == _DOMAIN:
-            host = _domain_text(buffer[5:end])
+            try:
+                host = buffer[5:end].decode("utf-8")
+            except UnicodeDecodeError:
+                raise _not_a_name(buffer[5:end]) from None
         elif atyp == _IPV4:
             host = ".".join(map(str, buffer[4:end]))  # what str(IPv4Address) writes
         else:
@@ -387,17 +390,14 @@ class SocksParser:
         return Request(host, port, _ADDRESS_TYPES[atyp]), end + 2
 
 
-def _domain_text(raw: bytes) -> str:
-    """The DOMAINNAME as text. Names are ASCII (IDNA names arrive as punycode or UTF-8);
+def _not_a_name(raw: bytes) -> SocksError:
+    """The DOMAINNAME is not text. Names are ASCII (IDNA names arrive as punycode or UTF-8);
     anything else cannot be a name we would judge the same way twice: refused, not guessed."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SocksError(
-            Reason.HOST_NOT_ALLOWED,
-            f"the SOCKS5 destination name is not UTF-8: {raw[:64]!r}",
-            reply(ReplyCode.NOT_ALLOWED),
-        ) from None
+    return SocksError(
+        Reason.HOST_NOT_ALLOWED,
+        f"the SOCKS5 destination name is not UTF-8: {raw[:64]!r}",
+        reply(ReplyCode.NOT_ALLOWED),
+    )
 
 
 def _command_name(command: int) -> str:
