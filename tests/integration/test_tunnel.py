@@ -339,6 +339,31 @@ def test_server_speaks_first_tunnel_starts_after_the_hello_wait(
     assert conn.head == b"QUIT\r\n"
 
 
+def test_a_server_that_speaks_first_is_heard_before_the_hello_wait_ends(
+    proxy_factory: ProxyFactory, raw_origin_factory: RawOriginFactory, dns_server: DnsServer
+) -> None:
+    # The client sends nothing until the server has spoken (SSH): the tunnel is judged when the
+    # server speaks (as on SOCKS5: both are proxy/raw_tunnel.py), not when the ClientHello
+    # wait (5 s here) ends.
+    server = raw_origin_factory("banner", mode="serve", serve_bytes=100, seed=3)
+    dns_server.records["banner.test"] = [server.host]
+    proxy = start_proxy(
+        proxy_factory,
+        allow=["banner.test"],
+        ports=ports_of(server),
+        limits={"header_timeout_s": 30},
+    )
+    with open_connect_tunnel(proxy.proxy_address, f"banner.test:{server.port}") as tunnel:
+        assert tunnel.status == 200
+        tunnel.sock.settimeout(2.5)  # half the hello wait
+        banner = tunnel.leftover
+        while len(banner) < 100:
+            chunk = tunnel.sock.recv(65536)
+            assert chunk, "closed before the banner arrived"
+            banner += chunk
+    assert banner == pattern_bytes(100, 3)
+
+
 def test_connect_response_is_a_bare_200_and_the_tunnel_carries_http(
     env: Env, origin_factory: OriginFactory
 ) -> None:
