@@ -44,7 +44,7 @@ from egressgate.errors import ProxyFailure
 from egressgate.names.hostname import IPAddress, address_text, address_texts
 from egressgate.net.connect import connect_first, translate_os_error
 from egressgate.net.rawsocket import RawSocket, nonblocking_stream
-from egressgate.net.reactor import FAILED, READABLE, WRITABLE, Readiness
+from egressgate.net.reactor import FAILED, READABLE, WRITABLE, Readiness, read_ready
 from egressgate.net.relay import Relay, RelayStats
 from egressgate.net.tasks import spawn
 from egressgate.observe.record import AccessRecord
@@ -375,15 +375,10 @@ class RawTunnel(TunnelCore, SweptDeadline):
             self._hello_readable()
 
     def _hello_readable(self) -> None:
-        try:
-            chunk = self.client.recv(MAX_HELLO_BYTES)
-        except (BlockingIOError, InterruptedError):
-            self.client_state.ready = False
+        chunk = read_ready(self.client, MAX_HELLO_BYTES, self.client_state)
+        if chunk is None:
             return
-        except OSError:
-            chunk = b""
         if chunk:
-            self.client_state.after_read(len(chunk) == MAX_HELLO_BYTES)
             self._hello += chunk
             if not self._judge(False) and self.client_state.ready:
                 # more bytes, or the EOF that came with these: read on after the others

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 from egressgate.errors import ProxyFailure, Reason, Refused
 from egressgate.net.rawsocket import RawAcceptor, RawSocket
-from egressgate.net.reactor import READABLE, Readiness
+from egressgate.net.reactor import READABLE, Readiness, read_ready
 from egressgate.observe.record import AccessRecord
 from egressgate.policy.decision import ClientIdentity
 from egressgate.proxy import gate
@@ -162,17 +162,12 @@ class SocksSession(SweptDeadline):
         for _ in range(MAX_HANDSHAKE_READS):
             if self.done or self._auth_held:
                 return
-            try:
-                data = self.client.recv(HANDSHAKE_READ_BYTES)
-            except (BlockingIOError, InterruptedError):
-                self.client_state.ready = False
+            data = read_ready(self.client, HANDSHAKE_READ_BYTES, self.client_state)
+            if data is None:
                 return
-            except OSError:
-                data = b""
             if not data:
                 self._client_closed_early()
                 return
-            self.client_state.after_read(len(data) == HANDSHAKE_READ_BYTES)
             self._handle(self.parser.feed(data))
             if not self.client_state.ready:
                 return  # a short read emptied the socket, and no EOF is announced
