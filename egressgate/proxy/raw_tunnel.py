@@ -49,10 +49,12 @@ from egressgate.net.relay import Relay, RelayStats
 from egressgate.net.tasks import spawn
 from egressgate.observe.record import AccessRecord
 from egressgate.policy.decision import ClientIdentity
+from egressgate.policy.intercept import InterceptHost
 from egressgate.proxy import gate
 from egressgate.proxy.context import ProxyContext, SweptDeadline
 from egressgate.proxy.failsafe import internal_error
 from egressgate.proxy.gate import Admission, Connect, Hello, NeedAddresses, Open, Refuse, Step
+from egressgate.proxy.intercept import InterceptSession
 from egressgate.proxy.refusal import TLS_ACCESS_DENIED_ALERT, TLS_INTERNAL_ERROR_ALERT
 from egressgate.tls.clienthello import MAX_HELLO_BYTES
 
@@ -120,9 +122,11 @@ class RawTunnel(TunnelCore, SweptDeadline):
         "_address_text",
         "_hello",
         "_in_hello",
+        "_intercept",
         "_on_deadline",
         "_pending",
         "_relay",
+        "_session",
         "_sni_check",
         "client",
         "client_fd",
@@ -161,6 +165,8 @@ class RawTunnel(TunnelCore, SweptDeadline):
         self._address_text = ""
         self._pending: Connect | None = None  # the Connect step the outbox callback carries out
         self._sni_check = False  # from the Open step
+        self._intercept: InterceptHost | None = None  # from the Open step
+        self._session: InterceptSession | None = None  # an intercepted tunnel's driver
         self._in_hello = False  # reading the client's first bytes for the SNI check
         # The current phase's deadline (connect, ClientHello), checked by the server's sweeper
         # while this tunnel is in ctx.deadlines; 0: none.
@@ -218,6 +224,7 @@ class RawTunnel(TunnelCore, SweptDeadline):
                     return
                 case Open():
                     self._sni_check = step.sni_check
+                    self._intercept = step.intercept
                     self.ctx.outbox.later(self._established)  # with this iteration's sends
                     return
                 case Refuse():
@@ -394,15 +401,18 @@ class RawTunnel(TunnelCore, SweptDeadline):
         self._judge(True)
 
     def _judge(self, timed_out: bool, eof: bool = False) -> bool:
-        """True when the hello phase is over (relaying, refused, or ended)."""
-        if self.done or self._relay is not None:
+        """True when the hello phase is over (relaying, intercepted, refused, or ended)."""
+        if self.done or self._relay is not None or self._session is not None:
             return True
         outcome = self.admission.judge_hello(self._hello, timed_out, eof)
         if outcome is Hello.NEED_MORE:
             return False
         self._stop_hello()
         if outcome is Hello.RELAY:
-            self._relay_now(self._hello)
+            if self._intercept is not None:
+                self._intercept_now(self._hello, self._intercept)
+            else:
+                self._relay_now(self._hello)
         else:
             self._cut(TLS_ACCESS_DENIED_ALERT)
         return True
@@ -438,6 +448,18 @@ class RawTunnel(TunnelCore, SweptDeadline):
         self._relay = relay
         relay.start()
 
+    def _intercept_now(self, hello: bytes, host: InterceptHost) -> None:
+        """The host is under `intercept`: both sockets leave the reactor for the interception
+        driver (proxy/intercept.py), which calls _end when it is over."""
+        upstream = self.upstream
+        assert upstream is not None
+        session = InterceptSession(self.ctx, self.admission, host, self.record.client, self._end)
+        self._session = session
+        self.reactor.remove(self.client_fd)
+        self.reactor.remove(upstream.fileno())
+        self.record.detail = "intercepted"
+        session.start(self.client, upstream, hello)
+
     def _fail_before_admission(self, failure: ProxyFailure) -> None:
         if not hasattr(self, "admission"):
             self.admission = self._refused_admission(failure)
@@ -462,6 +484,9 @@ class RawTunnel(TunnelCore, SweptDeadline):
             return
         self._fail_before_admission(failure)
         if self.record.status == 200:
+            if self._session is not None:
+                self._session.close()
+                return
             if self._relay is not None:
                 self._relay.close()  # ends through _end with the admission's failure
                 return
@@ -487,13 +512,16 @@ class RawTunnel(TunnelCore, SweptDeadline):
     def _end(self, stats: RelayStats) -> None:
         if self.done:
             return
-        if self._relay is None:
+        if self._relay is None and self._session is None:
             self._disarm()
             self._close_sockets()
         self._relay = None
         self.tunnel_done(stats)
 
     def force_close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            return
         if self._relay is not None:
             self._relay.close()
             return

@@ -32,6 +32,7 @@ from egressgate.net.relay import RelayStats
 from egressgate.net.tasks import spawn
 from egressgate.observe.record import AccessRecord
 from egressgate.policy.decision import ClientIdentity, Target
+from egressgate.policy.intercept import InterceptHost
 from egressgate.proxy import gate
 from egressgate.proxy.admit import open_upstream
 from egressgate.proxy.auth import login_from_headers
@@ -39,6 +40,7 @@ from egressgate.proxy.context import ProxyContext
 from egressgate.proxy.exchange import ClientSide, Exchange
 from egressgate.proxy.failsafe import internal_error
 from egressgate.proxy.gate import Admission, Hello, Open, Refuse
+from egressgate.proxy.intercept import InterceptSession
 from egressgate.proxy.raw_tunnel import RawTunnel, TunnelCore
 from egressgate.proxy.refusal import TLS_ACCESS_DENIED_ALERT, TLS_INTERNAL_ERROR_ALERT
 
@@ -132,7 +134,7 @@ class TunnelExchange(TunnelCore, Exchange):
     tunnel's own timers apply once it is open.
     """
 
-    __slots__ = ("_pump", "_transports", "conn", "head", "identity")
+    __slots__ = ("_intercept", "_pump", "_session", "_transports", "conn", "head", "identity")
 
     def __init__(self, conn: ClientSide, head: RequestHead) -> None:
         super().__init__(conn.ctx, conn.new_record("CONNECT", "tunnel"))
@@ -140,6 +142,8 @@ class TunnelExchange(TunnelCore, Exchange):
         self.conn: ClientSide | None = conn
         self._pump: TransportPump | None = None
         self._transports: tuple[asyncio.Transport, asyncio.Transport] | None = None
+        self._intercept: InterceptHost | None = None  # from the Open step
+        self._session: InterceptSession | None = None
 
     def start(self) -> None:
         conn = self.conn
@@ -198,6 +202,7 @@ class TunnelExchange(TunnelCore, Exchange):
         transport.write(CONNECT_ESTABLISHED)
         step = self.admission.next()
         assert isinstance(step, Open)
+        self._intercept = step.intercept
         if step.sni_check:
             _TransportHello(self, transport, upstream)
         else:
@@ -206,6 +211,14 @@ class TunnelExchange(TunnelCore, Exchange):
     def start_pump(
         self, client: asyncio.Transport, upstream: asyncio.Transport, first: bytes
     ) -> None:
+        if self._intercept is not None:
+            session = InterceptSession(
+                self.ctx, self.admission, self._intercept, self.record.client, self.tunnel_done
+            )
+            self._session = session
+            self.record.detail = "intercepted"
+            session.start_on_transports(client, upstream, first)
+            return
         limits = self.admission.gen.config.limits
         self._pump = TransportPump(
             client, upstream, self.tunnel_done, limits.idle_timeout_s, initial_up=first
@@ -228,7 +241,9 @@ class TunnelExchange(TunnelCore, Exchange):
         if self.done:
             return
         self.admission.fail(failure)
-        if self._pump is not None:
+        if self._session is not None:
+            self._session.close()
+        elif self._pump is not None:
             self._pump.close()
         elif self._transports is not None:
             self.cut(TLS_INTERNAL_ERROR_ALERT, self.rest[:1] == b"\x16")
@@ -236,7 +251,9 @@ class TunnelExchange(TunnelCore, Exchange):
             self._refuse()
 
     def force_close(self) -> None:
-        if self._pump is not None:
+        if self._session is not None:
+            self._session.close()
+        elif self._pump is not None:
             self._pump.close()
         elif self._transports is not None:
             # Still waiting for the ClientHello (no pump yet): closing the client ends the
