@@ -149,7 +149,10 @@ class TransparentConnection:
 
     # ---- drain (proxy/server.py)
     def shutdown_idle(self) -> None:
-        """Nothing is idle here: a connection is reading its name, or relaying."""
+        """Nothing is idle here (a connection is reading its name, or relaying), except an
+        intercepted connection between two requests."""
+        if self._session is not None:
+            self._session.shutdown_idle()
 
     def force_close(self) -> None:
         if self._session is not None:
