@@ -77,6 +77,13 @@ examples:
   # HTTP(S) through the HTTP listener, everything else that reads ALL_PROXY through SOCKS
   eval "$(egressgate env --proxy http://egressgate:3128 --socks socks5h://egressgate:1080)"
 
+  # a node: containerd (and the kubelet, docker) pull images through the proxy; the
+  # registry mirror, the API server and the cluster ranges stay direct
+  egressgate env --proxy http://10.0.0.5:3128 --format systemd --cluster-cidr 10.96.0.0/12 \\
+      --cluster-cidr 10.244.0.0/16 --no-proxy 10.0.0.0/24 registry.corp.example \\
+      > /etc/systemd/system/containerd.service.d/http-proxy.conf
+  egressgate env --proxy http://10.0.0.5:3128 --format docker-daemon --no-proxy 10.0.0.0/24
+
   # TLS interception: trust egressgate's CA too (bundle.pem from `egressgate ca init`)
   eval "$(egressgate env --proxy http://egressgate:3128 --ca /etc/egressgate-ca/bundle.pem)"
 
@@ -137,7 +144,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="shell",
         help="shell: export lines; dotenv: KEY=value (compose); k8s: a container env: list; "
         "docker: -e flags; env-file: for docker --env-file; json; ssh-config: an ssh_config "
-        "Host block through --socks (default: shell)",
+        "Host block through --socks; systemd: a drop-in of Environment= lines for containerd/"
+        "docker/kubelet; docker-daemon: the proxies block of daemon.json (default: shell)",
     )
     parser.add_argument(
         "--no-java",

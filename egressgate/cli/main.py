@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "noproxy",
     "verify",
     "k8s",
+    "inject",
     "learn",
     "import_squid",
     "hash_password",

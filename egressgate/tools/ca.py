@@ -94,8 +94,10 @@ def make_ca(
     days: int = DEFAULT_VALIDITY_DAYS,
     now: datetime.datetime | None = None,
     label: str | None = None,
+    purpose: str = "interception",
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A new self-signed CA (certificate, key). `constraints` are DNS names (constraint_names)."""
+    """A new self-signed CA (certificate, key). `constraints` are DNS names (constraint_names).
+    `purpose` names it in the subject (the injection webhook's CA: tools/k8s_certs.py)."""
     if not 1 <= days <= 3650:
         raise CaError(f"--days {days}: give 1 to 3650 days")
     now = now or datetime.datetime.now(datetime.UTC)
@@ -106,7 +108,7 @@ def make_ca(
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "egressgate"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"egressgate interception CA ({tag})"[:64]),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"egressgate {purpose} CA ({tag})"[:64]),
         ]
     )
     builder = (
@@ -119,7 +121,7 @@ def make_ca(
         .not_valid_after(now + datetime.timedelta(days=days))
         # path_length=0: it signs leaf certificates only, never another CA.
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(key_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
     )
@@ -128,15 +130,16 @@ def make_ca(
     return builder.sign(key, hashes.SHA256()), key
 
 
-def _ca_key_usage() -> x509.KeyUsage:
+def key_usage(*, ca: bool = True) -> x509.KeyUsage:
+    """Signatures only (ECDSA); a CA also signs certificates and CRLs."""
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
         key_encipherment=False,
         data_encipherment=False,
         key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
+        key_cert_sign=ca,
+        crl_sign=ca,
         encipher_only=False,
         decipher_only=False,
     )

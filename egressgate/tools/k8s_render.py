@@ -78,6 +78,7 @@ COMPONENT_PROXY = "proxy"
 COMPONENT_PROXY_POLICY = "proxy-network-policy"
 COMPONENT_CLIENT_POLICY = "client-network-policy"
 COMPONENT_CLIENT_ENV = "client-env"
+COMPONENT_INJECT = "inject"  # the injection webhook (tools/k8s_inject.py)
 COMPONENT_CLIENT_CA = "client-ca"
 
 # -- TLS interception (docs/interception.md, "Kubernetes") ------------------------------------
@@ -239,14 +240,28 @@ def client_env(config: Config, options: RenderOptions) -> dict[str, str]:
     return _proxy_env(config, options).as_dict(java=True)
 
 
+def cluster_cidrs(options: RenderOptions) -> list[str]:
+    """The cluster's ranges: DEFAULT_CLUSTER_CIDRS plus `options.cluster_cidrs`, deduplicated
+    (NO_PROXY of the client env and of the injection webhook's config)."""
+    return [str(network) for network in _cluster_networks(options.cluster_cidrs)]
+
+
 def _proxy_env(config: Config, options: RenderOptions) -> proxy_env.ProxyEnv:
-    cidrs = [str(network) for network in _cluster_networks(options.cluster_cidrs)]
-    env = proxy_env.build_env(proxy_url(config, options), options.no_proxy, cidrs)
+    env = proxy_env.build_env(proxy_url(config, options), options.no_proxy, cluster_cidrs(options))
     if config.tls_intercept is not None:
         name = APP_CA_BUNDLE_NAME if options.ca_bundle_pem else APP_CA_CERT_NAME
         ca = proxy_env.ca_trust(f"{APP_CA_DIR}/{name}")
         env = env.with_ca(replace(ca, cert_file=f"{APP_CA_DIR}/{APP_CA_CERT_NAME}"))
     return env
+
+
+def render_problems(options: RenderOptions) -> list[str]:
+    """What is wrong with `options` alone (names, labels, CIDRs, NO_PROXY extras, sizes)."""
+    return [
+        *_no_proxy_problems(options.no_proxy),
+        *_option_problems(options),
+        *_cidr_problems(options.cluster_cidrs, "cluster CIDR"),
+    ]
 
 
 def parse_label(text: str) -> tuple[str, str]:
@@ -875,19 +890,26 @@ def _container(plan: _Plan) -> Manifest:
         **_probes(plan),
         **_lifecycle(plan),
         "resources": {key: dict(value) for key, value in plan.resources.items()},
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_ID,
-            "runAsGroup": RUN_AS_ID,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
+    }
+
+
+def container_security_context() -> Manifest:
+    """The hardened securityContext of every egressgate container (the proxy, the sidecar and
+    the injection webhook): non-root as RUN_AS_ID, no privilege escalation, read-only root
+    filesystem, no capabilities, the runtime's seccomp profile. A new dict per call."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_ID,
+        "runAsGroup": RUN_AS_ID,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 
@@ -1203,6 +1225,32 @@ The app pods: out, ONLY to the proxy and to cluster DNS (without DNS the app can
 the proxy's name). Everything else, including connections that ignore HTTP(S)_PROXY, is dropped.
 NetworkPolicies add up: to let the app reach an in-cluster service directly, add a policy that
 allows it.""",
+    ("ConfigMap", COMPONENT_INJECT): """\
+The injection webhook's config (docs/configuration.md, "The injection webhook"): the proxy URL,
+NO_PROXY inputs and sidecar image it injects. Edits reload within seconds; an invalid edit is
+refused and the running config stays.""",
+    ("Deployment", COMPONENT_INJECT): """\
+`egressgate inject`: the admission webhook. No service account token (it reads nothing from the
+API server: the review carries the pod), non-root, read-only root filesystem. The TLS Secret is
+mounted as a directory, so a renewed certificate is picked up without a restart.""",
+    ("Service", COMPONENT_INJECT): """\
+The address the API server calls (clientConfig.service); 443 to the webhook's HTTPS port.""",
+    ("NetworkPolicy", COMPONENT_INJECT): """\
+The webhook pods: in, the HTTPS port only (from any source: the API server often runs on the host
+network, which no selector names); out, nothing at all.""",
+    ("Certificate", COMPONENT_INJECT): """\
+The serving certificate, issued by cert-manager (renewed in place; the webhook reloads it). Without
+cert-manager, use `egressgate k8s certs` and `--ca-bundle` instead (docs/kubernetes.md).""",
+    ("MutatingWebhookConfiguration", COMPONENT_INJECT): """\
+Which pods the API server sends to the webhook. Three entries, because the webhook learns a
+namespace's label only from which entry called it: namespaces labelled egressgate.io/inject=
+explicit, namespaces labelled transparent, and pods labelled explicit/transparent in namespaces
+without the label. kube-system, kube-public, kube-node-lease and the webhook's own namespace are
+never selected; pods labelled egressgate.io/inject=disabled are never sent.
+failurePolicy Ignore (default): if the webhook is down or slow, pods start UNCHANGED, without
+the proxy settings (a webhook failure never stops a deployment). Fail: such pods are refused
+until the webhook answers (no pod ever starts without its settings, but an outage of the webhook
+blocks every rollout in the labelled namespaces).""",
 }
 
 

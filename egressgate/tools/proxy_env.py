@@ -27,7 +27,17 @@ from egressgate.tools.noproxy import Finding, Severity
 
 DEFAULT_NO_PROXY = ("localhost", "127.0.0.1", "::1", ".svc", ".cluster.local")
 EXPAND_LIMIT = 256
-FORMATS = ("shell", "dotenv", "k8s", "docker", "env-file", "json", "ssh-config")
+FORMATS = (
+    "shell",
+    "dotenv",
+    "k8s",
+    "docker",
+    "env-file",
+    "json",
+    "ssh-config",
+    "systemd",
+    "docker-daemon",
+)
 VARIABLE_ORDER = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 
 # RFC 3986 userinfo characters that need no percent-encoding (':' separates user and password).
@@ -598,6 +608,10 @@ def render(env: ProxyEnv, fmt: str, *, java: bool = True) -> str:
         if env.socks is None:
             raise ValueError("--format ssh-config needs a SOCKS URL (--socks socks5h://HOST:PORT)")
         return ssh_config(env.socks)
+    if fmt == "systemd":
+        return systemd_drop_in(env)
+    if fmt == "docker-daemon":
+        return docker_daemon(env)
     return render_values(env.as_dict(java=java), fmt)
 
 
@@ -625,6 +639,36 @@ def render_values(values: Mapping[str, str], fmt: str) -> str:
         doc = {"env": [{"name": k, "value": v.replace("$", "$$")} for k, v in values.items()]}
         return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
     raise ValueError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
+
+
+_SYSTEMD_HEADER = """\
+# systemd drop-in: the proxy for a node's container runtime and kubelet, rendered by
+# `egressgate env --format systemd`. Install it for each unit that pulls images or must reach
+# the internet, e.g. /etc/systemd/system/containerd.service.d/http-proxy.conf (also
+# docker.service.d/, kubelet.service.d/), then: systemctl daemon-reload; systemctl restart UNIT.
+# Keep etcd and the API server off the proxy: never give their units (or static pod manifests)
+# this drop-in, and keep the API server's address, the node network and the cluster CIDRs in
+# NO_PROXY (the kubelet and the runtime talk to them directly).
+[Service]
+"""
+
+
+def systemd_drop_in(env: ProxyEnv) -> str:
+    """A systemd drop-in with one Environment= line per variable (no Java: no JVM here)."""
+    lines = [f'Environment="{_systemd_quote(f"{k}={v}")}"\n' for k, v in env.variables]
+    return _SYSTEMD_HEADER + "".join(lines)
+
+
+def _systemd_quote(text: str) -> str:
+    # Inside "...": backslash and double quote are C-style escapes; % starts a specifier.
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+
+
+def docker_daemon(env: ProxyEnv) -> str:
+    """The `proxies` block of /etc/docker/daemon.json (Docker Engine 23 and later), which the
+    daemon uses to pull images; merge it into an existing daemon.json."""
+    proxies = {"http-proxy": env.proxy.url, "https-proxy": env.proxy.url, "no-proxy": env.no_proxy}
+    return json.dumps({"proxies": proxies}, indent=2) + "\n"
 
 
 def _dotenv_quote(value: str) -> str:
