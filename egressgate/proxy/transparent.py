@@ -22,6 +22,8 @@ HTTP) is assumed.
 
 HTTP keep-alive: every later request head on the connection is read too (bytes still relayed
 unchanged); one naming another host closes the connection (fail closed: it was never judged).
+Both kinds are relayed by the spliced relay on the reactor (net/relay.py), as CONNECT tunnels
+are; for HTTP the client's direction is shown to the head parser chunk by chunk on its way.
 Refusals: HTTP gets the usual 403 (X-Egressgate-Reason), TLS an access_denied alert, anything
 else a close; every connection is one access record of kind `transparent`.
 """
@@ -40,7 +42,7 @@ from egressgate.http1.parser import RequestParser
 from egressgate.names.hostname import normalize_host
 from egressgate.net.origdst import redirected_destination
 from egressgate.net.reactor import Readiness
-from egressgate.net.relay import Relay, RelayStats
+from egressgate.net.relay import Inspector, Relay, RelayStats
 from egressgate.net.tasks import spawn
 from egressgate.observe.record import AccessRecord
 from egressgate.proxy.acceptor import client_identity
@@ -62,6 +64,7 @@ from egressgate.runtime.state import Generation
 from egressgate.tls.clienthello import MAX_HELLO_BYTES, HelloResult, read_sni
 
 KIND = "transparent"
+HOST_CHANGED = "host-changed"  # the relay's end when a later request names another host
 TLS_PORT = 443  # the port assumed when the connection was not redirected
 HTTP_PORT = 80
 RECV_BYTES = 64 * 1024
@@ -311,10 +314,11 @@ class TransparentConnection:
         if parser is None:
             self._relay_raw(data)
         else:
-            await self._relay_http(data, parser)
+            self._relay_http(data, parser)
 
-    def _relay_raw(self, data: bytes) -> None:
-        """Spliced relay on the reactor (net/relay.py), the peeked bytes first, unchanged."""
+    def _relay_raw(self, data: bytes, inspect_up: Inspector | None = None) -> None:
+        """Spliced relay on the reactor (net/relay.py), the peeked bytes first, unchanged;
+        `inspect_up` sees every later client chunk (HTTP keep-alive)."""
         upstream = self._upstream
         assert upstream is not None
         reactor = self.ctx.reactor
@@ -331,104 +335,26 @@ class TransparentConnection:
             self._relayed,
             self.gen.config.limits.idle_timeout_s,
             initial_up=data,
+            inspect_up=inspect_up,
         )
         self._relay = relay
         relay.start()
 
     def _relayed(self, stats: RelayStats) -> None:
         self._relay = None
-        self._finish(stats, None, closed=True)
-
-    async def _relay_http(self, data: bytes, parser: RequestParser) -> None:
-        """Relay through Python: every later request head is read, one naming another host
-        closes the connection. The bytes go on unchanged."""
-        upstream = self._upstream
-        assert upstream is not None
-        assert self.admission is not None
-        judged = self.admission.target.host if self.admission.target is not None else None
-        self._enter_tunnel()
-        counts = [len(data), 0]
-        activity = [self.loop.time()]
-        pumps = (
-            spawn(self._pump_up(upstream, parser, judged, data, counts, activity), name="up"),
-            spawn(self._pump(upstream, self.client, counts, 1, activity), name="down"),
-        )
-        idle_s = self.gen.config.limits.idle_timeout_s
-        end = "eof"
-        try:
-            pending: set[asyncio.Future[str]] = set(pumps)
-            while pending:
-                finished, pending = await asyncio.wait(
-                    pending, timeout=idle_s, return_when=asyncio.FIRST_COMPLETED
-                )
-                for pump in finished:
-                    result = pump.result()
-                    if result != "eof":
-                        end = result
-                        pending = set()
-                if pending and self.loop.time() - activity[0] >= idle_s:
-                    end = "idle-timeout"
-                    break
-        finally:
-            for pump in pumps:
-                pump.cancel()
-        if end == "host-changed":
+        if stats.end == HOST_CHANGED:
             self.record.detail = (
                 "a later request on this connection named another host: connection closed"
             )
-        self._finish(RelayStats(counts[0], counts[1], end), None)
+        self._finish(stats, None, closed=True)
 
-    async def _pump_up(
-        self,
-        upstream: socket.socket,
-        parser: RequestParser | None,
-        judged: object,
-        first: bytes,
-        counts: list[int],
-        activity: list[float],
-    ) -> str:
-        try:
-            await self.loop.sock_sendall(upstream, first)
-            while True:
-                data = await self.loop.sock_recv(self.client, RECV_BYTES)
-                activity[0] = self.loop.time()
-                if not data:
-                    _shutdown_write(upstream)
-                    return "eof"
-                if parser is not None:
-                    try:
-                        events = parser.feed(data)
-                    except ProtocolError:
-                        return "host-changed"  # unreadable: it cannot be judged either
-                    for event in events:
-                        if isinstance(event, TunnelStart):
-                            parser = None  # Upgrade: what follows is not HTTP any more
-                        elif isinstance(event, RequestHead) and not _same_host(event, judged):
-                            return "host-changed"
-                counts[0] += len(data)
-                await self.loop.sock_sendall(upstream, data)
-        except OSError:
-            return "reset"
-
-    async def _pump(
-        self,
-        src: socket.socket,
-        dst: socket.socket,
-        counts: list[int],
-        index: int,
-        activity: list[float],
-    ) -> str:
-        try:
-            while True:
-                data = await self.loop.sock_recv(src, RECV_BYTES)
-                activity[0] = self.loop.time()
-                if not data:
-                    _shutdown_write(dst)
-                    return "eof"
-                counts[index] += len(data)
-                await self.loop.sock_sendall(dst, data)
-        except OSError:
-            return "reset"
+    def _relay_http(self, data: bytes, parser: RequestParser) -> None:
+        """The same spliced relay; every later request head the client sends is read on the
+        way (the bytes go on unchanged), and one naming another host closes the connection.
+        The responses are spliced: only the client's direction passes through Python."""
+        assert self.admission is not None
+        judged = self.admission.target.host if self.admission.target is not None else None
+        self._relay_raw(data, _HeadWatch(parser, judged).inspect)
 
     # ---- ends
     def _policy_less(self, failure: ProxyFailure, host: str | None = None) -> ProxyFailure:
@@ -504,6 +430,33 @@ class TransparentConnection:
         ctx.finish(record)
 
 
+class _HeadWatch:
+    """The relay's inspector for an HTTP connection: feeds the client's bytes to the request
+    parser; a head for another host (or bytes it cannot parse) ends the relay."""
+
+    __slots__ = ("judged", "parser")
+
+    def __init__(self, parser: RequestParser, judged: object) -> None:
+        self.parser: RequestParser | None = parser
+        self.judged = judged
+
+    def inspect(self, data: bytes) -> str | None:
+        parser = self.parser
+        if parser is None:
+            return None  # after an Upgrade: not HTTP any more
+        try:
+            events = parser.feed(data)
+        except ProtocolError:
+            return HOST_CHANGED  # unreadable: it cannot be judged either
+        for event in events:
+            if isinstance(event, TunnelStart):
+                self.parser = None
+                return None
+            if isinstance(event, RequestHead) and not _same_host(event, self.judged):
+                return HOST_CHANGED
+        return None
+
+
 def _first_head(events: Sequence[object]) -> RequestHead | None:
     for event in events:
         if isinstance(event, RequestHead):
@@ -517,10 +470,3 @@ def _same_host(head: RequestHead, judged: object) -> bool:
         return normalize_host(host) == judged
     except Exception:
         return False
-
-
-def _shutdown_write(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
