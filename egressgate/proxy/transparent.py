@@ -196,9 +196,7 @@ class _FirstBytes:
 
     def _leave(self) -> None:
         self.deadline = 0.0
-        if self in self.ctx.live:
-            self.ctx.live.discard(self)
-            self.ctx.metrics.active_connections -= 1
+        self.ctx.leave_live(self)
 
     # Closable, for draining: nothing was read, nothing is owed
     def shutdown_idle(self) -> None:
