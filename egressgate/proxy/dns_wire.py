@@ -180,6 +180,9 @@ def patched_answer(query: Query, question: bytes, wire: bytes, tcp: bool) -> byt
     """The upstream answer `wire` (decoded, answering `question`, without EDNS of its own: the
     caller checks) re-addressed to the client (see the module doc); None when it does not fit
     what the client takes: then `forwarded` renders it (truncated)."""
+    end = HEADER_BYTES + len(question)
+    if wire[HEADER_BYTES:end].lower() != question.lower():
+        return None  # not our question's bytes where ours were (a compressed echo?): render
     client = query.message
     _, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(wire)
     flags = _ANSWER_FLAGS | (client.flags & _KEEP_FROM_CLIENT) | (flags & _KEEP_FROM_UPSTREAM)
@@ -188,7 +191,7 @@ def patched_answer(query: Query, question: bytes, wire: bytes, tcp: bool) -> byt
         opt = _OUR_OPT
         arcount += 1
     head = _HEADER.pack(client.id, flags, qdcount, ancount, nscount, arcount)
-    reply = b"".join((head, question, memoryview(wire)[HEADER_BYTES + len(question) :], opt))
+    reply = b"".join((head, question, memoryview(wire)[end:], opt))
     if len(reply) > query.max_answer_bytes(tcp):
         return None
     return reply
