@@ -46,6 +46,8 @@ from egressgate.net.reactor import READABLE, Readiness
 from egressgate.net.relay import Inspector, Relay, RelayStats
 from egressgate.net.tasks import spawn
 from egressgate.observe.record import AccessRecord
+from egressgate.policy.intercept import InterceptHost
+from egressgate.policy.secret_scan import LeakScan
 from egressgate.proxy.acceptor import client_identity
 from egressgate.proxy.admit import connect_step
 from egressgate.proxy.context import ProxyContext
@@ -61,6 +63,7 @@ from egressgate.proxy.gate import (
     starts_as_tls,
     unreadable_hello_why,
 )
+from egressgate.proxy.intercept import InterceptSession, leak_finder
 from egressgate.proxy.refusal import TLS_ACCESS_DENIED_ALERT, refusal_response
 from egressgate.proxy.tunnel import RawTunnel
 from egressgate.runtime.state import Generation
@@ -257,7 +260,10 @@ class TransparentTunnel(RawTunnel):
         self.record.status = 200
         outcome = self.admission.judge_hello(self.rest, True, sni=self._name)
         if outcome is Hello.RELAY:
-            self._relay_now(self.rest)
+            if self._intercept is not None:  # a host under `intercept` (proxy/intercept.py)
+                self._intercept_now(self.rest, self._intercept)
+            else:
+                self._relay_now(self.rest)
         else:
             self._hello = self.rest
             self._cut(TLS_ACCESS_DENIED_ALERT)
@@ -278,6 +284,7 @@ class TransparentConnection:
 
     __slots__ = (
         "_relay",
+        "_session",
         "_task",
         "_upstream",
         "admission",
@@ -307,6 +314,7 @@ class TransparentConnection:
         self.admission: Admission | None = None
         self._upstream: socket.socket | None = None
         self._relay: Relay | None = None
+        self._session: InterceptSession | None = None
         self._task: asyncio.Task[None] | None = None
         self.done = False
         ctx.live.add(self)
@@ -320,7 +328,9 @@ class TransparentConnection:
         """Nothing is idle here: a connection is reading its name, or relaying."""
 
     def force_close(self) -> None:
-        if self._relay is not None:
+        if self._session is not None:
+            self._session.close()
+        elif self._relay is not None:
             self._relay.close()
         elif self._task is not None:
             self._task.cancel()
@@ -413,6 +423,12 @@ class TransparentConnection:
         except ProtocolError as exc:
             await self._refuse(self._policy_less(exc), buffered, http=True)
             return
+        finder = leak_finder(self.gen, None) if self.gen.policies.all_secrets else None
+        if finder is not None and finder.search(buffered):
+            # A plaintext leg the proxy reads: no interception secret may go out on it.
+            failure = Refused(Reason.SECRET_LEAK, "the request carries an interception secret")
+            await self._refuse(self._policy_less(failure, host), buffered, http=True)
+            return
         await self._admit_and_relay(host, False, buffered, parser, port)
 
     # ---- no name: only an original destination the policy lists as an IP
@@ -486,8 +502,12 @@ class TransparentConnection:
             await self._refuse(None, data, http=http)
             return
         assert isinstance(step, Open)
-        if parser is None:
+        if step.intercept is not None and check_hello:
+            self._intercept_now(data, step.intercept)
+        elif parser is None:
             self._relay_raw(data)
+        elif self.gen.policies.all_secrets:
+            await self._relay_http_scanned(data, parser)
         else:
             self._relay_http(data, parser)
 
@@ -515,6 +535,20 @@ class TransparentConnection:
         self._relay = relay
         relay.start()
 
+    def _intercept_now(self, data: bytes, host: InterceptHost) -> None:
+        """The SNI names a host under `intercept`: proxy/intercept.py takes both sockets."""
+        upstream = self._upstream
+        assert upstream is not None
+        assert self.admission is not None
+        session = InterceptSession(
+            self.ctx, self.admission, host, self.record.client, self._relayed
+        )
+        self._enter_tunnel()
+        self._upstream = None  # the session owns it now
+        self._session = session
+        self.record.detail = "intercepted"
+        session.start(self.client, upstream, data)
+
     def _relayed(self, stats: RelayStats) -> None:
         self._relay = None
         if stats.end == HOST_CHANGED:
@@ -526,10 +560,133 @@ class TransparentConnection:
     def _relay_http(self, data: bytes, parser: RequestParser) -> None:
         """The same spliced relay; every later request head the client sends is read on the
         way (the bytes go on unchanged), and one naming another host closes the connection.
-        The responses are spliced: only the client's direction passes through Python."""
+        The responses are spliced: only the client's direction passes through Python.
+        (With interception secrets configured: _relay_http_scanned.)"""
         assert self.admission is not None
         judged = self.admission.target.host if self.admission.target is not None else None
         self._relay_raw(data, _HeadWatch(parser, judged).inspect)
+
+    async def _relay_http_scanned(self, data: bytes, parser: RequestParser) -> None:
+        """Relay through Python, when interception secrets exist: every byte the client sends is
+        scanned for them before it goes out (held back across reads, policy/secret_scan.py),
+        which the spliced relay cannot do; every later request head is read, one naming another
+        host closes the connection. The bytes go on unchanged."""
+        upstream = self._upstream
+        assert upstream is not None
+        assert self.admission is not None
+        judged = self.admission.target.host if self.admission.target is not None else None
+        self._enter_tunnel()
+        counts = [len(data), 0]
+        activity = [self.loop.time()]
+        pumps = (
+            spawn(self._pump_up(upstream, parser, judged, data, counts, activity), name="up"),
+            spawn(self._pump(upstream, self.client, counts, 1, activity), name="down"),
+        )
+        idle_s = self.gen.config.limits.idle_timeout_s
+        end = "eof"
+        try:
+            pending: set[asyncio.Future[str]] = set(pumps)
+            while pending:
+                finished, pending = await asyncio.wait(
+                    pending, timeout=idle_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                for pump in finished:
+                    result = pump.result()
+                    if result != "eof":
+                        end = result
+                        pending = set()
+                if pending and self.loop.time() - activity[0] >= idle_s:
+                    end = "idle-timeout"
+                    break
+        finally:
+            for pump in pumps:
+                pump.cancel()
+        if end == "host-changed":
+            self.record.detail = (
+                "a later request on this connection named another host: connection closed"
+            )
+        elif end == "secret-leak":
+            self._finish(
+                RelayStats(counts[0], counts[1], end),
+                Refused(
+                    Reason.SECRET_LEAK,
+                    "a later request on this connection carried an interception secret:"
+                    " connection closed",
+                ),
+            )
+            return
+        self._finish(RelayStats(counts[0], counts[1], end), None)
+
+    async def _pump_up(
+        self,
+        upstream: socket.socket,
+        parser: RequestParser | None,
+        judged: object,
+        first: bytes,
+        counts: list[int],
+        activity: list[float],
+    ) -> str:
+        # Interception secrets exist: every byte is scanned before it goes out (a secret split
+        # across two reads is held back, policy/secret_scan.py).
+        finder = leak_finder(self.gen, None) if self.gen.policies.all_secrets else None
+        scan = LeakScan(finder) if finder is not None else None
+        try:
+            if scan is not None:
+                safe_first = scan.feed(first)
+                if safe_first is None:
+                    return "secret-leak"
+                at_boundary = parser is None or parser.at_boundary
+                first = safe_first + scan.flush() if at_boundary else safe_first
+            await self.loop.sock_sendall(upstream, first)
+            while True:
+                data = await self.loop.sock_recv(self.client, RECV_BYTES)
+                activity[0] = self.loop.time()
+                if not data:
+                    if scan is not None:
+                        await self.loop.sock_sendall(upstream, scan.flush())
+                    _shutdown_write(upstream)
+                    return "eof"
+                if parser is not None:
+                    try:
+                        events = parser.feed(data)
+                    except ProtocolError:
+                        return "host-changed"  # unreadable: it cannot be judged either
+                    for event in events:
+                        if isinstance(event, TunnelStart):
+                            parser = None  # Upgrade: what follows is not HTTP any more
+                        elif isinstance(event, RequestHead) and not _same_host(event, judged):
+                            return "host-changed"
+                counts[0] += len(data)
+                if scan is not None:
+                    safe = scan.feed(data)
+                    if safe is None:
+                        return "secret-leak"
+                    # A request ends here (or its head does): release what was held back, or
+                    # the origin would wait for the last bytes of a request it should answer.
+                    data = safe + scan.flush() if parser is None or parser.at_boundary else safe
+                await self.loop.sock_sendall(upstream, data)
+        except OSError:
+            return "reset"
+
+    async def _pump(
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        counts: list[int],
+        index: int,
+        activity: list[float],
+    ) -> str:
+        try:
+            while True:
+                data = await self.loop.sock_recv(src, RECV_BYTES)
+                activity[0] = self.loop.time()
+                if not data:
+                    _shutdown_write(dst)
+                    return "eof"
+                counts[index] += len(data)
+                await self.loop.sock_sendall(dst, data)
+        except OSError:
+            return "reset"
 
     # ---- ends
     def _policy_less(self, failure: ProxyFailure, host: str | None = None) -> ProxyFailure:
@@ -645,3 +802,10 @@ def _same_host(head: RequestHead, judged: object) -> bool:
         return normalize_host(host) == judged
     except Exception:
         return False
+
+
+def _shutdown_write(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
