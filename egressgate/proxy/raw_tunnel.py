@@ -82,7 +82,7 @@ class TunnelCore:
     """The admission, the record and the bookkeeping every tunnel carrier shares (the raw
     tunnels here, the TLS listener's TunnelExchange)."""
 
-    __slots__ = ("admission", "ctx", "done", "record", "rest")
+    __slots__ = ("_session", "admission", "ctx", "done", "record", "rest")
 
     admission: Admission  # set by start(), the first thing the front end calls
 
@@ -91,6 +91,7 @@ class TunnelCore:
         self.record = record
         self.rest = b""
         self.done = False
+        self._session: InterceptSession | None = None  # an intercepted tunnel's driver
 
     def tunnel_done(self, stats: RelayStats) -> None:
         ctx = self.ctx
@@ -108,7 +109,8 @@ class TunnelCore:
         self.ctx.finish(gate.conclude(self.record, self.admission))
 
     def shutdown_idle(self) -> None:
-        pass
+        if self._session is not None:  # intercepted: close between requests (drain)
+            self._session.shutdown_idle()
 
 
 class RawTunnel(TunnelCore, SweptDeadline):
@@ -126,7 +128,6 @@ class RawTunnel(TunnelCore, SweptDeadline):
         "_on_deadline",
         "_pending",
         "_relay",
-        "_session",
         "_sni_check",
         "client",
         "client_fd",
@@ -166,7 +167,6 @@ class RawTunnel(TunnelCore, SweptDeadline):
         self._pending: Connect | None = None  # the Connect step the outbox callback carries out
         self._sni_check = False  # from the Open step
         self._intercept: InterceptHost | None = None  # from the Open step
-        self._session: InterceptSession | None = None  # an intercepted tunnel's driver
         self._in_hello = False  # reading the client's first bytes for the SNI check
         # The current phase's deadline (connect, ClientHello), checked by the server's sweeper
         # while this tunnel is in ctx.deadlines; 0: none.

@@ -134,7 +134,7 @@ class TunnelExchange(TunnelCore, Exchange):
     tunnel's own timers apply once it is open.
     """
 
-    __slots__ = ("_intercept", "_pump", "_session", "_transports", "conn", "head", "identity")
+    __slots__ = ("_intercept", "_pump", "_transports", "conn", "head", "identity")
 
     def __init__(self, conn: ClientSide, head: RequestHead) -> None:
         super().__init__(conn.ctx, conn.new_record("CONNECT", "tunnel"))
@@ -143,7 +143,6 @@ class TunnelExchange(TunnelCore, Exchange):
         self._pump: TransportPump | None = None
         self._transports: tuple[asyncio.Transport, asyncio.Transport] | None = None
         self._intercept: InterceptHost | None = None  # from the Open step
-        self._session: InterceptSession | None = None
 
     def start(self) -> None:
         conn = self.conn
