@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.integration.helpers_core import ports_of, start_proxy
+from tests.integration.helpers_core import ports_of, read_until_close, start_proxy
+from tests.integration.test_socks import recv_exactly
 from tests.support.origin import OriginFactory
 from tests.support.proxy import ProxyFactory, ProxyProcess
 
@@ -29,25 +30,6 @@ WARM_UP = 3  # caches (destination, identity, DNS) filled before counting
 RACE = 0.5  # per tunnel, on average: see the syscall assertions
 NAME = b"origin.test"
 GET = b"GET / HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n"
-
-
-def recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        assert chunk, f"closed after {data!r}"
-        data += chunk
-    return data
-
-
-def read_to_close(sock: socket.socket) -> bytes:
-    data = b""
-    for _ in range(10_000):  # bounded: the origin's answer is small
-        chunk = sock.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
-    raise AssertionError("the response never ended")
 
 
 def connect_tunnel(address: tuple[str, int], port: int) -> None:
@@ -61,7 +43,7 @@ def connect_tunnel(address: tuple[str, int], port: int) -> None:
             head += chunk
         assert head.startswith(b"HTTP/1.1 200"), head
         sock.sendall(GET)
-        assert read_to_close(sock).startswith(b"HTTP/1.1 200")
+        assert read_until_close(sock).data.startswith(b"HTTP/1.1 200")
 
 
 def socks_tunnel(address: tuple[str, int], port: int) -> None:
@@ -71,7 +53,7 @@ def socks_tunnel(address: tuple[str, int], port: int) -> None:
         sock.sendall(b"\x05\x01\x00\x03" + bytes([len(NAME)]) + NAME + port.to_bytes(2, "big"))
         assert recv_exactly(sock, 10)[:4] == b"\x05\x00\x00\x01"
         sock.sendall(GET)
-        assert read_to_close(sock).startswith(b"HTTP/1.1 200")
+        assert read_until_close(sock).data.startswith(b"HTTP/1.1 200")
 
 
 def snapshot(proxy: ProxyProcess, out: Path, seq: int) -> dict[str, Any]:
