@@ -30,6 +30,8 @@ How an outcome maps to a layer (the only inferences this module makes):
   DNS answer NOERROR                         nothing: that resolver answers
   DNS answer NXDOMAIN / REFUSED              DNS guard (or the resolver does not know the name)
   the pod's resolver refuses a name          DNS guard
+  an earlier step failed (e.g. the CONNECT   unknown: what the probe tests was not exercised
+  to the allowed host was refused)
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class Outcome(StrEnum):
     DNS_ANSWER = "dns-answer"  # a DNS reply (rcode and answer count)
     NAME_REFUSED = "name-refused"  # the pod's own resolver: NXDOMAIN / no address for the name
     NAME_FAILED = "name-failed"  # the pod's own resolver failed otherwise (timeout, SERVFAIL)
+    NOT_EXERCISED = "not-exercised"  # an earlier step failed: the tested step never happened
     ERROR = "error"  # a local error that says nothing about the path
 
 
@@ -447,6 +450,10 @@ _SIMPLE: Mapping[Outcome, tuple[Layer, str]] = {
         "the pod's resolver refused the name (NXDOMAIN / no address): a DNS guard's answer",
     ),
     Outcome.NAME_FAILED: (Layer.UNKNOWN, "the pod's resolver failed (not a refusal)"),
+    Outcome.NOT_EXERCISED: (
+        Layer.UNKNOWN,
+        "an earlier step failed, so the step this probe tests never happened",
+    ),
 }
 
 

@@ -407,9 +407,15 @@ def _unreachable_proxy(endpoint: ProxyEndpoint, exc: BaseException, started: flo
 
 
 def probe_proxy_connect(
-    endpoint: ProxyEndpoint, authority: str, sni: str | None, timeout_s: float
+    endpoint: ProxyEndpoint,
+    authority: str,
+    sni: str | None,
+    timeout_s: float,
+    *,
+    tests_sni: bool = False,
 ) -> Observation:
-    """CONNECT authority; on 200, a TLS handshake naming `sni` when given."""
+    """CONNECT authority; on 200, a TLS handshake naming `sni` when given. With `tests_sni`
+    (the CONNECT is to an allowed host), a refused CONNECT means the SNI was never tested."""
     what, started = f"CONNECT {authority} via {endpoint.authority}", time.monotonic()
     deadline = Deadline(timeout_s)
     try:
@@ -422,6 +428,16 @@ def probe_proxy_connect(
             head = verify.exchange(sock, request, deadline)
         except (OSError, ValueError) as exc:
             return _after_connect_error(exc, what, started)
+        if head.status != 200 and tests_sni:
+            return Observation(
+                Outcome.NOT_EXERCISED,
+                f"{what} → {head.status} {head.reason_code or head.phrase}: the CONNECT to the "
+                "--allowed host was not opened, so no ClientHello was sent (run plain `egressgate "
+                "verify` to see why the allowed host fails).",
+                http_status=head.status,
+                reason=head.reason_code,
+                elapsed_ms=_ms(started),
+            )
         if head.status != 200 or sni is None:
             obs = _http_observation(head, what, started)
             if head.status == 200 and head.reason_code is None:
@@ -475,9 +491,21 @@ def probe_keepalive(
             sock.sendall(first)
             raw, rest = verify.read_head(sock, deadline)
             head = verify.parse_response_head(raw)
-            _skip_body(sock, head, rest, deadline)
         except (OSError, ValueError) as exc:
             raise NotRunnable(f"the first request ({allowed.text}) failed: {exc}") from None
+        if head.reason_code is not None:
+            return Observation(
+                Outcome.NOT_EXERCISED,
+                f"{what}: the first request, to an --allowed URL, was refused ({head.status} "
+                f"{head.reason_code}), so the second was never sent.",
+                http_status=head.status,
+                reason=head.reason_code,
+                elapsed_ms=_ms(started),
+            )
+        try:
+            _skip_body(sock, head, rest, deadline)
+        except OSError as exc:
+            raise NotRunnable(f"reading the first answer failed: {exc}") from None
         second = verify.request_bytes(
             "GET", denied_absolute, denied_host, [*extra, ("Connection", "close")]
         )
@@ -493,7 +521,9 @@ def _skip_body(
 ) -> None:
     """Read the first answer's body so the connection can carry a second request."""
     if (head.header("Connection") or "").lower() == "close":
-        raise NotRunnable("the first answer closes the connection (Connection: close)")
+        raise NotRunnable(
+            f"the first answer ({head.status}) closes the connection (Connection: close)"
+        )
     length_text = head.header("Content-Length")
     if length_text is None or not length_text.isdigit():
         raise NotRunnable("the first answer has no Content-Length (cannot reuse it safely)")
@@ -811,7 +841,9 @@ def _sni_mismatch(o: AttackOptions, t: Targets, s: ProbeSpec) -> Planned:
     endpoint, denied = t.endpoint, t.denied_host
     authority = format_hostport(t.allowed.host, t.https_port)
     return Planned(
-        s, authority, lambda: probe_proxy_connect(endpoint, authority, denied, o.timeout_s)
+        s,
+        authority,
+        lambda: probe_proxy_connect(endpoint, authority, denied, o.timeout_s, tests_sni=True),
     )
 
 

@@ -112,6 +112,7 @@ def obs(outcome: Outcome, **kw: Any) -> Observation:
         (obs(Outcome.DNS_ANSWER, rcode="SERVFAIL"), Layer.UNKNOWN),
         (obs(Outcome.NAME_REFUSED), Layer.DNS_GUARD),
         (obs(Outcome.NAME_FAILED), Layer.UNKNOWN),
+        (obs(Outcome.NOT_EXERCISED, http_status=403, reason="private-address"), Layer.UNKNOWN),
         (obs(Outcome.ERROR), Layer.UNKNOWN),
     ],
 )
