@@ -247,6 +247,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _attack(args: argparse.Namespace) -> int:
+    if not args.allowed or not args.denied:
+        print(
+            "egressgate verify: --attack needs an --allowed URL and a --denied URL: most probes "
+            "aim at the allowed host's addresses and ask for the denied host",
+            file=sys.stderr,
+        )
+        return 2
+    if args.ipv6_address is not None and ":" not in args.ipv6_address:
+        print("egressgate verify: --ipv6-address must be an IPv6 address", file=sys.stderr)
+        return 2
     options = attack_probes.AttackOptions(
         allowed=tuple(args.allowed),
         denied=tuple(args.denied),

@@ -674,11 +674,9 @@ def _direct_https(o: AttackOptions, t: Targets, s: ProbeSpec) -> Planned:
     missing = _need_allowed(t, s)
     if missing is not None:
         return missing
-    address, port = t.v4[0], t.https_port
-    sni = t.denied_host or ""
-    sni_arg = sni if t.denied_host is not None else None
+    address, port, sni = t.v4[0], t.https_port, t.denied_host
     return Planned(
-        s, format_hostport(address, port), lambda: probe_tls(address, port, sni_arg, o.timeout_s)
+        s, format_hostport(address, port), lambda: probe_tls(address, port, sni, o.timeout_s)
     )
 
 

@@ -90,13 +90,14 @@ def render_text(report: AttackReport, *, unicode: bool = True) -> str:
             f"{marks[f.status]} {_VERDICT_WORDS[f.status]}",
             f.probe.id,
             str(f.layer) if f.layer is not None else "",
+            "|".join(sorted(str(layer) for layer in f.probe.intended)),
             f.target,
         )
         for f in report.findings
     ]
-    header = ("  verdict", "probe", "stopped by", "target")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    lines = ["Bypass probes (each must be stopped by the layer its entry in docs/verify.md names)"]
+    header = ("  verdict", "probe", "stopped by", "should be", "target")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["Bypass probes (each must be stopped by a layer its `should be` column names)"]
     lines.append(_row(header, widths))
     for row, finding in zip(rows, report.findings, strict=True):
         lines.append(_row(row, widths))

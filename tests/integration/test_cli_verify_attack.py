@@ -196,9 +196,25 @@ def test_sarif_output_is_one_run_with_a_result_per_probe(
     assert results["direct.tcp-https"]["kind"] == "notApplicable"
 
 
-def test_sarif_needs_attack() -> None:
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--sarif"], "--sarif needs --attack"),
+        (["--attack", "--allowed", "http://a.test/"], "--attack needs an --allowed URL and a"),
+        (
+            [
+                *("--attack", "--allowed", "http://a.test/", "--denied", "http://d.test/"),
+                *("--ipv6-address", "127.0.0.1"),
+            ],
+            "--ipv6-address must be an IPv6 address",
+        ),
+        (["--attack", "--outside-resolver", "dns.example"], "is not an IP address"),
+        (["--attack", "--parallel", "0"], "1 to 32"),
+    ],
+)
+def test_usage_errors(args: list[str], error: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "egressgate", "verify", "--sarif"],
+        [sys.executable, "-m", "egressgate", "verify", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -206,4 +222,4 @@ def test_sarif_needs_attack() -> None:
         check=False,
     )
     assert result.returncode == 2
-    assert "--sarif needs --attack" in result.stderr
+    assert error in result.stderr

@@ -485,8 +485,9 @@ def test_text_and_json_agree_on_the_verdicts() -> None:
     assert report.exit_status == 1
     text = render_text(report, unicode=False)
     lines = text.splitlines()
-    assert lines[1].split() == ["verdict", "probe", "stopped", "by", "target"]
-    assert lines[2].split()[:4] == ["x", "THROUGH", "udp.quic", "nothing"]
+    assert lines[1].split() == ["verdict", "probe", "stopped", "by", "should", "be", "target"]
+    assert lines[2].split() == ["x", "THROUGH", "udp.quic", "nothing", "network", "udp:1.2.3.4:443"]
+    assert lines[5].split()[3:5] == ["network", "network|proxy"]
     assert lines[4].startswith("      fix: UDP 443 leaves the pod")
     assert lines[-1] == (
         "FAILED: 4 probes: 1 stopped by the intended layer, 1 got THROUGH, 1 unclear, 1 skipped"
