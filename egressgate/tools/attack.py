@@ -179,9 +179,9 @@ CATALOGUE: tuple[ProbeSpec, ...] = (
     ProbeSpec(
         "direct.tcp-https",
         "direct TCP to an allowed host's address, HTTPS port",
-        "a TCP connection straight to each IPv4 address of the first --allowed host on its HTTPS "
-        "port (443 unless the https:// URL says otherwise), ignoring the proxy; if it opens, one "
-        "TLS ClientHello naming the --denied host, and nothing after the handshake",
+        "a TCP connection straight to the first --allowed host's IPv4 address on its HTTPS port "
+        "(443 unless an https:// URL says otherwise), ignoring the proxy; if it opens, one TLS "
+        "ClientHello naming the --denied host, and nothing after the handshake",
         frozenset({_N, _P}),
         _FIX_EGRESS_RULE,
     ),

@@ -513,3 +513,15 @@ def test_a_finding_json_has_its_observation() -> None:
     assert data["layer"] == "proxy"
     assert data["intended"] == ["proxy"]
     assert "fix" not in data
+
+
+def test_docs_list_every_probe_with_its_text() -> None:
+    """docs/verify.md's catalogue is the catalogue: one row per probe, its own words."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "verify.md").read_text()
+    for spec in CATALOGUE:
+        rows = [line for line in doc.splitlines() if line.startswith(f"| `{spec.id}` |")]
+        assert len(rows) == 1, spec.id
+        assert spec.tries in rows[0], spec.id
+        assert spec.fix in rows[0], spec.id
