@@ -316,8 +316,8 @@ def probe_dns_udp(server: str, name: str, timeout_s: float) -> Observation:
         except TimeoutError:
             return Observation(
                 Outcome.TIMEOUT,
-                f"{what}: no reply in {timeout_s:g} s (the resolver itself always answers, so "
-                "this is a drop on the way).",
+                f"{what}: no reply in {timeout_s:g} s (a drop on the way, if --outside-resolver "
+                "answers when it can be reached, as it should).",
                 elapsed_ms=_ms(started),
             )
         except OSError as exc:
@@ -400,8 +400,9 @@ def _proxy_headers(endpoint: ProxyEndpoint) -> list[tuple[str, str]]:
 def _unreachable_proxy(endpoint: ProxyEndpoint, exc: BaseException, started: float) -> Observation:
     # Not a verdict on the probe: the proxy itself could not be reached.
     return Observation(
-        Outcome.ERROR,
-        f"cannot connect to the proxy {endpoint.authority}: {_error_text(exc, 0)}.",
+        Outcome.NOT_EXERCISED,
+        f"cannot connect to the proxy {endpoint.authority}: {_error_text(exc, 0)}; nothing "
+        "was sent.",
         elapsed_ms=_ms(started),
     )
 

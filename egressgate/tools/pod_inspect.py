@@ -36,7 +36,7 @@ from typing import Any
 from urllib.parse import quote
 
 from egressgate.tools import noproxy
-from egressgate.tools.verify import Check, Status, format_hostport
+from egressgate.tools.verify import Check, Deadline, Status, format_hostport
 
 # -- host network ------------------------------------------------------------------------------
 
@@ -55,14 +55,29 @@ _NODE_DEVICE = re.compile(
 )
 
 
+# Recent kernels give the initial network namespace a fixed inode number, PROC_NET_INIT_INO
+# (0xEFFFFFF9, next to the other PROC_*_INIT_INO constants; observed on 6.18); older ones
+# allocate it like any other, which proves nothing, so the interface names decide.
+INIT_NETNS = f"net:[{0xEFFFFFF9}]"
+
+
 def host_network_check(interfaces: Sequence[str], netns_inode: str | None = None) -> Check:
-    """Judge the interface list of this namespace."""
+    """Judge this namespace: its inode (when it is the kernel's fixed one for the initial
+    namespace), else its interface names."""
     title = "own network namespace (not hostNetwork)"
     named = [name for name in interfaces if name not in _FALLBACK_DEVICES]
     node_like = sorted(name for name in named if _NODE_DEVICE.match(name))
     data: dict[str, Any] = {"interfaces": sorted(interfaces)}
     if netns_inode is not None:
         data["netns"] = netns_inode
+    if netns_inode == INIT_NETNS:
+        detail = (
+            f"this is the node's initial network namespace ({netns_inode}, the number the kernel "
+            "gives only to it): hostNetwork: true. NetworkPolicies do not apply to host-network "
+            "pods: nothing but the node's own firewall restricts their egress. Run the app "
+            "without hostNetwork"
+        )
+        return Check("pod.host-network", title, Status.FAIL, detail, data=data)
     if node_like:
         detail = (
             f"this looks like the NODE's network namespace (hostNetwork: true): it holds "
@@ -360,6 +375,7 @@ class ApiUnavailable(Exception):
 
 
 def _api_get(path: str, env: Mapping[str, str], timeout_s: float) -> Any:
+    """GET an API path with the service account's token; the parsed JSON, or ApiUnavailable."""
     host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
     token_file = SERVICE_ACCOUNT_DIR / "token"
     if not host or not token_file.is_file():
@@ -373,14 +389,16 @@ def _api_get(path: str, env: Mapping[str, str], timeout_s: float) -> Any:
         f"GET {path} HTTP/1.1\r\nHost: {format_hostport(host, int(port))}\r\n"
         f"Authorization: Bearer {token}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
     ).encode()
+    deadline = Deadline(timeout_s)  # the whole exchange, not each read
     try:
         with (
-            socket.create_connection((host, int(port)), timeout=timeout_s) as raw,
+            socket.create_connection((host, int(port)), timeout=deadline.left()) as raw,
             context.wrap_socket(raw, server_hostname=host) as tls,
         ):
             tls.sendall(request)
             data = b""
             while len(data) <= MAX_API_BYTES:
+                tls.settimeout(deadline.left())
                 chunk = tls.recv(65536)
                 if not chunk:
                     break

@@ -233,6 +233,10 @@ def test_host_network_is_judged_from_the_interfaces() -> None:
     assert node.status is CheckStatus.FAIL
     assert "hostNetwork: true" in node.detail
     assert "NetworkPolicies do not apply" in node.detail
+    init = host_network_check(["lo", "eth0"], "net:[4026531833]")  # PROC_NET_INIT_INO
+    assert init.status is CheckStatus.FAIL
+    assert "the node's initial network namespace" in init.detail
+    assert host_network_check(["lo", "eth0"], "net:[4026532307]").status is CheckStatus.PASS
 
 
 def test_a_mesh_sidecar_is_seen_by_its_listeners_or_variables() -> None:
