@@ -39,6 +39,10 @@ class Reason(StrEnum):
     # Transparent listener: no SNI, not HTTP, and the original destination is no listed IP.
     NO_DESTINATION_NAME = "no-destination-name"
     DNS_QUERY_TYPE_REFUSED = "dns-query-type-refused"  # the DNS guard never forwards this type
+    # TLS interception (docs/interception.md): a request inside an intercepted tunnel.
+    RULE_NOT_MATCHED = "rule-not-matched"  # no rule of the intercepted host allows it
+    PATH_AMBIGUOUS = "path-ambiguous"  # its path cannot be judged unambiguously
+    SECRET_LEAK = "secret-leak"  # it carries an injected secret on a leg not its own
     # Authentication: 407.
     AUTH_REQUIRED = "proxy-auth-required"
     # Malformed or unsupported requests: 4xx / 501.
@@ -70,6 +74,8 @@ class Reason(StrEnum):
     UPSTREAM_RESET = "upstream-reset"
     UPSTREAM_BAD_RESPONSE = "upstream-bad-response"
     UPSTREAM_ERROR = "upstream-error"
+    # TLS interception: the origin's certificate did not verify (never a silent downgrade).
+    UPSTREAM_BAD_CERTIFICATE = "upstream-bad-certificate"
 
     @property
     def status(self) -> int:
@@ -99,6 +105,9 @@ _STATUS: dict[Reason, int] = {
     Reason.NO_POLICY: 403,
     Reason.NO_DESTINATION_NAME: 403,
     Reason.DNS_QUERY_TYPE_REFUSED: 403,
+    Reason.RULE_NOT_MATCHED: 403,
+    Reason.PATH_AMBIGUOUS: 403,
+    Reason.SECRET_LEAK: 403,
     Reason.AUTH_REQUIRED: 407,
     Reason.BAD_REQUEST: 400,
     Reason.NOT_A_PROXY_REQUEST: 400,
@@ -125,6 +134,7 @@ _STATUS: dict[Reason, int] = {
     Reason.UPSTREAM_RESET: 502,
     Reason.UPSTREAM_BAD_RESPONSE: 502,
     Reason.UPSTREAM_ERROR: 502,
+    Reason.UPSTREAM_BAD_CERTIFICATE: 502,
 }
 
 _TEXT: dict[Reason, str] = {
@@ -143,6 +153,10 @@ _TEXT: dict[Reason, str] = {
     Reason.NO_DESTINATION_NAME: "the connection names no destination (no TLS server name, "
     "not HTTP) and its original destination is not an allowed IP",
     Reason.DNS_QUERY_TYPE_REFUSED: "the DNS guard refuses this query type, class or opcode",
+    Reason.RULE_NOT_MATCHED: "no request rule of this intercepted host allows this method and path",
+    Reason.PATH_AMBIGUOUS: "the request path is ambiguous (an encoded slash, a backslash, '//', "
+    "';' or a dot segment above the root): refused rather than guessed",
+    Reason.SECRET_LEAK: "the request carries a secret the proxy injects for another host",
     Reason.AUTH_REQUIRED: "proxy authentication required",
     Reason.BAD_REQUEST: "malformed request",
     Reason.NOT_A_PROXY_REQUEST: "this is a forward proxy: send absolute-form requests or CONNECT",
@@ -169,6 +183,7 @@ _TEXT: dict[Reason, str] = {
     Reason.UPSTREAM_RESET: "the destination closed the connection",
     Reason.UPSTREAM_BAD_RESPONSE: "the destination sent an invalid response",
     Reason.UPSTREAM_ERROR: "error talking to the destination",
+    Reason.UPSTREAM_BAD_CERTIFICATE: "the destination's TLS certificate did not verify",
 }
 
 

@@ -11,6 +11,7 @@ Relative paths in the file are resolved against the directory of the config file
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import os
@@ -22,25 +23,34 @@ from typing import Any, TypeVar
 
 import yaml
 
+from egressgate.config.intercept_ca import CaFileError, load_ca
 from egressgate.config.model import (
     DEFAULT_POLICY_NAME,
+    MAX_SECRET_BYTES,
+    MIN_SECRET_BYTES,
     AuthConfig,
     ClientRule,
     Config,
     DnsAnswer,
     DnsConfig,
     DnsRefusal,
+    InterceptConfig,
+    InterceptRuleConfig,
     Limits,
     ListenAddress,
     Mode,
     NoSniAction,
     PolicyConfig,
     PortRange,
+    Secret,
+    SetHeader,
+    TlsInterceptConfig,
     TlsListenConfig,
 )
 from egressgate.errors import ConfigError, ConfigIssue
 from egressgate.names.hosts import parse_hosts
-from egressgate.names.patterns import DomainPattern, parse_cidr
+from egressgate.names.paths import PathPattern
+from egressgate.names.patterns import DomainPattern, HostMatcher, PatternKind, parse_cidr
 
 T = TypeVar("T")
 
@@ -52,6 +62,7 @@ POLICY_KEYS = (
     "mode",
     "sni_check",
     "tunnels_without_sni",
+    "intercept",
 )
 DNS_KEYS = (
     "dns_listen",
@@ -67,6 +78,7 @@ TOP_LEVEL_KEYS = (
     "tls_listen",
     "transparent_listen",
     "socks_listen",
+    "tls_intercept",
     *DNS_KEYS,
     *POLICY_KEYS,
     "policies",
@@ -331,6 +343,8 @@ class _ConfigBuilder:
         self.base_dir = base_dir
         # The first clients rule naming `user` / `tls_name`, for the cross-checks' location.
         self._criteria_nodes: dict[str, yaml.Node] = {}
+        # Each policy's `intercept` node, for the cross-checks' location.
+        self._intercept_nodes: dict[str, yaml.Node] = {}
 
     def build(self, root: yaml.Node | None) -> Config:
         config = Config(source=self.w.source)
@@ -385,6 +399,12 @@ class _ConfigBuilder:
                 )
         if "tls_listen" in top:
             changes["tls_listen"] = self.w.attempt(top["tls_listen"], self._tls_listen)
+        if "tls_intercept" in top:
+            node = top["tls_intercept"]
+            if isinstance(node, yaml.ScalarNode) and self.w.attempt(node, self.w.scalar) is None:
+                changes["tls_intercept"] = _NULL  # written out as off (the default)
+            else:
+                changes["tls_intercept"] = self.w.attempt(node, self._tls_intercept)
         if "transparent_listen" in top:
             node = top["transparent_listen"]
             if isinstance(node, yaml.ScalarNode) and self.w.attempt(node, self.w.scalar) is None:
@@ -479,6 +499,36 @@ class _ConfigBuilder:
             except (ssl.SSLError, OSError) as exc:
                 self.w.issue(m["client_ca_file"], f"cannot load client_ca_file: {_ssl_text(exc)}")
         return TlsListenConfig(listen, cert, key, ca, bool(require))
+
+    def _tls_intercept(self, node: yaml.Node) -> TlsInterceptConfig | None:
+        keys = ("ca_cert_file", "ca_key_file", "upstream_ca_file")
+        m = self.w.mapping(node, keys, "tls_intercept")
+        for required in ("ca_cert_file", "ca_key_file"):
+            if required not in m:
+                raise _Invalid(node, f"tls_intercept needs {required!r} (egressgate ca init)")
+        cert = self.w.attempt(m["ca_cert_file"], self._existing_file)
+        key = self.w.attempt(m["ca_key_file"], self._existing_file)
+        upstream = None
+        if "upstream_ca_file" in m:
+            upstream = self.w.attempt(m["upstream_ca_file"], self._optional_ca_bundle)
+        if cert is None or key is None:
+            return None
+        try:
+            load_ca(cert, key)
+        except CaFileError as exc:
+            self.w.issue(m[exc.key], f"tls_intercept: {exc}")
+        return TlsInterceptConfig(cert, key, upstream)
+
+    def _optional_ca_bundle(self, node: yaml.Node) -> str | None:
+        if self.w.scalar(node) is None:
+            return None
+        path = self._existing_file(node)
+        context = ssl.create_default_context()
+        try:
+            context.load_verify_locations(path)
+        except (ssl.SSLError, OSError) as exc:
+            raise _Invalid(node, f"cannot load upstream_ca_file: {_ssl_text(exc)}") from None
+        return path
 
     # ---- files, resolver, logging, limits
     def _files_and_logging(self, top: dict[str, yaml.Node], changes: dict[str, Any]) -> None:
@@ -605,23 +655,174 @@ class _ConfigBuilder:
                 m["tunnels_without_sni"],
                 lambda n: w.parsed(n, _enum(NoSniAction, "tunnels_without_sni")),
             )
-        return PolicyConfig(**{k: v for k, v in values.items() if v is not None})
+        if "intercept" in m:
+            values["intercept"] = w.attempt(m["intercept"], self._intercepts)
+        policy = PolicyConfig(**{k: v for k, v in values.items() if v is not None})
+        if "intercept" in m:
+            self._intercept_nodes[name] = m["intercept"]
+        return policy
 
-    def _pattern(self, node: yaml.Node) -> str:
+    # ---- intercept (docs/interception.md)
+    def _intercepts(self, node: yaml.Node) -> tuple[InterceptConfig, ...]:
+        entries = self.w.each(node, "intercept", self._intercept)
+        seen: dict[tuple[PatternKind, str], str] = {}
+        for item, entry in zip(self.w.items(node, "intercept"), entries, strict=False):
+            key = _intercept_key(entry.host)
+            if key in seen:
+                self.w.issue(item, f"intercept: host {entry.host!r} is listed twice")
+            seen.setdefault(key, entry.host)
+        return entries
+
+    def _intercept(self, node: yaml.Node) -> InterceptConfig:
+        m = self.w.mapping(node, ("host", "rules", "set_headers"), "an intercept entry")
+        if "host" not in m:
+            raise _Invalid(node, "an intercept entry needs 'host'")
+        if "rules" not in m:
+            raise _Invalid(
+                node,
+                "an intercept entry needs 'rules' (first match wins; `rules: [{}]` allows "
+                "every request)",
+            )
+        host = self.w.attempt(m["host"], self._intercept_host)
+        rules = self.w.attempt(m["rules"], self._intercept_rules)
+        headers = self.w.attempt(m["set_headers"], self._set_headers) if "set_headers" in m else ()
+        if host is None or rules is None or headers is None:
+            raise _Reported
+        return InterceptConfig(host, rules, headers, line=node.start_mark.line + 1)
+
+    def _intercept_host(self, node: yaml.Node) -> str:
+        text, pattern = self._parsed_pattern(node, "intercept host")
+        if pattern.kind is PatternKind.ANY:
+            raise _Invalid(node, "intercept host: '*' is refused; interception names its hosts")
+        if pattern.kind is PatternKind.NETWORK:
+            raise _Invalid(
+                node, f"intercept host: {text!r} is an address; interception is for host names"
+            )
+        return text
+
+    def _intercept_rules(self, node: yaml.Node) -> tuple[InterceptRuleConfig, ...]:
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise _Invalid(node, "rules must be a non-empty list of rules (first match wins)")
+        rules = self.w.each(node, "rules", self._intercept_rule)
+        if len(rules) != len(node.value):
+            raise _Reported
+        return rules
+
+    def _intercept_rule(self, node: yaml.Node) -> InterceptRuleConfig:
+        m = self.w.mapping(node, ("methods", "paths", "websocket"), "a rule")
+        w = self.w
+        methods: tuple[str, ...] | None = ()
+        paths: tuple[str, ...] | None = ()
+        websocket: bool | None = False
+        if "methods" in m:
+            methods = w.attempt(m["methods"], lambda n: self._nonempty_each(n, "methods", _method))
+        if "paths" in m:
+            paths = w.attempt(m["paths"], lambda n: self._nonempty_each(n, "paths", _path))
+        if "websocket" in m:
+            websocket = w.attempt(m["websocket"], w.boolean)
+        if methods is None or paths is None or websocket is None:
+            raise _Reported
+        if websocket and methods and "GET" not in methods:
+            raise _Invalid(
+                m["websocket"], "websocket: true needs GET in methods (an upgrade is a GET)"
+            )
+        return InterceptRuleConfig(methods, paths, websocket, line=node.start_mark.line + 1)
+
+    def _nonempty_each(
+        self, node: yaml.Node, what: str, parse: Callable[[str], str]
+    ) -> tuple[str, ...]:
+        items = self.w.items(node, what)
+        if not items:
+            raise _Invalid(node, f"{what} is empty: leave it out to mean any")
+        values = self.w.each(node, what, lambda n: self.w.parsed(n, parse))
+        if len(values) != len(items):
+            raise _Reported
+        return values
+
+    def _set_headers(self, node: yaml.Node) -> tuple[SetHeader, ...]:
+        m = self.w.mapping(node, (), "set_headers")
+        headers: list[SetHeader] = []
+        seen: set[str] = set()
+        for name, value_node in m.items():
+            key_node = _key_node(node, name)
+            if self.w.attempt(key_node, _header_name) is None:
+                continue
+            if name.lower() in seen:
+                self.w.issue(key_node, f"set_headers: {name!r} is set twice (names ignore case)")
+                continue
+            seen.add(name.lower())
+            header = self.w.attempt(value_node, functools.partial(self._set_header, name))
+            if header is not None:
+                headers.append(header)
+        if len(headers) != len(m):
+            raise _Reported
+        return tuple(headers)
+
+    def _set_header(self, name: str, node: yaml.Node) -> SetHeader:
+        text = self.w.string(node).strip()
+        if text.startswith(("file:", "env:")):
+            prefix, source = "", text
+        else:
+            prefix, _, source = text.rpartition(" ")
+            prefix = prefix.strip()
+        if not source.startswith(("file:", "env:")):
+            raise _Invalid(
+                node,
+                f"set_headers {name}: the value comes from a secret, 'file:/path' or "
+                "'env:NAME', optionally after a prefix like 'Bearer env:GH_TOKEN' "
+                "(literal values are not supported)",
+            )
+        if prefix and not _printable(prefix.encode("utf-8", "replace")):
+            raise _Invalid(node, f"set_headers {name}: the prefix has characters a header cannot")
+        value = self._read_secret(node, name, source)
+        return SetHeader(name, Secret(source, value), prefix + " " if prefix else "")
+
+    def _read_secret(self, node: yaml.Node, name: str, source: str) -> bytes:
+        """The secret's bytes (surrounding whitespace dropped). Errors name the source, never
+        the value (not even a part of it)."""
+        kind, _, where = source.partition(":")
+        if not where:
+            raise _Invalid(node, f"set_headers {name}: {source!r} names no {kind}")
+        if kind == "env":
+            raw = os.environ.get(where, "").encode("utf-8", "surrogateescape")
+            if not raw.strip():
+                raise _Invalid(
+                    node, f"set_headers {name}: environment variable {where} is unset or empty"
+                )
+            shown = f"environment variable {where}"
+        else:
+            path = self._path(where)
+            raw = _read_secret_file(node, name, path)
+            shown = f"file {path}"
+        value = raw.strip()
+        if len(value) < MIN_SECRET_BYTES:
+            raise _Invalid(
+                node,
+                f"set_headers {name}: the secret in {shown} is shorter than {MIN_SECRET_BYTES} "
+                "bytes: too short to be a credential, and to be looked for in traffic",
+            )
+        if not _printable(value):
+            raise _Invalid(
+                node,
+                f"set_headers {name}: the secret in {shown} has bytes a header value cannot "
+                "carry (a line break, a control character or non-ASCII)",
+            )
+        return value
+
+    def _parsed_pattern(self, node: yaml.Node, what: str) -> tuple[str, DomainPattern]:
+        """An allowlist-form entry: its text and parsed pattern; errors prefixed by `what`."""
         text = self.w.parsed(node, lambda s: s)
         try:
-            DomainPattern.parse(text)
+            return text, DomainPattern.parse(text)
         except ValueError as exc:
-            raise _Invalid(node, f"allow: {exc}") from exc
-        return text
+            raise _Invalid(node, f"{what}: {exc}") from exc
+
+    def _pattern(self, node: yaml.Node) -> str:
+        return self._parsed_pattern(node, "allow")[0]
 
     def _name_pattern(self, node: yaml.Node) -> str:
         """A dns_passthrough entry: the allowlist's name forms (exact, .domain, *.sub)."""
-        text = self.w.parsed(node, lambda s: s)
-        try:
-            pattern = DomainPattern.parse(text)
-        except ValueError as exc:
-            raise _Invalid(node, f"dns_passthrough: {exc}") from exc
+        text, pattern = self._parsed_pattern(node, "dns_passthrough")
         if pattern.network is not None:
             raise _Invalid(node, f"dns_passthrough: {text!r} is an address; list domain names")
         return text
@@ -691,6 +892,7 @@ class _ConfigBuilder:
 
     def _cross_checks(self, config: Config, top: dict[str, yaml.Node]) -> None:
         self._dns_cross_checks(config, top)
+        self._intercept_cross_checks(config)
         # Both point at the first rule that names the criterion, not at the `clients` list.
         if any(r.users for r in config.clients) and config.auth is None:
             self.w.issue(
@@ -704,6 +906,27 @@ class _ConfigBuilder:
                 self._criteria_nodes.get("tls_name", top.get("clients")),
                 "clients rules name tls_name, which needs tls_listen with client_ca_file",
             )
+
+    def _intercept_cross_checks(self, config: Config) -> None:
+        """Every intercepted host is allowed by its policy; interception needs its CA."""
+        for policy in config.policies:
+            if not policy.intercept:
+                continue
+            node = self._intercept_nodes.get(policy.name)
+            if config.tls_intercept is None:
+                self.w.issue(
+                    node,
+                    f"policy {policy.name!r} has intercept, which needs tls_intercept "
+                    "(the CA that signs the intercepted hosts' certificates)",
+                )
+            matcher = HostMatcher([DomainPattern.parse(p) for p in policy.allow])
+            for entry in policy.intercept:
+                if not matcher.covers(DomainPattern.parse(entry.host)):
+                    self.w.issue(
+                        _line_node(node, entry.line),
+                        f"intercept host {entry.host!r} is not allowed by policy "
+                        f"{policy.name!r}: every intercepted host must also be under `allow`",
+                    )
 
     def _dns_cross_checks(self, config: Config, top: dict[str, yaml.Node]) -> None:
         limits = config.limits
@@ -729,6 +952,101 @@ class _ConfigBuilder:
 
 
 _NULL = object()
+# RFC 9110 5.6.2: token = 1*tchar
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Headers that frame the message or belong to one connection: the proxy owns them.
+_UNSETTABLE_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-connection",
+        "expect",
+    }
+)
+
+
+def _method(text: str) -> str:
+    """An HTTP method as rules name it; methods are case-sensitive (RFC 9110 9.1)."""
+    if not _TOKEN.match(text):
+        raise ValueError(f"methods: {text!r} is not an HTTP method name")
+    if text != text.upper():
+        raise ValueError(
+            f"methods: {text!r}: methods are case-sensitive (RFC 9110 9.1); write {text.upper()!r}"
+        )
+    if text == "CONNECT":
+        raise ValueError("methods: CONNECT inside an intercepted tunnel is never allowed")
+    return text
+
+
+def _path(text: str) -> str:
+    try:
+        PathPattern.parse(text)
+    except ValueError as exc:
+        raise ValueError(f"paths: {exc}") from None
+    return text
+
+
+def _header_name(node: yaml.Node) -> str:
+    name = str(node.value)
+    if not _TOKEN.match(name):
+        raise _Invalid(None, f"set_headers: {name!r} is not a header name")
+    if name.lower() in _UNSETTABLE_HEADERS or name.lower().startswith("proxy-"):
+        raise _Invalid(None, f"set_headers: {name!r} frames the message; it cannot be set")
+    return name
+
+
+def _printable(value: bytes) -> bool:
+    """Visible ASCII, space and tab: what a header value may carry (RFC 9110 5.5), minus
+    obs-text, and never a line break."""
+    return all(byte == 0x09 or 0x20 <= byte <= 0x7E for byte in value)
+
+
+def _read_secret_file(node: yaml.Node, name: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise _Invalid(
+            node, f"set_headers {name}: cannot read the secret file {path}: {exc.strerror}"
+        ) from None
+    if len(raw) > MAX_SECRET_BYTES:
+        raise _Invalid(
+            node,
+            f"set_headers {name}: the secret file {path} is larger than {MAX_SECRET_BYTES} "
+            "bytes; it is not a secret",
+        )
+    return raw
+
+
+def _intercept_key(host: str) -> tuple[PatternKind, str]:
+    pattern = DomainPattern.parse(host)
+    return pattern.kind, pattern.name
+
+
+def _key_node(mapping: yaml.Node, key: str) -> yaml.Node:
+    """The key node of `key` in a mapping node (for issues about the key itself)."""
+    for key_node, _ in mapping.value:
+        if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
+            found: yaml.Node = key_node
+            return found
+    return mapping
+
+
+def _line_node(node: yaml.Node | None, line: int | None) -> yaml.Node | None:
+    """The item of a list node that starts on `line` (an intercept entry), else the list."""
+    if isinstance(node, yaml.SequenceNode):
+        item: yaml.Node
+        for item in node.value:
+            if item.start_mark.line + 1 == line:
+                return item
+    return node
 
 
 def _unwritable(path: str) -> str | None:

@@ -7,6 +7,7 @@ raise ValueError with a message meant for the operator.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -117,6 +118,90 @@ DEFAULT_CONNECT_PORTS = (PortRange(443, 443),)
 DEFAULT_HTTP_PORTS = (PortRange(80, 80),)
 
 
+class Secret:
+    """A credential read from a file or an environment variable (`set_headers`).
+
+    Its repr and str name only where it came from, never the value, so a Config, a traceback or
+    a debug print cannot show it. `reveal()` is the one way to the bytes; the data path calls it
+    once, at compile. Equality compares the values in constant time (a reload that changes only
+    a secret is a change).
+    """
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, source: str, value: bytes) -> None:
+        self.source = source  # "file:/run/secrets/gh-token" or "env:GH_TOKEN"
+        self._value = value
+
+    def reveal(self) -> bytes:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({self.source!r})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return self.source == other.source and hmac.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(self.source)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Never pickled by accident into a file or a queue: workers fork and inherit it.
+        raise TypeError("a Secret is not picklable")
+
+
+# A secret shorter than this is no credential, and scanning traffic for it (secret-leak) would
+# refuse innocent requests that merely contain those few bytes.
+MIN_SECRET_BYTES = 8
+# A secret file larger than this is a mistake (a certificate bundle, a log); it is not read.
+MAX_SECRET_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TlsInterceptConfig:
+    """The CA that signs the leaf certificates of intercepted hosts (docs/interception.md)."""
+
+    ca_cert_file: str
+    ca_key_file: str
+    upstream_ca_file: str | None = None  # trusted for origins, besides the system store
+
+
+@dataclass(frozen=True, slots=True)
+class InterceptRuleConfig:
+    """One request rule of an intercepted host; the first rule that matches allows."""
+
+    methods: tuple[str, ...] = ()  # empty: any method
+    paths: tuple[str, ...] = ()  # patterns on the normalized path; empty: any path
+    websocket: bool = False  # True: the rule also allows a WebSocket upgrade
+    line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetHeader:
+    """A header the proxy sets (replacing the client's) on requests to an intercepted host.
+
+    The value sent is `prefix` + the secret, e.g. "Bearer " + the token read from `secret`.
+    """
+
+    name: str  # as written; matched case-insensitively
+    secret: Secret
+    prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InterceptConfig:
+    """A host whose TLS the proxy terminates so that its requests can be judged by rules."""
+
+    host: str  # allowlist name forms: exact, .domain, *.sub
+    rules: tuple[InterceptRuleConfig, ...]
+    set_headers: tuple[SetHeader, ...] = ()
+    line: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     """One named policy: which destinations a client may reach, and how strictly."""
@@ -129,6 +214,7 @@ class PolicyConfig:
     mode: Mode = Mode.ENFORCE
     sni_check: bool = True
     tunnels_without_sni: NoSniAction = NoSniAction.ALLOW
+    intercept: tuple[InterceptConfig, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +294,10 @@ class Limits:
     access_log_buffer_bytes: int = 4 * 1024 * 1024
     # How long the exit waits for the access-log writer to write what is queued.
     access_log_flush_timeout_s: float = 2.0
+    # TLS interception: minted leaf certificates kept (one per server name, least recently
+    # used dropped), and how long each is valid (short: a leaked leaf key is soon worthless).
+    intercept_leaf_cache_entries: int = 1024
+    intercept_leaf_validity_s: float = 86400.0
 
 
 DEFAULT_DNS_PASSTHROUGH = (".cluster.local",)
@@ -239,6 +329,8 @@ class Config:
     transparent_listen: ListenAddress | None = None
     # A SOCKS5 listener (proxy/socks.py): the same policies, users and clients rules.
     socks_listen: ListenAddress | None = None
+    # TLS interception (docs/interception.md): off unless configured; policies list the hosts.
+    tls_intercept: TlsInterceptConfig | None = None
     dns_listen: ListenAddress | None = None
     dns: DnsConfig = field(default_factory=DnsConfig)
     policies: tuple[PolicyConfig, ...] = (PolicyConfig(DEFAULT_POLICY_NAME),)

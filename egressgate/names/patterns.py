@@ -144,6 +144,28 @@ class HostMatcher:
             dot = name.find(".", dot + 1)
         return self._any
 
+    def covers(self, pattern: DomainPattern) -> bool:
+        """Whether every host `pattern` (a name form) matches is also matched here.
+
+        Used to check that each intercepted host is allowed: `.github.com` is covered by
+        `.github.com` or `*` but not by `api.github.com`; `*.x.com` by `.x.com` or `*.x.com`."""
+        if pattern.kind is PatternKind.EXACT:
+            return self.match_name(pattern.name) is not None
+        if pattern.kind is PatternKind.DOMAIN and self.match_name(pattern.name) is None:
+            return False
+        if pattern.kind not in (PatternKind.DOMAIN, PatternKind.SUBDOMAINS):
+            return False
+        if self._any is not None:
+            return True
+        name = pattern.name
+        while True:
+            if name in self._domain or name in self._subdomains:
+                return True
+            dot = name.find(".")
+            if dot == -1:
+                return False
+            name = name[dot + 1 :]
+
     def match_address(self, address: IPAddress) -> str | None:
         """The entry text allowing IP-literal destination `address`, or None."""
         for network, text in self._networks:

@@ -33,6 +33,7 @@ from egressgate.names.patterns import DomainPattern, HostMatcher, IPNetwork, par
 from egressgate.names.tuple_memo import TupleMemo
 from egressgate.policy.clients import ClientSelector
 from egressgate.policy.decision import ClientIdentity, Decision, Target, Verdict
+from egressgate.policy.intercept import NO_INTERCEPT, CompiledIntercept, InterceptHost, secret_leak
 
 _MISS = object()
 # The first address a policy may not reach, with its class; None when all may be reached.
@@ -64,6 +65,7 @@ class CompiledPolicy:
         "config",
         "connect_ports",
         "http_ports",
+        "intercept",
         "matcher",
         "name",
         "report",
@@ -83,6 +85,10 @@ class CompiledPolicy:
         self.report = config.mode is Mode.REPORT
         self.sni_check = config.sni_check
         self.tunnels_without_sni = config.tunnels_without_sni
+        # TLS interception (policy/intercept.py): which hosts' requests are judged by rules.
+        self.intercept: CompiledIntercept = (
+            CompiledIntercept(config.intercept, self.report) if config.intercept else NO_INTERCEPT
+        )
         # Vetting is pure over (policy, addresses); a compiled policy lives for one config
         # generation, so the cache can never outlive the allow_private it was computed with.
         self._vet_cache: dict[tuple[IPAddress, ...], object] = {}
@@ -202,7 +208,7 @@ class VetResult:
 class PolicySet:
     """Every policy of one config generation, plus the client → policy selector."""
 
-    __slots__ = ("default", "policies", "selector")
+    __slots__ = ("all_secrets", "default", "policies", "selector")
 
     def __init__(
         self, policies: dict[str, CompiledPolicy], selector: ClientSelector, default: str
@@ -210,6 +216,18 @@ class PolicySet:
         self.policies = policies
         self.selector = selector
         self.default = policies[default]
+        # Every injected secret of every policy, with the intercepted host it belongs to: a
+        # request carrying one on any other leg the proxy can read is a `secret-leak`.
+        self.all_secrets: tuple[tuple[bytes, InterceptHost], ...] = tuple(
+            pair for policy in policies.values() for pair in policy.intercept.all_secrets
+        )
+
+    def secret_leak(self, data: bytes | bytearray, own: tuple[bytes, ...] = ()) -> str | None:
+        """The label of the intercepted host whose secret `data` carries (a secret in `own`,
+        those of the destination itself, excepted), or None. Never the secret itself."""
+        if not self.all_secrets:
+            return None
+        return secret_leak(self.all_secrets, data, own)
 
     @classmethod
     def compile(cls, config: Config) -> PolicySet:

@@ -20,6 +20,14 @@ NOT_ON_THE_PICTURE |= {Reason.DNS_QUERY_TYPE_REFUSED, Reason.DNS_OVERLOADED}
 # Emitted only by the transparent listener, before any name exists: its own table is in
 # docs/transparent.md ("How a connection is judged").
 NOT_ON_THE_PICTURE |= {Reason.NO_DESTINATION_NAME}
+# Emitted only for intercepted hosts (requests judged inside the tunnel, the re-encrypted leg)
+# and by the leak check: their own table is in docs/interception.md ("Refusals").
+NOT_ON_THE_PICTURE |= {
+    Reason.RULE_NOT_MATCHED,
+    Reason.PATH_AMBIGUOUS,
+    Reason.SECRET_LEAK,
+    Reason.UPSTREAM_BAD_CERTIFICATE,
+}
 
 
 def script() -> ModuleType:

@@ -47,6 +47,9 @@ def files(tmp_path: Path) -> Path:
     leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
     leaf.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ca.private_key_pem.write_to_path(str(tmp_path / "ca.key"))
+    (tmp_path / "ca.key").chmod(0o600)  # the interception CA's key must be private
+    (tmp_path / "gh-token").write_text("ghp_placeholder_token_value\n")
     (tmp_path / "users").write_text("placeholder\n")
     (tmp_path / "logs").mkdir()
     return tmp_path
@@ -141,7 +144,7 @@ def _documented_example() -> str:
 
 def test_the_documented_complete_example_loads_and_compiles(files: Path) -> None:
     # Its absolute paths (auth users, TLS material) point into the test's own directory.
-    text = re.sub(r"/etc/egressgate-(?:auth|tls)/", "", _documented_example())
+    text = re.sub(r"/etc/egressgate-(?:auth|tls|ca)/|/run/secrets/", "", _documented_example())
     text = text.replace("tls.crt", "cert.pem").replace("tls.key", "key.pem")
     text = text.replace("ca.crt", "ca.pem")
     config = load_config_text(text, "egress.yaml", str(files))
