@@ -9,7 +9,7 @@ import ipaddress
 import os
 import sys
 
-from egressgate.tools import attack_probes, attack_report, verify
+from egressgate.tools import attack, attack_probes, attack_report, verify
 
 DESCRIPTION = """\
 Check, from inside an application container, that its egress goes through egressgate and
@@ -256,6 +256,14 @@ def _attack(args: argparse.Namespace) -> int:
         return 2
     if args.ipv6_address is not None and ":" not in args.ipv6_address:
         print("egressgate verify: --ipv6-address must be an IPv6 address", file=sys.stderr)
+        return 2
+    unknown = [p for p in args.skip if not any(i.startswith(p) for i in attack.BY_ID)]
+    if unknown:
+        print(
+            f"egressgate verify: --skip {unknown[0]}: no probe id starts with it (ids: "
+            f"{', '.join(attack.BY_ID)})",
+            file=sys.stderr,
+        )
         return 2
     options = attack_probes.AttackOptions(
         allowed=tuple(args.allowed),

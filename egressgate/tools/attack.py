@@ -37,7 +37,7 @@ How an outcome maps to a layer (the only inferences this module makes):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -125,7 +125,6 @@ class Finding:
     layer: Layer | None  # None when skipped
     explanation: str  # why this verdict: the layer's evidence, then the facts
     observation: Observation | None = None
-    data: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def fix(self) -> str | None:
@@ -149,7 +148,6 @@ class Finding:
             out.update({key: value for key, value in extras.items() if value is not None})
         if self.fix is not None:
             out["fix"] = self.fix
-        out.update(self.data)
         return out
 
 

@@ -24,8 +24,7 @@ import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import dns.message
 import dns.rcode
@@ -643,7 +642,6 @@ class Planned:
     target: str
     run: Thunk | None = None
     why_not: str | None = None
-    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 def plan(options: AttackOptions, targets: Targets) -> list[Planned]:

@@ -209,6 +209,13 @@ def test_sarif_output_is_one_run_with_a_result_per_probe(
             "--ipv6-address must be an IPv6 address",
         ),
         (["--attack", "--outside-resolver", "dns.example"], "is not an IP address"),
+        (
+            [
+                *("--attack", "--allowed", "http://a.test/", "--denied", "http://d.test/"),
+                *("--skip", "quic"),
+            ],
+            "--skip quic: no probe id starts with it (ids: direct.tcp-https, ",
+        ),
         (["--attack", "--parallel", "0"], "1 to 32"),
     ],
 )

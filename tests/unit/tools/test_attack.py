@@ -199,6 +199,17 @@ def test_dns_wire_helpers_round_trip_and_refuse_foreign_replies() -> None:
         attack_probes.parse_dns_reply(b"\x00\x01", 1)
 
 
+@given(st.binary(max_size=600), st.integers(0, 0xFFFF))
+def test_any_datagram_is_a_reply_or_a_value_error(wire: bytes, query_id: int) -> None:
+    """Whatever comes back from the network is judged or refused, never crashes a probe."""
+    try:
+        rcode, answers = attack_probes.parse_dns_reply(wire, query_id)
+    except ValueError:
+        return
+    assert isinstance(rcode, str)
+    assert answers >= 0
+
+
 def test_outcomes_of_socket_errors() -> None:
     assert attack_probes.outcome_of_error(TimeoutError()) is Outcome.TIMEOUT
     assert attack_probes.outcome_of_error(ConnectionRefusedError()) is Outcome.REFUSED
