@@ -9,7 +9,7 @@ import ipaddress
 import os
 import sys
 
-from egressgate.tools import attack, attack_probes, attack_report, verify
+from egressgate.tools import attack, attack_plan, attack_report, verify
 
 DESCRIPTION = """\
 Check, from inside an application container, that its egress goes through egressgate and
@@ -157,8 +157,8 @@ def _ip(text: str) -> str:
 
 
 def _parallel(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= attack_probes.MAX_PARALLEL:
-        raise argparse.ArgumentTypeError(f"1 to {attack_probes.MAX_PARALLEL}")
+    if not text.isdigit() or not 1 <= int(text) <= attack_plan.MAX_PARALLEL:
+        raise argparse.ArgumentTypeError(f"1 to {attack_plan.MAX_PARALLEL}")
     return int(text)
 
 
@@ -189,14 +189,14 @@ def _add_attack_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--other-port",
         type=_port,
-        default=attack_probes.DEFAULT_OTHER_PORT,
+        default=attack_plan.DEFAULT_OTHER_PORT,
         metavar="PORT",
         help="the non-standard port tried directly (%(default)s)",
     )
     group.add_argument(
         "--admin-port",
         type=_port,
-        default=attack_probes.DEFAULT_ADMIN_PORT,
+        default=attack_plan.DEFAULT_ADMIN_PORT,
         metavar="PORT",
         help="the proxy's admin port, CONNECTed to through the proxy (%(default)s; 0: none)",
     )
@@ -210,7 +210,7 @@ def _add_attack_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--parallel",
         type=_parallel,
-        default=attack_probes.DEFAULT_PARALLEL,
+        default=attack_plan.DEFAULT_PARALLEL,
         metavar="N",
         help="probes run at once (%(default)s)",
     )
@@ -265,7 +265,7 @@ def _attack(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    options = attack_probes.AttackOptions(
+    options = attack_plan.AttackOptions(
         allowed=tuple(args.allowed),
         denied=tuple(args.denied),
         outside_resolver=args.outside_resolver,

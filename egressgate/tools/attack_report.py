@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from egressgate import __version__
-from egressgate.tools import attack_probes, pod_inspect
+from egressgate.tools import attack_plan, pod_inspect
 from egressgate.tools.attack import CATALOGUE, Finding, Status
-from egressgate.tools.attack_probes import AttackOptions
+from egressgate.tools.attack_plan import AttackOptions
 from egressgate.tools.verify import Check
 from egressgate.tools.verify import Status as CheckStatus
 
@@ -48,8 +48,8 @@ def run_attack(
     options: AttackOptions, env: Mapping[str, str], *, inspect_pod: bool = True, api: bool = True
 ) -> AttackReport:
     pod_v6 = pod_inspect.global_ipv6_addresses()
-    targets = attack_probes.build_targets(options, env, pod_v6)
-    findings = attack_probes.run_planned(attack_probes.plan(options, targets), options.parallel)
+    targets = attack_plan.build_targets(options, env, pod_v6)
+    findings = attack_plan.run_planned(attack_plan.plan(options, targets), options.parallel)
     pod = pod_inspect.inspect(env, options.timeout_s, api=api) if inspect_pod else []
     return AttackReport(tuple(findings), tuple(pod))
 

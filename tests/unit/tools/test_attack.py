@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from egressgate.tools import attack_probes
+from egressgate.tools import attack_plan, attack_probes
 from egressgate.tools.attack import (
     BY_ID,
     CATALOGUE,
@@ -220,8 +220,8 @@ def test_outcomes_of_socket_errors() -> None:
 
 def test_no_probe_picks_an_address_of_its_own() -> None:
     """With nothing named, every probe but the metadata ones is skipped with a reason."""
-    targets = attack_probes.build_targets(attack_probes.AttackOptions(), {}, [])
-    planned = attack_probes.plan(attack_probes.AttackOptions(), targets)
+    targets = attack_plan.build_targets(attack_plan.AttackOptions(), {}, [])
+    planned = attack_plan.plan(attack_plan.AttackOptions(), targets)
     runnable = {p.spec.id: p.target for p in planned if p.run is not None}
     assert runnable == {
         "metadata.direct-v4": "169.254.169.254:80",
@@ -229,8 +229,8 @@ def test_no_probe_picks_an_address_of_its_own() -> None:
         "metadata.direct-nat64": "[64:ff9b::a9fe:a9fe]:80",
     }
     assert all(p.why_not for p in planned if p.run is None)
-    skipping = attack_probes.AttackOptions(skip=("metadata",))
-    assert not [p for p in attack_probes.plan(skipping, targets) if p.run is not None]
+    skipping = attack_plan.AttackOptions(skip=("metadata",))
+    assert not [p for p in attack_plan.plan(skipping, targets) if p.run is not None]
 
 
 # -- pod inspection ----------------------------------------------------------------------------
