@@ -15,6 +15,7 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Callable
 
 import dns.message
 import dns.rcode
@@ -211,16 +212,28 @@ def probe_http(address: str, port: int, host: str, timeout_s: float) -> Observat
     return _http_observation(head, what, started)
 
 
-def probe_udp_quic(address: str, timeout_s: float) -> Observation:
-    """One QUIC Initial-shaped datagram to address:443, then wait for any reply."""
-    what, started = f"one QUIC datagram to {format_hostport(address, QUIC_PORT)}", time.monotonic()
-    datagram = quic_initial(os.urandom(8), os.urandom(8))
+def _udp(
+    address: str,
+    port: int,
+    payload: bytes,
+    accept: Callable[[bytes], bool],
+    timeout_s: float,
+    what: str,
+    silence: str,
+) -> bytes | Observation:
+    """One datagram, then the first reply `accept` takes (bounded by the timeout), or what
+    happened instead; `silence` says what no reply means for this probe."""
+    started, deadline = time.monotonic(), Deadline(timeout_s)
     with socket.socket(_family(address), socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout_s)
         try:
-            sock.connect((address, QUIC_PORT))  # connected: ICMP errors are reported to us
-            sock.send(datagram)
-            reply = sock.recv(2048)
+            sock.settimeout(deadline.left())
+            sock.connect((address, port))  # connected: ICMP errors are reported to us
+            sock.send(payload)
+            while True:  # bounded by the deadline; a stray datagram does not end the wait
+                sock.settimeout(deadline.left())
+                reply = sock.recv(4096)
+                if accept(reply):
+                    return reply
         except ConnectionRefusedError:
             return Observation(
                 Outcome.UDP_PORT_UNREACHABLE,
@@ -230,50 +243,49 @@ def probe_udp_quic(address: str, timeout_s: float) -> Observation:
         except TimeoutError:
             return Observation(
                 Outcome.TIMEOUT,
-                f"{what}: no reply in {timeout_s:g} s (a drop looks like this; so does a "
-                "target that never answers QUIC — name an --allowed host that serves HTTP/3 to "
-                "make this proof strong).",
+                f"{what}: no reply in {timeout_s:g} s ({silence}).",
                 elapsed_ms=_ms(started),
             )
         except OSError as exc:
             return _failed_connect(what, exc, timeout_s, started)
+
+
+def probe_udp_quic(address: str, timeout_s: float) -> Observation:
+    """One QUIC Initial-shaped datagram to address:443, then wait for any reply."""
+    what, started = f"one QUIC datagram to {format_hostport(address, QUIC_PORT)}", time.monotonic()
+    silence = (
+        "a drop looks like this; so does a target that never answers QUIC — name an --allowed "
+        "host that serves HTTP/3 to make this proof strong"
+    )
+    datagram = quic_initial(os.urandom(8), os.urandom(8))
+    reply = _udp(address, QUIC_PORT, datagram, lambda _: True, timeout_s, what, silence)
+    if isinstance(reply, Observation):
+        return reply
     return Observation(
         Outcome.UDP_REPLY, f"{what}: a {len(reply)}-byte reply came back.", elapsed_ms=_ms(started)
     )
 
 
+def _is_reply(query_id: int) -> Callable[[bytes], bool]:
+    def accept(wire: bytes) -> bool:
+        try:
+            parse_dns_reply(wire, query_id)
+        except ValueError:
+            return False
+        return True
+
+    return accept
+
+
 def probe_dns_udp(server: str, name: str, timeout_s: float) -> Observation:
     what = f"DNS A {name}? over UDP to {format_hostport(server, DNS_PORT)}"
     started, query_id = time.monotonic(), int.from_bytes(os.urandom(2), "big")
-    deadline = Deadline(timeout_s)
-    with socket.socket(_family(server), socket.SOCK_DGRAM) as sock:
-        try:
-            sock.settimeout(deadline.left())
-            sock.connect((server, DNS_PORT))
-            sock.send(dns_query(name, query_id))
-            while True:  # bounded by the deadline; a stray datagram does not end the wait
-                sock.settimeout(deadline.left())
-                wire = sock.recv(4096)
-                try:
-                    rcode, answers = parse_dns_reply(wire, query_id)
-                    break
-                except ValueError:
-                    continue
-        except ConnectionRefusedError:
-            return Observation(
-                Outcome.UDP_PORT_UNREACHABLE,
-                f"{what}: ICMP port unreachable.",
-                elapsed_ms=_ms(started),
-            )
-        except TimeoutError:
-            return Observation(
-                Outcome.TIMEOUT,
-                f"{what}: no reply in {timeout_s:g} s (a drop on the way, if --outside-resolver "
-                "answers when it can be reached, as it should).",
-                elapsed_ms=_ms(started),
-            )
-        except OSError as exc:
-            return _failed_connect(what, exc, timeout_s, started)
+    silence = "a drop on the way, if --outside-resolver answers when it can be reached"
+    query = dns_query(name, query_id)
+    wire = _udp(server, DNS_PORT, query, _is_reply(query_id), timeout_s, what, silence)
+    if isinstance(wire, Observation):
+        return wire
+    rcode, answers = parse_dns_reply(wire, query_id)
     return Observation(
         Outcome.DNS_ANSWER,
         f"{what}: {rcode}, {answers} answer(s).",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from egressgate import __version__
-from egressgate.tools import attack_plan, pod_inspect
+from egressgate.tools import attack_plan, pod_inspect, verify
 from egressgate.tools.attack import CATALOGUE, Finding, Status
 from egressgate.tools.attack_plan import AttackOptions
 from egressgate.tools.verify import Check
@@ -60,20 +60,6 @@ _MARKS = {
     True: {Status.STOPPED: "✓", Status.THROUGH: "✗", Status.UNCLEAR: "?", Status.SKIPPED: "\u2013"},
     False: {Status.STOPPED: "+", Status.THROUGH: "x", Status.UNCLEAR: "?", Status.SKIPPED: "-"},
 }
-_CHECK_MARKS = {
-    True: {
-        CheckStatus.PASS: "✓",
-        CheckStatus.FAIL: "✗",
-        CheckStatus.WARN: "!",
-        CheckStatus.SKIP: "\u2013",
-    },
-    False: {
-        CheckStatus.PASS: "+",
-        CheckStatus.FAIL: "x",
-        CheckStatus.WARN: "!",
-        CheckStatus.SKIP: "-",
-    },
-}
 _VERDICT_WORDS = {
     Status.STOPPED: "stopped",
     Status.THROUGH: "THROUGH",
@@ -106,7 +92,7 @@ def render_text(report: AttackReport, *, unicode: bool = True) -> str:
             lines.append(f"      fix: {finding.fix}")
     if report.pod:
         lines.append("Pod")
-        check_marks = _CHECK_MARKS[unicode]
+        check_marks = verify.MARKS[unicode]
         lines += [f"  {check_marks[c.status]} {c.title}: {c.detail}" for c in report.pod]
     lines.append(_summary(report))
     return "\n".join(lines) + "\n"

@@ -708,6 +708,20 @@ def _anti_affinity(plan: _Plan) -> Manifest:
     }
 
 
+def hardened_security_context() -> Manifest:
+    """Every egressgate container: UID/GID RUN_AS_ID, no privilege, no capability, read-only
+    root filesystem, the runtime's default seccomp profile."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_ID,
+        "runAsGroup": RUN_AS_ID,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def _container(plan: _Plan) -> Manifest:
     ports = [
         {"name": name, "containerPort": number, "protocol": "TCP"}
@@ -723,15 +737,7 @@ def _container(plan: _Plan) -> Manifest:
         **_probes(plan),
         **_lifecycle(plan),
         "resources": {key: dict(value) for key, value in plan.resources.items()},
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_ID,
-            "runAsGroup": RUN_AS_ID,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": hardened_security_context(),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},

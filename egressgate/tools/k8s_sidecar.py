@@ -36,6 +36,7 @@ from egressgate.tools.k8s_render import (
     Manifest,
     RenderError,
     RenderOptions,
+    hardened_security_context,
 )
 from egressgate.tools.redirect import DEFAULT_TCP_PORTS, nft_script
 
@@ -144,16 +145,8 @@ def _pod_template(
             "requests": {"cpu": SIDECAR_CPU_REQUEST, "memory": SIDECAR_MEMORY_REQUEST},
             "limits": {"memory": SIDECAR_MEMORY_LIMIT},
         },
-        "securityContext": {
-            # The one UID the redirect rules exempt: it must be exactly this.
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_ID,
-            "runAsGroup": RUN_AS_ID,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        # RUN_AS_ID: the one UID the redirect rules exempt: it must be exactly this.
+        "securityContext": hardened_security_context(),
         "volumeMounts": [mount, {"name": "egressgate-tmp", "mountPath": "/tmp"}],
         **_probes(config.admin_listen),
     }

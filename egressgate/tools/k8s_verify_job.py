@@ -34,10 +34,10 @@ from egressgate.tools.k8s_render import (
     INSTANCE_LABEL,
     MANAGED_BY_LABEL,
     NAME_LABEL,
-    RUN_AS_ID,
     Manifest,
     RenderError,
     RenderOptions,
+    hardened_security_context,
 )
 
 JOB_DEADLINE_S = 300  # the whole run; a probe wave takes one --timeout
@@ -161,15 +161,7 @@ def _job(
             "requests": {"cpu": "50m", "memory": "64Mi"},
             "limits": {"memory": "128Mi"},
         },
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_ID,
-            "runAsGroup": RUN_AS_ID,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": hardened_security_context(),
     }
     return {
         "apiVersion": "batch/v1",

@@ -1068,7 +1068,7 @@ def _via_proxy(
 
 # -- output ------------------------------------------------------------------------------------
 
-_MARKS = {
+MARKS = {  # also verify --attack's pod checks (attack_report.py)
     True: {Status.PASS: "✓", Status.FAIL: "✗", Status.WARN: "!", Status.SKIP: "\u2013"},
     False: {Status.PASS: "+", Status.FAIL: "x", Status.WARN: "!", Status.SKIP: "-"},
 }
@@ -1083,7 +1083,7 @@ _GROUPS = (
 
 def render_text(report: Report, *, unicode: bool = True) -> str:
     """The readable checklist: one line per check, grouped, then a verdict line."""
-    marks = _MARKS[unicode]
+    marks = MARKS[unicode]
     lines: list[str] = []
     for prefix, heading in _GROUPS:
         group = [c for c in report.checks if c.name.split(".", 1)[0] == prefix]

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,16 @@ import pytest
 
 from egressgate.tools.redirect import TABLE as REDIRECT_TABLE
 from egressgate.tools.redirect import nft_script
-from tests.e2e.netns import Lab, Namespace, Service, egress_ruleset, existing_namespaces
+from tests.e2e.netns import (
+    Lab,
+    Namespace,
+    Service,
+    egress_ruleset,
+    egressgate_as,
+    existing_namespaces,
+    shared_workdir,
+    start_internet,
+)
 from tests.e2e.netns import unavailable as netns_unavailable
 from tests.support.proxy import ProxyProcess, clean_env
 from tests.support.tlsca import HarnessCA
@@ -199,12 +207,7 @@ def _start_internet(lab: Lab, inet: Namespace, ca: HarnessCA, workdir: Path) -> 
         ],
         "udp": [f"{ALLOWED_IP}:443"],
     }
-    path = workdir / "internet.json"
-    path.write_text(json.dumps(spec))
-    argv = [sys.executable, "-m", "tests.e2e.internet", str(path)]
-    service = lab.spawn(inet, argv, clean_env({"PYTHONUNBUFFERED": "1"}))
-    service.wait_for(lambda e: e.get("event") == "ready")
-    return service
+    return start_internet(lab, inet, spec, workdir)
 
 
 def _start_explicit_proxy(lab: Lab, proxy_ns: Namespace, workdir: Path) -> ProxyProcess:
@@ -225,9 +228,7 @@ def _start_explicit_proxy(lab: Lab, proxy_ns: Namespace, workdir: Path) -> Proxy
 
 
 def _start_sidecar(lab: Lab, pod: Namespace) -> ProxyProcess:
-    workdir = Path(tempfile.mkdtemp(prefix="egt-attack-"))
-    workdir.chmod(0o755)
-    lab.on_close(lambda: shutil.rmtree(workdir, ignore_errors=True))
+    workdir = shared_workdir(lab, "egt-attack-")
     config = {
         "listen": "127.0.0.1:3128",
         "admin_listen": None,
@@ -240,11 +241,8 @@ def _start_sidecar(lab: Lab, pod: Namespace) -> ProxyProcess:
         "nameservers": [DNS_IP],
         "access_log": "-",
     }
-    # As in test_transparent_netns.py: another UID, allowed to read the interpreter only.
-    setpriv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    setpriv += ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
-    command = [*pod.exec_prefix(), *setpriv, sys.executable, "-m", "egressgate"]
-    proxy = ProxyProcess(config, workdir, command=command)
+    # Another UID, as in the pod (see netns.egressgate_as).
+    proxy = ProxyProcess(config, workdir, command=egressgate_as(pod, NOBODY))
     lab.on_close(proxy.close)
     (workdir / "config.yaml").chmod(0o644)
     return proxy.start()
