@@ -14,6 +14,7 @@ How an outcome maps to a layer (the only inferences this module makes):
   ---------------------------------------   --------------------------------------------------
   HTTP answer with X-Egressgate-Reason, 4xx  proxy (its reason code); 407 is "layer unknown":
                                              the proxy asked for credentials before deciding
+  ... with a reason, < 400 (report-only)     nothing: report mode let it through
   ... with a reason, 5xx                     unknown: the proxy ADMITTED it, then failed upstream
   HTTP answer without the header             nothing: something other than egressgate answered
   CONNECT 200, TLS handshake completed       nothing
@@ -463,6 +464,8 @@ def _http_layer(obs: Observation) -> tuple[Layer, str]:
             "answered"
         )
     meaning = _reason_text(reason)
+    if status < 400:  # report mode: the proxy would have refused it, and let it through
+        return Layer.NONE, f"the proxy let it through ({status}, {reason}: {meaning})"
     if status == 407:
         return Layer.UNKNOWN, (
             "the proxy asked for credentials (407) before deciding: the policy was not exercised"

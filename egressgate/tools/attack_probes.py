@@ -371,6 +371,28 @@ def _unreachable_proxy(endpoint: ProxyEndpoint, exc: BaseException, started: flo
     )
 
 
+def _ask_proxy(
+    endpoint: ProxyEndpoint,
+    request: tuple[str, str, str, list[tuple[str, str]]],
+    what: str,
+    started: float,
+    deadline: Deadline,
+) -> tuple[socket.socket, verify.ResponseHead] | Observation:
+    """Connect to the proxy and send (method, target, Host, extra headers): the open socket and
+    the answer's head, or what happened instead."""
+    try:
+        sock = _proxy_socket(endpoint, deadline)
+    except OSError as exc:
+        return _unreachable_proxy(endpoint, exc, started)
+    method, target, host, extra = request
+    wire = verify.request_bytes(method, target, host, [*_proxy_headers(endpoint), *extra])
+    try:
+        return sock, verify.exchange(sock, wire, deadline)
+    except (OSError, ValueError) as exc:
+        sock.close()
+        return _after_connect_error(exc, what, started)
+
+
 def probe_proxy_connect(
     endpoint: ProxyEndpoint,
     authority: str,
@@ -382,17 +404,13 @@ def probe_proxy_connect(
     """CONNECT authority; on 200, a TLS handshake naming `sni` when given. With `tests_sni`
     (the CONNECT is to an allowed host), a refused CONNECT means the SNI was never tested."""
     what, started = f"CONNECT {authority} via {endpoint.authority}", time.monotonic()
-    deadline = Deadline(timeout_s)
-    try:
-        sock = _proxy_socket(endpoint, deadline)
-    except OSError as exc:
-        return _unreachable_proxy(endpoint, exc, started)
+    asked = _ask_proxy(
+        endpoint, ("CONNECT", authority, authority, []), what, started, Deadline(timeout_s)
+    )
+    if isinstance(asked, Observation):
+        return asked
+    sock, head = asked
     with sock:
-        request = verify.request_bytes("CONNECT", authority, authority, _proxy_headers(endpoint))
-        try:
-            head = verify.exchange(sock, request, deadline)
-        except (OSError, ValueError) as exc:
-            return _after_connect_error(exc, what, started)
         if head.status != 200 and tests_sni:
             return Observation(
                 Outcome.NOT_EXERCISED,
@@ -403,13 +421,12 @@ def probe_proxy_connect(
                 reason=head.reason_code,
                 elapsed_ms=_ms(started),
             )
-        if head.status != 200 or sni is None:
-            obs = _http_observation(head, what, started)
-            if head.status == 200 and head.reason_code is None:
-                return Observation(
-                    Outcome.TUNNEL, f"{what} → 200: tunnel open.", 200, elapsed_ms=_ms(started)
-                )
-            return obs
+        if head.status != 200 or head.reason_code is not None:
+            return _http_observation(head, what, started)
+        if sni is None:
+            return Observation(
+                Outcome.TUNNEL, f"{what} → 200: tunnel open.", 200, elapsed_ms=_ms(started)
+            )
         outcome, text = _handshake(sock, sni, Deadline(timeout_s))
     return Observation(
         outcome, f"{what} → 200; ClientHello naming {sni}: {text}.", 200, elapsed_ms=_ms(started)
@@ -421,19 +438,12 @@ def probe_proxy_get(
 ) -> Observation:
     """An absolute-form GET through the proxy with this Host header."""
     what, started = f"GET {absolute} (Host: {host}) via {endpoint.authority}", time.monotonic()
-    deadline = Deadline(timeout_s)
-    try:
-        sock = _proxy_socket(endpoint, deadline)
-    except OSError as exc:
-        return _unreachable_proxy(endpoint, exc, started)
-    with sock:
-        extra = [*_proxy_headers(endpoint), ("Connection", "close")]
-        try:
-            head = verify.exchange(
-                sock, verify.request_bytes("GET", absolute, host, extra), deadline
-            )
-        except (OSError, ValueError) as exc:
-            return _after_connect_error(exc, what, started)
+    request = ("GET", absolute, host, [("Connection", "close")])
+    asked = _ask_proxy(endpoint, request, what, started, Deadline(timeout_s))
+    if isinstance(asked, Observation):
+        return asked
+    sock, head = asked
+    sock.close()
     return _http_observation(head, what, started)
 
 

@@ -90,6 +90,7 @@ def obs(outcome: Outcome, **kw: Any) -> Observation:
         (obs(Outcome.HTTP, http_status=400, reason="bad-request"), Layer.PROXY),
         (obs(Outcome.HTTP, http_status=407, reason="proxy-auth-required"), Layer.UNKNOWN),
         (obs(Outcome.HTTP, http_status=504, reason="upstream-timeout"), Layer.UNKNOWN),
+        (obs(Outcome.HTTP, http_status=200, reason="report-only"), Layer.NONE),  # report mode
         (obs(Outcome.HTTP, http_status=403), Layer.NONE),  # the origin's own 403
         (obs(Outcome.HTTP, http_status=200), Layer.NONE),
         (obs(Outcome.TUNNEL, http_status=200), Layer.NONE),
