@@ -21,7 +21,15 @@ from dataclasses import dataclass
 
 from egressgate.config.model import DEFAULT_ADMIN_LISTEN, ListenAddress
 from egressgate.tools import verify
-from egressgate.tools.attack import BY_ID, Finding, Observation, ProbeSpec, judge, skipped
+from egressgate.tools.attack import (
+    BY_ID,
+    Finding,
+    Observation,
+    Outcome,
+    ProbeSpec,
+    judge,
+    skipped,
+)
 from egressgate.tools.attack_probes import (
     DNS_PORT,
     DOT_PORT,
@@ -433,4 +441,6 @@ def _run_one(planned: Planned) -> Finding:
         observation = planned.run()
     except NotRunnable as exc:
         return skipped(planned.spec, str(exc), planned.target)
+    except Exception as exc:  # one probe's failure must not lose the other findings
+        observation = Observation(Outcome.ERROR, f"the probe failed: {type(exc).__name__}: {exc}.")
     return judge(planned.spec, planned.target, observation)

@@ -155,6 +155,9 @@ def _handshake(sock: socket.socket, sni: str | None, deadline: Deadline) -> tupl
         return Outcome.SILENT, "no answer to the ClientHello"
     except OSError as exc:
         return outcome_of_error(exc), _error_text(exc, 0)
+    except ValueError as exc:  # a server name the ssl module refuses to send
+        sock.close()
+        return Outcome.ERROR, f"no ClientHello sent: {exc}"
     return Outcome.TLS_OK, f"TLS handshake completed ({version})"
 
 

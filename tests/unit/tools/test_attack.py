@@ -541,3 +541,20 @@ def test_docs_list_every_probe_with_its_text() -> None:
         assert len(rows) == 1, spec.id
         assert spec.tries in rows[0], spec.id
         assert spec.fix in rows[0], spec.id
+
+
+def test_a_probe_that_crashes_is_reported_unclear_and_the_others_still_run() -> None:
+    def crash() -> Observation:
+        raise ValueError("boom")
+
+    def fine() -> Observation:
+        return Observation(Outcome.TIMEOUT, "F.")
+
+    planned = [
+        attack_plan.Planned(BY_ID["udp.quic"], "udp:x", run=crash),
+        attack_plan.Planned(BY_ID["direct.tcp-https"], "x:443", run=fine),
+    ]
+    crashed, ok = attack_plan.run_planned(planned, 2)
+    assert crashed.status is Status.UNCLEAR
+    assert crashed.explanation.endswith("the probe failed: ValueError: boom.")
+    assert ok.status is Status.STOPPED
