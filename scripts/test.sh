@@ -32,8 +32,23 @@ echo "== ruff check";          "$PYTHON" -m ruff check egressgate tests scripts
 echo "== mypy";                "$PYTHON" -m mypy
 echo "== import layers";       lint-imports
 echo "== pytest"
+# The tests mostly wait on sockets and subprocesses, so they run on one pytest-xdist worker per
+# core (EGRESSGATE_TEST_WORKERS overrides: a number, or 0 to run serially in this process);
+# `--dist loadgroup` keeps tests marked `xdist_group` on one worker. The 15 slowest are listed
+# to watch the time budget (docs/testing.md). Arguments are passed on and win: `-n 0`, `-x`, paths.
+cores() {
+  # The CPUs this process may run on, fewer if a cgroup v2 CPU quota says so (a container
+  # limited to 2 CPUs on a 64-core host must not start 64 workers).
+  local n quota period
+  n=$(nproc)
+  if read -r quota period 2>/dev/null </sys/fs/cgroup/cpu.max && [ "$quota" != max ]; then
+    quota=$(( (quota + period - 1) / period ))
+    [ "$quota" -lt "$n" ] && n=$quota
+  fi
+  echo "$(( n > 0 ? n : 1 ))"
+}
 set +e
-"$PYTHON" -m pytest "$@"
+"$PYTHON" -m pytest -q -n "${EGRESSGATE_TEST_WORKERS:-$(cores)}" --dist loadgroup --durations=15 "$@"
 status=$?
 set -e
 if [ "$status" = 5 ]; then

@@ -11,7 +11,7 @@ import time
 
 from egressgate.config.default import builtin_default
 from egressgate.config.load import load_config_file
-from egressgate.config.model import Config, ListenAddress
+from egressgate.config.model import Config, InterceptRuleConfig, ListenAddress
 from egressgate.errors import ConfigError
 from egressgate.runtime.state import load_credentials
 
@@ -81,6 +81,8 @@ def _run(args: argparse.Namespace) -> int:
             f"{args.config}: valid ({len(config.policies)} "
             f"polic{'y' if len(config.policies) == 1 else 'ies'}, {entries} allow entries)"
         )
+        for line in intercept_summary(config):
+            print(line)
         return 0
     problem = live_problem(config, args.timeout, args.proxy_only)
     if problem is not None:
@@ -114,6 +116,34 @@ def credential_warnings(config: Config) -> list[str]:
         f"{', …' if len(weak) > 5 else ''}) have a clear-text or unsalted SHA-256 password; "
         "store a bcrypt or argon2 hash instead (egressgate hash-password)"
     ]
+
+
+def intercept_summary(config: Config) -> list[str]:
+    """What TLS interception does under this config: the CA, and per policy each intercepted
+    host with its rules and the headers it sets, named with where their secret comes from
+    (a file or a variable), never with the value."""
+    tls = config.tls_intercept
+    if tls is None:
+        return []
+    lines = [f"tls_intercept: CA {tls.ca_cert_file}, key {tls.ca_key_file}"]
+    if tls.upstream_ca_file:
+        lines.append(f"  origins also verified against {tls.upstream_ca_file}")
+    for policy in config.policies:
+        for entry in policy.intercept:
+            lines.append(f"policy {policy.name!r} intercepts {entry.host} (line {entry.line}):")
+            lines += [f"  rule {i}: {_rule_text(r)}" for i, r in enumerate(entry.rules, 1)]
+            lines += [
+                f"  sets {h.name}: {h.prefix}<secret from {h.secret.source}>"
+                for h in entry.set_headers
+            ]
+    return lines
+
+
+def _rule_text(rule: InterceptRuleConfig) -> str:
+    methods = ",".join(rule.methods) or "any method"
+    paths = " ".join(rule.paths) or "any path"
+    websocket = ", WebSocket upgrades too" if rule.websocket else ""
+    return f"{methods} {paths}{websocket} (line {rule.line})"
 
 
 def _probe_host(address: ListenAddress) -> str:

@@ -13,10 +13,13 @@ import sys
 from egressgate.tools import noproxy
 from egressgate.tools.proxy_env import (
     FORMATS,
+    CaTrust,
     ProxyEnvError,
     build_env,
+    ca_trust,
     parse_socks_url,
     render,
+    render_ca,
     ssh_config,
     ssh_config_warnings,
 )
@@ -44,6 +47,13 @@ git for other schemes, pip/requests/httpx with their SOCKS extras), and JAVA_TOO
 -DsocksProxyHost and -DsocksProxyPort. `--format ssh-config` prints an ssh_config Host block
 whose ProxyCommand (`nc -X 5`) sends SSH through the SOCKS listener; it needs only --socks.
 
+With --ca FILE (TLS interception, docs/interception.md), the variables that make each measured
+runtime trust egressgate's CA: SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE,
+GIT_SSL_CAINFO and PIP_CERT replace the runtime's CA store, so FILE must also hold the public
+CAs (give the bundle.pem of `egressgate ca init`); NODE_EXTRA_CA_CERTS adds to Node's. The JVM
+reads no variable for this: the keytool command that imports the CA is printed on stderr (and
+in --format json). --ca works without --proxy (transparent mode: only the CA variables).
+
 Check any value with `egressgate noproxy explain` and `egressgate noproxy lint`.
 """
 
@@ -66,6 +76,16 @@ examples:
 
   # HTTP(S) through the HTTP listener, everything else that reads ALL_PROXY through SOCKS
   eval "$(egressgate env --proxy http://egressgate:3128 --socks socks5h://egressgate:1080)"
+
+  # a node: containerd (and the kubelet, docker) pull images through the proxy; the
+  # registry mirror, the API server and the cluster ranges stay direct
+  egressgate env --proxy http://10.0.0.5:3128 --format systemd --cluster-cidr 10.96.0.0/12 \\
+      --cluster-cidr 10.244.0.0/16 --no-proxy 10.0.0.0/24 registry.corp.example \\
+      > /etc/systemd/system/containerd.service.d/http-proxy.conf
+  egressgate env --proxy http://10.0.0.5:3128 --format docker-daemon --no-proxy 10.0.0.0/24
+
+  # TLS interception: trust egressgate's CA too (bundle.pem from `egressgate ca init`)
+  eval "$(egressgate env --proxy http://egressgate:3128 --ca /etc/egressgate-ca/bundle.pem)"
 
   # a docker compose .env file, extra internal domain
   egressgate env --proxy http://egress:3128 --no-proxy .corp.example --format dotenv > .env
@@ -95,6 +115,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "and the JVM's socksProxyHost/socksProxyPort)",
     )
     parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="egressgate's interception CA as the apps see it (a bundle: the public CAs plus "
+        "egressgate's, like ca init's bundle.pem): adds SSL_CERT_FILE, REQUESTS_CA_BUNDLE, "
+        "CURL_CA_BUNDLE, GIT_SSL_CAINFO, PIP_CERT and NODE_EXTRA_CA_CERTS",
+    )
+    parser.add_argument(
         "--no-proxy",
         action="extend",
         nargs="+",
@@ -117,7 +144,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="shell",
         help="shell: export lines; dotenv: KEY=value (compose); k8s: a container env: list; "
         "docker: -e flags; env-file: for docker --env-file; json; ssh-config: an ssh_config "
-        "Host block through --socks (default: shell)",
+        "Host block through --socks; systemd: a drop-in of Environment= lines for containerd/"
+        "docker/kubelet; docker-daemon: the proxies block of daemon.json (default: shell)",
     )
     parser.add_argument(
         "--no-java",
@@ -130,9 +158,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _run(args: argparse.Namespace) -> int:
     if args.format == "ssh-config":
         return _run_ssh_config(args)
+    try:
+        ca = _ca(args.ca) if args.ca is not None else None
+    except ProxyEnvError as exc:
+        print(f"egressgate env: {exc}", file=sys.stderr)
+        return 2
+    if args.proxy is None and ca is not None:
+        return _print_ca_only(ca, args.format)
     if args.proxy is None:
         print(
-            "egressgate env: --proxy is required (except with --format ssh-config)", file=sys.stderr
+            "egressgate env: --proxy is required (except with --format ssh-config, or --ca alone)",
+            file=sys.stderr,
         )
         return 2
     try:
@@ -143,8 +179,11 @@ def _run(args: argparse.Namespace) -> int:
     except ProxyEnvError as exc:
         print(f"egressgate env: {exc}", file=sys.stderr)
         return 2
+    if ca is not None:
+        env = env.with_ca(ca)
     sys.stdout.write(render(env, args.format, java=not args.no_java))
     if args.format != "json":
+        _print_ca_note(ca)
         for warning in env.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         if env.warnings:
@@ -155,6 +194,37 @@ def _run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return 0
+
+
+def _ca(path: str) -> CaTrust:
+    """--ca FILE, with its content checked when this machine can read it (it is often a path
+    inside a container, which cannot be checked here)."""
+    try:
+        with open(path, "rb") as handle:
+            pem: bytes | None = handle.read()
+    except OSError:
+        pem = None
+    return ca_trust(path, pem)
+
+
+def _print_ca_only(ca: CaTrust, fmt: str) -> int:
+    if fmt == "ssh-config":
+        print("egressgate env: --format ssh-config has no use for --ca", file=sys.stderr)
+        return 2
+    sys.stdout.write(render_ca(ca, fmt))
+    if fmt != "json":
+        _print_ca_note(ca)
+        for warning in ca.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _print_ca_note(ca: CaTrust | None) -> None:
+    if ca is not None:
+        print(
+            f"note: the JVM reads no CA variable; import the CA into its truststore: {ca.keytool}",
+            file=sys.stderr,
+        )
 
 
 def _run_ssh_config(args: argparse.Namespace) -> int:

@@ -10,18 +10,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
 
+from egressgate.cli.usage import usage_handler
 from egressgate.config.default import BUILTIN_DEFAULT_YAML, builtin_default
 from egressgate.config.load import load_config_text
 from egressgate.config.model import Config
 from egressgate.errors import ConfigError, ConfigIssue
-from egressgate.tools import k8s_central, k8s_render, k8s_sidecar, k8s_verify_job
+from egressgate.tools import ca, k8s_central, k8s_inject, k8s_render, k8s_sidecar, k8s_verify_job
+from egressgate.tools.k8s_inject import InjectOptions
 from egressgate.tools.k8s_render import RenderError, RenderOptions
 from egressgate.tools.redirect import DEFAULT_TCP_PORTS
 
-K8S_DESCRIPTION = "Kubernetes tooling: render the manifests that run egressgate in a cluster."
+K8S_DESCRIPTION = (
+    "Kubernetes tooling: render the manifests that run egressgate in a cluster (k8s render), "
+    "and the injection webhook's certificate (k8s certs)."
+)
 
 RENDER_DESCRIPTION = f"""\
 Render everything egressgate needs on Kubernetes, from your config file, as one YAML stream for
@@ -66,11 +71,11 @@ exit status: 0 rendered; 2 invalid config or options (every problem is listed on
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "k8s",
-        help="Kubernetes manifests (k8s render)",
+        help="Kubernetes manifests (k8s render, k8s certs)",
         description=K8S_DESCRIPTION,
     )
     commands = parser.add_subparsers(dest="k8s_command", metavar="SUBCOMMAND")
-    parser.set_defaults(handler=_usage(parser))
+    parser.set_defaults(handler=usage_handler(parser))
     render = commands.add_parser(
         "render",
         help="print Deployment, Service, NetworkPolicies... for a config",
@@ -80,15 +85,79 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _add_render_arguments(render)
     render.set_defaults(handler=_run)
+    certs = commands.add_parser(
+        "certs",
+        help="generate a CA and the injection webhook's serving certificate (a Secret)",
+        description=CERTS_DESCRIPTION,
+        epilog=CERTS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_certs_arguments(certs)
+    certs.set_defaults(handler=_run_certs)
 
 
-def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    # `egressgate k8s` alone: show the subcommands, exit 2 (a usage error).
-    def handler(args: argparse.Namespace) -> int:
-        parser.print_help(sys.stderr)
+CERTS_DESCRIPTION = """\
+Generate a private CA and a serving certificate for the injection webhook's Service
+(<name>-inject.<namespace>.svc), for clusters without cert-manager. Prints the
+kubernetes.io/tls Secret (<name>-inject-tls, with ca.crt) on stdout and writes the CA
+certificate to --ca-out, which `k8s render --inject --ca-bundle` puts into the webhook
+configuration's caBundle. The CA's private key is not kept: to rotate, run both again.
+"""
+
+CERTS_EPILOG = """\
+examples:
+  egressgate k8s certs --ca-out inject-ca.crt | kubectl apply -f -
+  egressgate k8s render -c egress.yaml --inject --ca-bundle inject-ca.crt | kubectl apply -f -
+
+exit status: 0 written; 2 invalid options or the CA file cannot be written.
+"""
+
+
+def _add_certs_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = RenderOptions()
+    parser.add_argument(
+        "--namespace",
+        "-n",
+        default=defaults.namespace,
+        help="the webhook's namespace (%(default)s)",
+    )
+    parser.add_argument(
+        "--name", default=defaults.name, help="the --name given to k8s render (%(default)s)"
+    )
+    parser.add_argument(
+        "--ca-out", required=True, metavar="FILE", help="write the CA certificate (PEM) here"
+    )
+    parser.add_argument(
+        "--validity-days",
+        type=int,
+        default=825,
+        metavar="DAYS",
+        help="validity of both certificates (%(default)s)",
+    )
+
+
+def _run_certs(args: argparse.Namespace) -> int:
+    from egressgate.tools import k8s_certs  # needs the cryptography package
+
+    problems = k8s_render.render_problems(
+        replace(RenderOptions(), name=args.name, namespace=args.namespace)
+    )
+    if not 1 <= args.validity_days <= 3650:
+        problems.append(f"--validity-days {args.validity_days}: 1 to 3650")
+    if problems:
+        _print_lines(problems, "egressgate k8s certs: ")
         return 2
-
-    return handler
+    service = f"{args.name}-inject"
+    certs = k8s_certs.generate(k8s_certs.service_names(service, args.namespace), args.validity_days)
+    try:
+        with open(args.ca_out, "wb") as handle:
+            handle.write(certs.ca_pem)
+    except OSError as exc:
+        print(f"egressgate k8s certs: --ca-out: {exc}", file=sys.stderr)
+        return 2
+    secret = k8s_certs.tls_secret(certs, f"{service}-tls", args.namespace)
+    sys.stdout.write(k8s_render.to_yaml([secret]))
+    return 0
 
 
 def _add_render_arguments(parser: argparse.ArgumentParser) -> None:
@@ -136,6 +205,7 @@ def _add_render_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="replicas, at least 2; the HPA minimum (%(default)s)",
     )
+    _add_inject_arguments(parser)
     app = parser.add_argument_group("the application")
     app.add_argument(
         "--app-label",
@@ -260,6 +330,44 @@ def _verify_job(args: argparse.Namespace) -> k8s_verify_job.VerifyJobOptions | N
     )
 
 
+def _add_inject_arguments(parser: argparse.ArgumentParser) -> None:
+    inject = parser.add_argument_group(
+        "the injection webhook (--inject; docs/kubernetes.md, 'Inject with a label')"
+    )
+    inject.add_argument(
+        "--inject",
+        action="store_true",
+        help="render the Pod injection webhook (Deployment, Service, MutatingWebhookConfiguration, "
+        "its config and certificate) instead of the proxy",
+    )
+    inject.add_argument(
+        "--inject-failure-policy",
+        choices=k8s_inject.FAILURE_POLICIES,
+        default="Ignore",
+        help="Ignore (default): pods start unchanged while the webhook is down; Fail: they are "
+        "refused until it answers",
+    )
+    inject.add_argument(
+        "--inject-timeout",
+        type=int,
+        default=k8s_inject.DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="how long the API server waits for the webhook per pod (%(default)s)",
+    )
+    inject.add_argument(
+        "--ca-bundle",
+        metavar="FILE",
+        help="the CA written by `egressgate k8s certs --ca-out` (default: cert-manager issues "
+        "the certificate and injects its CA)",
+    )
+    inject.add_argument(
+        "--sidecar-admin-port",
+        type=int,
+        metavar="PORT",
+        help="transparent injection: the sidecar config's admin_listen port (HTTP probes)",
+    )
+
+
 def _add_sizing_arguments(parser: argparse.ArgumentParser, defaults: RenderOptions) -> None:
     sizing = parser.add_argument_group("sizing (requests default to 100m CPU and 128Mi per worker)")
     sizing.add_argument("--cpu-request", metavar="QTY")
@@ -340,33 +448,67 @@ def _load(path: str | None) -> tuple[Config, str]:
         raise ConfigError([ConfigIssue(path, None, None, "not UTF-8 text")]) from exc
     # Validate the very text that is shipped; relative paths resolve next to the file, as
     # they will next to /etc/egressgate/egress.yaml in the pod.
-    return load_config_text(text, path, base_dir=os.path.dirname(os.path.abspath(path))), text
+    # Secrets are not read: the manifests never carry them, and they need not exist here.
+    base_dir = os.path.dirname(os.path.abspath(path))
+    return load_config_text(text, path, base_dir=base_dir, secrets=False), text
 
 
 def _files_next_to_config(config: Config, path: str | None) -> dict[str, str]:
-    """The config's hosts_file when it sits next to the config file (`hosts_file: hosts`): in
-    the pod it then resolves to /etc/egressgate/hosts, a key of the same ConfigMap."""
-    if path is None or config.hosts_file is None:
+    """The config's hosts_file and public TLS-interception files (the CA certificate, the
+    upstream CA bundle) when they sit next to the config file (`hosts_file: hosts`): in the pod
+    they then resolve next to /etc/egressgate/egress.yaml, keys of the same ConfigMap. Never a
+    key or a secret."""
+    if path is None:
         return {}
-    directory, _, name = config.hosts_file.rpartition("/")
-    if directory != os.path.dirname(os.path.abspath(path)):
-        return {}
-    with open(config.hosts_file, encoding="utf-8") as handle:  # the loader just parsed it
-        return {name: handle.read()}
+    wanted = [config.hosts_file]
+    if config.tls_intercept is not None:
+        wanted += [config.tls_intercept.ca_cert_file, config.tls_intercept.upstream_ca_file]
+    here = os.path.dirname(os.path.abspath(path))
+    files: dict[str, str] = {}
+    for file in wanted:
+        if file is None or os.path.dirname(file) != here:
+            continue
+        with open(file, encoding="utf-8") as handle:  # the loader just read it
+            files[os.path.basename(file)] = handle.read()
+    return files
+
+
+def _with_interception(options: RenderOptions, config: Config, path: str | None) -> RenderOptions:
+    """`options` plus, for tls_intercept: the config's directory, the CA certificate's text and
+    the system bundle with it appended (for the apps' <name>-ca ConfigMap)."""
+    if config.tls_intercept is None or path is None:
+        return options
+    with open(config.tls_intercept.ca_cert_file, encoding="utf-8") as handle:
+        cert = handle.read()
+    system = ca.find_system_bundle()
+    bundle = None
+    if system is not None:
+        with open(system, encoding="utf-8") as handle:
+            bundle = handle.read().rstrip("\n") + "\n" + cert
+    return replace(
+        options,
+        config_dir=os.path.dirname(os.path.abspath(path)),
+        ca_cert_pem=cert,
+        ca_bundle_pem=bundle,
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
         config, text = _load(args.config)
         extra_files = _files_next_to_config(config, args.config)
+        options = _with_interception(
+            replace(_options(args), extra_config_files=extra_files), config, args.config
+        )
     except ConfigError as exc:
         _print_lines((str(issue) for issue in exc.issues), "")
         print(f"egressgate k8s render: {len(exc.issues)} config error(s)", file=sys.stderr)
         return 2
     except (OSError, UnicodeDecodeError) as exc:
-        print(f"egressgate k8s render: cannot read the hosts_file: {exc}", file=sys.stderr)
+        print(f"egressgate k8s render: cannot read a file of the config: {exc}", file=sys.stderr)
         return 2
-    options = replace(_options(args), extra_config_files=extra_files)
+    if args.inject:
+        return _run_inject(args, config, options)
     job = _verify_job(args)
     if job is not None and args.mode != "explicit":
         print(
@@ -393,6 +535,43 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     sys.stdout.write(k8s_render.to_yaml(objects))
     _print_lines(k8s_render.advisories(config, options), "egressgate k8s render: note: ")
+    return 0
+
+
+def _run_inject(args: argparse.Namespace, config: Config, options: RenderOptions) -> int:
+    ca_bundle = None
+    if args.ca_bundle is not None:
+        from egressgate.tools import k8s_certs  # needs the cryptography package
+
+        try:
+            with open(args.ca_bundle, "rb") as handle:
+                ca_bundle = k8s_certs.ca_bundle(handle.read())
+        except (OSError, ValueError) as exc:
+            print(f"egressgate k8s render: --ca-bundle: {exc}", file=sys.stderr)
+            return 2
+    inject = InjectOptions(
+        failure_policy=args.inject_failure_policy,
+        timeout_s=args.inject_timeout,
+        ca_bundle=ca_bundle,
+        sidecar_admin_port=args.sidecar_admin_port,
+    )
+    try:
+        problems = k8s_render.render_problems(options)
+        if problems:
+            raise RenderError(problems)
+        objects = k8s_inject.render_inject(config, options, inject)
+    except RenderError as exc:
+        _print_lines(exc.problems, "egressgate k8s render: ")
+        return 2
+    sys.stdout.write(k8s_render.to_yaml(objects))
+    if ca_bundle is None:
+        _print_lines(
+            [
+                "the serving certificate comes from cert-manager (Issuer + Certificate); without "
+                "cert-manager use `egressgate k8s certs` and --ca-bundle"
+            ],
+            "egressgate k8s render: note: ",
+        )
     return 0
 
 

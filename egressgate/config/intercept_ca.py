@@ -2,9 +2,15 @@
 
 Used by config/load.py (so a bad CA is a config error with a line: at start, in `check`, and on
 reload, which then keeps the old policy) and by the data path's leaf minter, which signs with the
-key this returns. No sockets, no logging. The key file must be private to its owner (no group or
-other permission bits, like ssh's private keys): a CA key others can read lets them mint
-certificates every client of this proxy trusts.
+key this returns. No sockets, no logging.
+
+The key file must be private: a CA key others can read lets them mint certificates every client
+of this proxy trusts. The rule is PostgreSQL's for its server key: a key owned by anyone but root
+must have no group or other permission (0600 or less); a key owned by root may also be readable
+by its group (0640 or less), because that is how an administrator grants one service account
+access on purpose: Debian's `ssl-cert` group, and every Kubernetes Secret volume mounted with an
+`fsGroup` (root-owned, mode 0440, group = the pod's own group). Never any bit for others, never
+group write.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 CaKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-# Permission bits a CA key file must not have: any access by group or others.
-KEY_FORBIDDEN_MODE_BITS = stat.S_IRWXG | stat.S_IRWXO
+# Permission bits a CA key file must not have (module docstring): any for others, group write
+# and execute always, and group read too unless root owns the file.
+KEY_FORBIDDEN_MODE_BITS = stat.S_IRWXO | stat.S_IWGRP | stat.S_IXGRP
+KEY_FORBIDDEN_UNLESS_ROOT_BITS = stat.S_IRGRP
 MIN_RSA_BITS = 2048
 
 
@@ -48,13 +56,17 @@ def key_mode_problem(path: str) -> str | None:
     """Why the key file at `path` is not private enough, or None. Follows symlinks (a
     Kubernetes Secret volume links each file to the real one, whose mode is what counts)."""
     try:
-        mode = os.stat(path).st_mode
+        info = os.stat(path)
     except OSError as exc:
         return f"cannot read {path}: {exc.strerror}"
-    if mode & KEY_FORBIDDEN_MODE_BITS:
+    forbidden = KEY_FORBIDDEN_MODE_BITS
+    if info.st_uid != 0:
+        forbidden |= KEY_FORBIDDEN_UNLESS_ROOT_BITS
+    if info.st_mode & forbidden:
         return (
             f"the CA key file {path} is accessible by group or others "
-            f"(mode {stat.S_IMODE(mode):04o}); it must be private to its owner: chmod 600 {path}"
+            f"(mode {stat.S_IMODE(info.st_mode):04o}); it must be private to its owner: "
+            f"chmod 600 {path} (a root-owned key may be 0640: readable by its group)"
         )
     return None
 

@@ -292,8 +292,14 @@ def load_config_file(path: str) -> Config:
     return load_config_text(text, path, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
-def load_config_text(text: str, source: str = "<config>", base_dir: str | None = None) -> Config:
-    """Parse and validate config text. `base_dir` anchors relative paths (default: cwd)."""
+def load_config_text(
+    text: str, source: str = "<config>", base_dir: str | None = None, *, secrets: bool = True
+) -> Config:
+    """Parse and validate config text. `base_dir` anchors relative paths (default: cwd).
+
+    `secrets=False` leaves `set_headers` secrets unread (their Secret is empty): for tools that
+    only describe a config (`k8s render`), run where the secrets do not exist. A config loaded
+    so must never be compiled for traffic."""
     walker = _Walker(source)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -309,7 +315,7 @@ def load_config_text(text: str, source: str = "<config>", base_dir: str | None =
         # Fix (unit tests, test_load.py): PyYAML composes recursively, so a few hundred nested
         # `[` escaped as RecursionError instead of a ConfigError.
         raise ConfigError([ConfigIssue(source, None, None, "YAML nested too deeply")]) from None
-    builder = _ConfigBuilder(walker, base_dir or os.getcwd())
+    builder = _ConfigBuilder(walker, base_dir or os.getcwd(), read_secrets=secrets)
     config = builder.build(root)
     if walker.issues:
         raise ConfigError(sorted(walker.issues, key=lambda i: (i.line or 0, i.column or 0)))
@@ -338,9 +344,10 @@ def _reader_issue(source: str, text: str, exc: yaml.reader.ReaderError) -> Confi
 class _ConfigBuilder:
     """Builds the model from the root node; every sub-builder records issues and continues."""
 
-    def __init__(self, walker: _Walker, base_dir: str) -> None:
+    def __init__(self, walker: _Walker, base_dir: str, *, read_secrets: bool = True) -> None:
         self.w = walker
         self.base_dir = base_dir
+        self.read_secrets = read_secrets
         # The first clients rule naming `user` / `tls_name`, for the cross-checks' location.
         self._criteria_nodes: dict[str, yaml.Node] = {}
         # Each policy's `intercept` node, for the cross-checks' location.
@@ -774,15 +781,15 @@ class _ConfigBuilder:
             )
         if prefix and not _printable(prefix.encode("utf-8", "replace")):
             raise _Invalid(node, f"set_headers {name}: the prefix has characters a header cannot")
-        value = self._read_secret(node, name, source)
+        if not source.partition(":")[2]:
+            raise _Invalid(node, f"set_headers {name}: {source!r} names no {source.split(':')[0]}")
+        value = self._read_secret(node, name, source) if self.read_secrets else b""
         return SetHeader(name, Secret(source, value), prefix + " " if prefix else "")
 
     def _read_secret(self, node: yaml.Node, name: str, source: str) -> bytes:
         """The secret's bytes (surrounding whitespace dropped). Errors name the source, never
         the value (not even a part of it)."""
         kind, _, where = source.partition(":")
-        if not where:
-            raise _Invalid(node, f"set_headers {name}: {source!r} names no {kind}")
         if kind == "env":
             raw = os.environ.get(where, "").encode("utf-8", "surrogateescape")
             if not raw.strip():

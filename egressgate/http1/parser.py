@@ -20,6 +20,7 @@ class RequestParser:
     """Parses the client side: requests, possibly pipelined, possibly with bodies."""
 
     __slots__ = (
+        "_boundary",
         "_events",
         "_head_seen",
         "_header_bytes",
@@ -43,6 +44,14 @@ class RequestParser:
         self._header_bytes = 0  # header lines of the current head, counted by on_header
         self._in_head = True  # between messages or inside a head
         self._head_seen = 0  # bytes of the current head received so far
+        self._boundary = True  # see at_boundary
+
+    @property
+    def at_boundary(self) -> bool:
+        """The bytes fed so far end where a head or a whole message ends (no partial head, no
+        body byte after a head): a relay that holds back bytes (a secret scan) may release
+        them without splitting anything it still has to judge."""
+        return self._boundary
 
     def feed(self, data: bytes) -> list[Event]:
         """Parse `data`; returns the events completed by it. Raises ProtocolError."""
@@ -72,6 +81,7 @@ class RequestParser:
 
     # ---- httptools callbacks
     def on_message_begin(self) -> None:
+        self._boundary = False
         self._in_head = True
         self._headers = []
         self._url = b""
@@ -133,14 +143,17 @@ class RequestParser:
         )
         self._in_head = False
         self._head_seen = 0
+        self._boundary = True
 
     def on_body(self, body: bytes) -> None:
+        self._boundary = False
         self._events.append(body)
 
     def on_message_complete(self) -> None:
         self._events.append(END)
         self._in_head = True
         self._head_seen = 0
+        self._boundary = True
 
 
 # Fix (integration tests, test_refusals.py): llhttp refuses ambiguous framing (CL + TE, duplicate

@@ -64,9 +64,10 @@ class PathAmbiguous(ValueError):
 def split_target(target: str) -> tuple[str, str]:
     """An origin-form target → (path, query with its "?", or ""). Raises PathAmbiguous."""
     if not target.startswith("/"):
+        # The target itself is not quoted: this text goes to the access log.
         raise PathAmbiguous(
-            f"only origin-form targets (/path) are judged inside an intercepted tunnel, "
-            f"not {target[:64]!r}"
+            "only origin-form targets (/path) are judged inside an intercepted tunnel "
+            "(absolute-form, authority-form and * are refused)"
         )
     path, sep, query = target.partition("?")
     if "#" in path:

@@ -90,7 +90,8 @@ def format_record(r: AccessRecord, clock: _Clock) -> str:
         f'"decision":"{r.decision}","reason":"{r.reason}","rule":{_str(r.rule)},'
         f'"status":{r.status},"bytes_up":{r.bytes_up},"bytes_down":{r.bytes_down},'
         f'"duration_ms":{r.duration_ms:.3f},"kind":"{r.kind}","sni":{_str(r.sni)},'
-        f'"detail":{_str(r.detail)},"original_dst":{_str(r.original_dst)}}}\n'
+        f'"detail":{_str(r.detail)},"original_dst":{_str(r.original_dst)},'
+        f'"path":{_str(r.path)}}}\n'
     )
 
 

@@ -29,6 +29,7 @@ FIELDS = (
     "sni",
     "detail",
     "original_dst",
+    "path",
 )
 
 
@@ -57,3 +58,6 @@ class AccessRecord:
     # Transparent listener: where the kernel's redirect said the client was going (evidence
     # only: the proxy connects to the address it vetted for the SNI/Host, never to this).
     original_dst: str | None = None
+    # TLS interception (kind "intercept"): the normalized request path the rules judged (the
+    # query is never logged: it may carry tokens).
+    path: str | None = None

@@ -105,6 +105,9 @@ class InterceptHost:
         self.secrets: tuple[bytes, ...] = tuple(
             dict.fromkeys(h.secret.reveal() for h in config.set_headers)
         )
+        if any(not secret for secret in self.secrets):
+            # load_config_text(secrets=False) (k8s render) leaves them empty: never for traffic.
+            raise ValueError(f"intercept[{config.host}]: compiled from a config without secrets")
         self._report = report
 
     def __repr__(self) -> str:

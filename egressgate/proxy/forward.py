@@ -20,7 +20,7 @@ import time
 from typing import cast
 
 from egressgate.config.model import Limits
-from egressgate.errors import ProtocolError, ProxyFailure, Reason, UpstreamError
+from egressgate.errors import ProtocolError, ProxyFailure, Reason, Refused, UpstreamError
 from egressgate.http1 import render
 from egressgate.http1.events import END, Event, RequestHead, ResponseHead, TunnelStart
 from egressgate.http1.parser import ResponseParser
@@ -38,13 +38,16 @@ from egressgate.net.pump import TransportPump
 from egressgate.net.relay import RelayStats
 from egressgate.net.tasks import spawn
 from egressgate.policy.decision import Target
+from egressgate.policy.secret_scan import LeakScan
 from egressgate.proxy import gate
 from egressgate.proxy.admit import connect_step
 from egressgate.proxy.auth import login_from_headers
 from egressgate.proxy.exchange import ClientSide, Exchange
 from egressgate.proxy.failsafe import internal_error
 from egressgate.proxy.gate import Admission, Connect, NeedAddresses, Open, Refuse, Step
+from egressgate.proxy.intercept import head_leaks, leak_finder
 from egressgate.proxy.upstream_pool import PoolKey, UpstreamPool
+from egressgate.runtime.state import Generation
 
 # Request body bytes buffered while the upstream connection is being set up.
 MAX_EARLY_BODY_BYTES = 256 * 1024
@@ -155,6 +158,7 @@ class HttpExchange(Exchange):
     __slots__ = (
         "_early_body",
         "_early_size",
+        "_scan",
         "admission",
         "chunk_response",
         "chunked_request",
@@ -182,6 +186,7 @@ class HttpExchange(Exchange):
         self.upstream: UpstreamConnection | None = None
         self._early_body: list[bytes] = []
         self._early_size = 0
+        self._scan: LeakScan | None = None  # set when the generation has interception secrets
         self.chunked_request = False
         self.request_complete = False
         self.response_head: ResponseHead | None = None
@@ -211,6 +216,14 @@ class HttpExchange(Exchange):
             )
             self._advance(self.admission.next())
             return
+        if gen.policies.all_secrets:
+            failure = self._secret_check(gen, head, framing.has_body)
+            if failure is not None:
+                self.admission = Admission(
+                    gen, identity, None, host_text=target.host, failure=failure
+                )
+                self._advance(self.admission.next())
+                return
         login = login_from_headers(head.headers) if gen.credentials else None
         try:
             destination = Target(gate.normalize_target_host(target.host), target.port, False)
@@ -243,6 +256,18 @@ class HttpExchange(Exchange):
         )
         self._early_body.append(request)
         self._advance(step)
+
+    def _secret_check(self, gen: Generation, head: RequestHead, body: bool) -> Refused | None:
+        """A plain-HTTP leg is readable by anyone on the path: no interception secret may go
+        out on it (issue 16). The head now, the body as it streams (LeakScan)."""
+        finder = leak_finder(gen, None)
+        if finder is None:
+            return None
+        if head_leaks(finder, head.target, head.headers):
+            return Refused(Reason.SECRET_LEAK, "the request carries an interception secret")
+        if body:
+            self._scan = LeakScan(finder)
+        return None
 
     def _advance(self, step: Step) -> None:
         """Follow the admission's steps as far as they go without waiting: a cached name and a
@@ -328,6 +353,18 @@ class HttpExchange(Exchange):
 
     def request_body(self, data: bytes) -> None:
         self.record.bytes_up += len(data)
+        if self._scan is not None:
+            safe = self._scan.feed(data)
+            if safe is None:
+                self._scan = None
+                self.upstream_failed(
+                    Refused(Reason.SECRET_LEAK, "the request body carries an interception secret"),
+                    count=False,
+                )
+                return
+            if not safe:
+                return
+            data = safe
         if self.chunked_request:
             data = render.chunk(data)
         upstream = self.upstream
@@ -341,6 +378,10 @@ class HttpExchange(Exchange):
 
     def request_end(self) -> None:
         self.request_complete = True
+        if self._scan is not None:
+            rest = self._scan.flush()
+            if rest:
+                self.request_body_raw(render.chunk(rest) if self.chunked_request else rest)
         if self.chunked_request:
             self.request_body_raw(render.LAST_CHUNK)
         if self.upstream is not None:
@@ -583,7 +624,7 @@ class HttpExchange(Exchange):
             UpstreamError(Reason.UPSTREAM_RESET, "the destination closed the connection")
         )
 
-    def upstream_failed(self, error: UpstreamError, count: bool = True) -> None:
+    def upstream_failed(self, error: ProxyFailure, count: bool = True) -> None:
         self.conn.output.flush()  # bytes already produced go before the refusal or the cut
         if self.done:
             return

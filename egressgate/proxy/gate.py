@@ -49,6 +49,7 @@ from egressgate.observe.record import AccessRecord
 from egressgate.policy.clients import NeedsAuthentication
 from egressgate.policy.decision import ClientIdentity, Decision, Target, Verdict
 from egressgate.policy.engine import CompiledPolicy
+from egressgate.policy.intercept import InterceptHost
 from egressgate.proxy.auth import Login, verify
 from egressgate.proxy.refusal import refusal_response
 from egressgate.runtime.state import Generation
@@ -149,11 +150,14 @@ class Refuse:
 @dataclass(frozen=True, slots=True)
 class Open:
     """Admitted: the upstream connection to `address`:`port` is the client's. `sni_check`: a
-    tunnel must pass its first client bytes through `judge_hello()` before relaying them."""
+    tunnel must pass its first client bytes through `judge_hello()` before relaying them.
+    `intercept`: the tunnel's host is listed under the policy's `intercept`; after the SNI
+    check the front end hands it to proxy/intercept.py instead of relaying it."""
 
     address: IPAddress
     port: int
     sni_check: bool
+    intercept: InterceptHost | None = None
 
 
 Step = NeedAddresses | Connect | Refuse | Open
@@ -348,7 +352,14 @@ class Admission:
         sni_check = (
             target is not None and target.connect and policy is not None and policy.sni_check
         )
-        step = self._step = Open(self._opened, self.port or 0, sni_check)
+        intercept = None
+        # (`.hosts`, a tuple: no Python call on the CONNECT hot path when nothing is intercepted)
+        if target is not None and target.connect and policy is not None and policy.intercept.hosts:
+            intercept = policy.intercept.for_host(target.host)
+            if intercept is not None:
+                # The leaf is minted for the admitted name: the SNI must be that name.
+                sni_check = True
+        step = self._step = Open(self._opened, self.port or 0, sni_check, intercept)
         self.next = self._same
         return step
 

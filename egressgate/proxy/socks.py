@@ -36,10 +36,12 @@ from egressgate.net.relay import Relay, RelayStats
 from egressgate.net.tasks import spawn
 from egressgate.observe.record import AccessRecord
 from egressgate.policy.decision import ClientIdentity
+from egressgate.policy.intercept import InterceptHost
 from egressgate.proxy import gate
 from egressgate.proxy.auth import Login, verify
 from egressgate.proxy.context import ProxyContext, SweptDeadline
 from egressgate.proxy.gate import Admission, Connect, Hello, NeedAddresses, Open, Refuse
+from egressgate.proxy.intercept import InterceptSession
 from egressgate.proxy.refusal import TLS_ACCESS_DENIED_ALERT
 from egressgate.socks.protocol import (
     Credentials,
@@ -114,9 +116,11 @@ class SocksSession(SweptDeadline):
         "_connecting",
         "_hello",
         "_in_hello",
+        "_intercept",
         "_on_deadline",
         "_pending",
         "_relay",
+        "_session",
         "admission",
         "client",
         "client_state",
@@ -148,6 +152,8 @@ class SocksSession(SweptDeadline):
         self.upstream: RawSocket | None = None
         self.upstream_state = Readiness()
         self._relay: Relay | None = None
+        self._intercept: InterceptHost | None = None  # from the Open step
+        self._session: InterceptSession | None = None  # an intercepted tunnel's driver
         self._hello = b""
         self._auth_held = False
         self._connecting: IPAddress | None = None  # the address of a connect in progress
@@ -467,6 +473,7 @@ class SocksSession(SweptDeadline):
             bound = None
         if not self._send(reply(ReplyCode.SUCCEEDED, bound)):
             return
+        self._intercept = step.intercept
         if step.sni_check:
             self._start_hello()
         else:
@@ -526,7 +533,7 @@ class SocksSession(SweptDeadline):
 
     def _judge(self, timed_out: bool, eof: bool = False) -> bool:
         """True when the hello phase is over (relaying, refused, or ended)."""
-        if self.done or self._relay is not None:
+        if self.done or self._relay is not None or self._session is not None:
             return True
         admission = self.admission
         assert admission is not None
@@ -540,9 +547,24 @@ class SocksSession(SweptDeadline):
             if self._hello[:1] == b"\x16":  # the client speaks TLS: it can read an alert
                 self._send(TLS_ACCESS_DENIED_ALERT)
             self._finish(RelayStats(0, 0, "refused"))
+        elif self._intercept is not None:
+            self._intercept_now(self._hello, self._intercept)
         else:
             self._relay_now(self._hello)
         return True
+
+    def _intercept_now(self, hello: bytes, host: InterceptHost) -> None:
+        """The host is under `intercept`: both sockets leave the reactor for the interception
+        driver (proxy/intercept.py), which calls _finish when it is over."""
+        upstream = self.upstream
+        assert upstream is not None
+        assert self.admission is not None
+        session = InterceptSession(self.ctx, self.admission, host, self.record.client, self._finish)
+        self._session = session
+        self.reactor.remove(self.fd)
+        self.reactor.remove(upstream.fileno())
+        self.record.detail = "intercepted"
+        session.start(self.client, upstream, hello)
 
     def _relay_now(self, first: bytes) -> None:
         upstream = self.upstream
@@ -612,7 +634,7 @@ class SocksSession(SweptDeadline):
         if self in ctx.tunnels:
             ctx.tunnels.discard(self)
             ctx.metrics.active_tunnels -= 1
-        if self._relay is None:
+        if self._relay is None and self._session is None:
             self._close_sockets()
         self._relay = None
         record = self.record
@@ -643,6 +665,9 @@ class SocksSession(SweptDeadline):
             self._drop()
 
     def force_close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            return
         if self._relay is not None:
             self._relay.close()
             return

@@ -43,6 +43,8 @@ from egressgate.net.reactor import Readiness
 from egressgate.net.relay import Relay, RelayStats
 from egressgate.net.tasks import spawn
 from egressgate.observe.record import AccessRecord
+from egressgate.policy.intercept import InterceptHost
+from egressgate.policy.secret_scan import LeakScan
 from egressgate.proxy.acceptor import client_identity
 from egressgate.proxy.admit import connect_step
 from egressgate.proxy.context import ProxyContext
@@ -57,6 +59,7 @@ from egressgate.proxy.gate import (
     starts_as_tls,
     unreadable_hello_why,
 )
+from egressgate.proxy.intercept import InterceptSession, leak_finder
 from egressgate.proxy.refusal import TLS_ACCESS_DENIED_ALERT, refusal_response
 from egressgate.runtime.state import Generation
 from egressgate.tls.clienthello import MAX_HELLO_BYTES, HelloResult, read_sni
@@ -107,6 +110,7 @@ class TransparentConnection:
 
     __slots__ = (
         "_relay",
+        "_session",
         "_task",
         "_upstream",
         "admission",
@@ -134,6 +138,7 @@ class TransparentConnection:
         self.admission: Admission | None = None
         self._upstream: socket.socket | None = None
         self._relay: Relay | None = None
+        self._session: InterceptSession | None = None
         self._task: asyncio.Task[None] | None = None
         self.done = False
         ctx.live.add(self)
@@ -147,7 +152,9 @@ class TransparentConnection:
         """Nothing is idle here: a connection is reading its name, or relaying."""
 
     def force_close(self) -> None:
-        if self._relay is not None:
+        if self._session is not None:
+            self._session.close()
+        elif self._relay is not None:
             self._relay.close()
         elif self._task is not None:
             self._task.cancel()
@@ -235,6 +242,12 @@ class TransparentConnection:
         except ProtocolError as exc:
             await self._refuse(self._policy_less(exc), buffered, http=True)
             return
+        finder = leak_finder(self.gen, None) if self.gen.policies.all_secrets else None
+        if finder is not None and finder.search(buffered):
+            # A plaintext leg the proxy reads: no interception secret may go out on it.
+            failure = Refused(Reason.SECRET_LEAK, "the request carries an interception secret")
+            await self._refuse(self._policy_less(failure, host), buffered, http=True)
+            return
         await self._admit_and_relay(host, False, buffered, parser, port)
 
     # ---- no name: only an original destination the policy lists as an IP
@@ -308,7 +321,9 @@ class TransparentConnection:
             await self._refuse(None, data, http=http)
             return
         assert isinstance(step, Open)
-        if parser is None:
+        if step.intercept is not None and check_hello:
+            self._intercept_now(data, step.intercept)
+        elif parser is None:
             self._relay_raw(data)
         else:
             await self._relay_http(data, parser)
@@ -334,6 +349,20 @@ class TransparentConnection:
         )
         self._relay = relay
         relay.start()
+
+    def _intercept_now(self, data: bytes, host: InterceptHost) -> None:
+        """The SNI names a host under `intercept`: proxy/intercept.py takes both sockets."""
+        upstream = self._upstream
+        assert upstream is not None
+        assert self.admission is not None
+        session = InterceptSession(
+            self.ctx, self.admission, host, self.record.client, self._relayed
+        )
+        self._enter_tunnel()
+        self._upstream = None  # the session owns it now
+        self._session = session
+        self.record.detail = "intercepted"
+        session.start(self.client, upstream, data)
 
     def _relayed(self, stats: RelayStats) -> None:
         self._relay = None
@@ -376,6 +405,16 @@ class TransparentConnection:
             self.record.detail = (
                 "a later request on this connection named another host: connection closed"
             )
+        elif end == "secret-leak":
+            self._finish(
+                RelayStats(counts[0], counts[1], end),
+                Refused(
+                    Reason.SECRET_LEAK,
+                    "a later request on this connection carried an interception secret:"
+                    " connection closed",
+                ),
+            )
+            return
         self._finish(RelayStats(counts[0], counts[1], end), None)
 
     async def _pump_up(
@@ -387,12 +426,24 @@ class TransparentConnection:
         counts: list[int],
         activity: list[float],
     ) -> str:
+        # Interception secrets exist: every byte is scanned before it goes out (a secret split
+        # across two reads is held back, policy/secret_scan.py).
+        finder = leak_finder(self.gen, None) if self.gen.policies.all_secrets else None
+        scan = LeakScan(finder) if finder is not None else None
         try:
+            if scan is not None:
+                safe_first = scan.feed(first)
+                if safe_first is None:
+                    return "secret-leak"
+                at_boundary = parser is None or parser.at_boundary
+                first = safe_first + scan.flush() if at_boundary else safe_first
             await self.loop.sock_sendall(upstream, first)
             while True:
                 data = await self.loop.sock_recv(self.client, RECV_BYTES)
                 activity[0] = self.loop.time()
                 if not data:
+                    if scan is not None:
+                        await self.loop.sock_sendall(upstream, scan.flush())
                     _shutdown_write(upstream)
                     return "eof"
                 if parser is not None:
@@ -406,6 +457,13 @@ class TransparentConnection:
                         elif isinstance(event, RequestHead) and not _same_host(event, judged):
                             return "host-changed"
                 counts[0] += len(data)
+                if scan is not None:
+                    safe = scan.feed(data)
+                    if safe is None:
+                        return "secret-leak"
+                    # A request ends here (or its head does): release what was held back, or
+                    # the origin would wait for the last bytes of a request it should answer.
+                    data = safe + scan.flush() if parser is None or parser.at_boundary else safe
                 await self.loop.sock_sendall(upstream, data)
         except OSError:
             return "reset"

@@ -41,6 +41,7 @@ from egressgate.net.relay import Relay, RelayStats
 from egressgate.net.tasks import spawn
 from egressgate.observe.record import AccessRecord
 from egressgate.policy.decision import ClientIdentity, Target
+from egressgate.policy.intercept import InterceptHost
 from egressgate.proxy import gate
 from egressgate.proxy.admit import open_upstream
 from egressgate.proxy.auth import login_from_headers
@@ -48,6 +49,7 @@ from egressgate.proxy.context import ProxyContext, SweptDeadline
 from egressgate.proxy.exchange import ClientSide, Exchange
 from egressgate.proxy.failsafe import internal_error
 from egressgate.proxy.gate import Admission, Connect, Hello, NeedAddresses, Open, Refuse, Step
+from egressgate.proxy.intercept import InterceptSession
 from egressgate.proxy.refusal import TLS_ACCESS_DENIED_ALERT, TLS_INTERNAL_ERROR_ALERT
 from egressgate.tls.clienthello import MAX_HELLO_BYTES
 
@@ -134,9 +136,11 @@ class RawTunnel(_TunnelCore, SweptDeadline):
         "_address",
         "_address_text",
         "_hello",
+        "_intercept",
         "_on_deadline",
         "_pending",
         "_relay",
+        "_session",
         "_sni_check",
         "client",
         "client_fd",
@@ -175,6 +179,8 @@ class RawTunnel(_TunnelCore, SweptDeadline):
         self._address_text = ""
         self._pending: Connect | None = None  # the Connect step the outbox callback carries out
         self._sni_check = False  # from the Open step
+        self._intercept: InterceptHost | None = None  # from the Open step
+        self._session: InterceptSession | None = None  # an intercepted tunnel's driver
         # The current phase's deadline (connect, ClientHello), checked by the server's sweeper
         # while this tunnel is in ctx.deadlines; 0: none.
         self.deadline = 0.0
@@ -214,6 +220,7 @@ class RawTunnel(_TunnelCore, SweptDeadline):
                     return
                 case Open():
                     self._sni_check = step.sni_check
+                    self._intercept = step.intercept
                     self.ctx.outbox.later(self._established)  # with this iteration's sends
                     return
                 case Refuse():
@@ -390,7 +397,10 @@ class RawTunnel(_TunnelCore, SweptDeadline):
             return False
         self._stop_hello()
         if outcome is Hello.RELAY:
-            self._relay_now(self._hello)
+            if self._intercept is not None:
+                self._intercept_now(self._hello, self._intercept)
+            else:
+                self._relay_now(self._hello)
         else:
             self._cut(TLS_ACCESS_DENIED_ALERT)
         return True
@@ -425,6 +435,18 @@ class RawTunnel(_TunnelCore, SweptDeadline):
         self._relay = relay
         relay.start()
 
+    def _intercept_now(self, hello: bytes, host: InterceptHost) -> None:
+        """The host is under `intercept`: both sockets leave the reactor for the interception
+        driver (proxy/intercept.py), which calls _end when it is over."""
+        upstream = self.upstream
+        assert upstream is not None
+        session = InterceptSession(self.ctx, self.admission, host, self.record.client, self._end)
+        self._session = session
+        self.reactor.remove(self.client_fd)
+        self.reactor.remove(upstream.fileno())
+        self.record.detail = "intercepted"
+        session.start(self.client, upstream, hello)
+
     def refuse_early(self, failure: ProxyFailure) -> None:
         """Refuse before start() (proxy auth's back-off, proxy/acceptor.py)."""
         self._fail_before_admission(failure)
@@ -458,6 +480,9 @@ class RawTunnel(_TunnelCore, SweptDeadline):
             return
         self._fail_before_admission(failure)
         if self.record.status == 200:
+            if self._session is not None:
+                self._session.close()
+                return
             if self._relay is not None:
                 self._relay.close()  # ends through _end with the admission's failure
                 return
@@ -483,13 +508,16 @@ class RawTunnel(_TunnelCore, SweptDeadline):
     def _end(self, stats: RelayStats) -> None:
         if self.done:
             return
-        if self._relay is None:
+        if self._relay is None and self._session is None:
             self._disarm()
             self._close_sockets()
         self._relay = None
         self.tunnel_done(stats)
 
     def force_close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            return
         if self._relay is not None:
             self._relay.close()
             return
@@ -505,13 +533,15 @@ class TunnelExchange(_TunnelCore, Exchange):
     tunnel's own timers apply once it is open.
     """
 
-    __slots__ = ("_pump", "_transports", "conn", "identity")
+    __slots__ = ("_intercept", "_pump", "_session", "_transports", "conn", "identity")
 
     def __init__(self, conn: ClientSide, head: RequestHead) -> None:
         super().__init__(conn.ctx, head, conn.new_record("CONNECT", "tunnel"))
         self.conn: ClientSide | None = conn
         self._pump: TransportPump | None = None
         self._transports: tuple[asyncio.Transport, asyncio.Transport] | None = None
+        self._intercept: InterceptHost | None = None  # from the Open step
+        self._session: InterceptSession | None = None
 
     def start(self) -> None:
         conn = self.conn
@@ -570,6 +600,7 @@ class TunnelExchange(_TunnelCore, Exchange):
         transport.write(CONNECT_ESTABLISHED)
         step = self.admission.next()
         assert isinstance(step, Open)
+        self._intercept = step.intercept
         if step.sni_check:
             _TransportHello(self, transport, upstream)
         else:
@@ -578,6 +609,14 @@ class TunnelExchange(_TunnelCore, Exchange):
     def start_pump(
         self, client: asyncio.Transport, upstream: asyncio.Transport, first: bytes
     ) -> None:
+        if self._intercept is not None:
+            session = InterceptSession(
+                self.ctx, self.admission, self._intercept, self.record.client, self.tunnel_done
+            )
+            self._session = session
+            self.record.detail = "intercepted"
+            session.start_on_transports(client, upstream, first)
+            return
         limits = self.admission.gen.config.limits
         self._pump = TransportPump(
             client, upstream, self.tunnel_done, limits.idle_timeout_s, initial_up=first
@@ -600,7 +639,9 @@ class TunnelExchange(_TunnelCore, Exchange):
         if self.done:
             return
         self.admission.fail(failure)
-        if self._pump is not None:
+        if self._session is not None:
+            self._session.close()
+        elif self._pump is not None:
             self._pump.close()
         elif self._transports is not None:
             self.cut(TLS_INTERNAL_ERROR_ALERT, self.rest[:1] == b"\x16")
@@ -608,7 +649,9 @@ class TunnelExchange(_TunnelCore, Exchange):
             self._refuse()
 
     def force_close(self) -> None:
-        if self._pump is not None:
+        if self._session is not None:
+            self._session.close()
+        elif self._pump is not None:
             self._pump.close()
         elif self._transports is not None:
             # Still waiting for the ClientHello (no pump yet): closing the client ends the

@@ -126,6 +126,58 @@ def _unexpected(path: str, exc: BaseException) -> ConfigError:
     )
 
 
+class StableFileWatch:
+    """Notices that a file changed, once the change is stable (see the module doc).
+
+    Shared by the proxy's Reloader and the injection webhook (tools/inject_server.py), so that
+    both follow edits, renames and Kubernetes' ConfigMap symlink swap the same way. `poll()`
+    returns True exactly once per stable change; `rebase()` forgets any change seen so far (the
+    caller has just read the file)."""
+
+    __slots__ = ("_fingerprint", "_path", "_pending")
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._fingerprint = self._stat()
+        # A change seen on the last poll and not applied yet: (stat, sha256 of the bytes).
+        self._pending: tuple[Fingerprint, str | None] | None = None
+
+    def _stat(self) -> Fingerprint | None:
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def _digest(self) -> str | None:
+        try:
+            with open(self._path, "rb") as handle:
+                return hashlib.sha256(handle.read()).hexdigest()
+        except OSError:
+            return None
+
+    def rebase(self) -> None:
+        """Forget what was seen: the caller has just read the file as it is now."""
+        self._fingerprint = self._stat()
+        self._pending = None
+
+    def poll(self) -> bool:
+        """True when the file changed and two consecutive polls found the very same file."""
+        fingerprint = self._stat()
+        if fingerprint is None or fingerprint == self._fingerprint:
+            self._pending = None
+            return False
+        candidate = (fingerprint, self._digest())
+        if candidate != self._pending:
+            # Changed since the last poll: the writer may not be done. Apply only when the
+            # next poll finds the very same file (a non-atomic save is never applied half-way).
+            self._pending = candidate
+            return False
+        self._pending = None
+        self._fingerprint = fingerprint
+        return True
+
+
 class Reloader:
     """Owns reloading for one process."""
 
@@ -147,9 +199,7 @@ class Reloader:
         self._prepare = prepare
         self._on_watcher_error = on_watcher_error
         self._report = report
-        self._fingerprint = self._stat()
-        # A change seen on the last poll and not applied yet: (stat, sha256 of the bytes).
-        self._pending: tuple[Fingerprint, str | None] | None = None
+        self._watch = StableFileWatch(path)
         self._last_error: str | None = None  # the watcher's last unexpected error, reported once
         self._task: asyncio.TimerHandle | None = None
         # Fix (issue 18): compared with the previous generation, a comment-only edit after a
@@ -159,20 +209,6 @@ class Reloader:
         self._compiling = False  # a compile thread is running
         self._queued: str | None = None  # the trigger of a reload requested meanwhile
         self._stopped = False
-
-    def _stat(self) -> Fingerprint | None:
-        try:
-            st = os.stat(self._path)
-        except OSError:
-            return None
-        return st.st_ino, st.st_size, st.st_mtime_ns
-
-    def _digest(self) -> str | None:
-        try:
-            with open(self._path, "rb") as handle:
-                return hashlib.sha256(handle.read()).hexdigest()
-        except OSError:
-            return None
 
     def start_watching(self) -> None:
         self._state.watch_started(WATCHER_STALL_S)
@@ -220,18 +256,8 @@ class Reloader:
             )
 
     def _check_file(self) -> None:
-        fingerprint = self._stat()
-        if fingerprint is None or fingerprint == self._fingerprint:
-            self._pending = None
+        if not self._watch.poll():
             return
-        candidate = (fingerprint, self._digest())
-        if candidate != self._pending:
-            # Changed since the last poll: the writer may not be done. Apply only when the
-            # next poll finds the very same file (a non-atomic save is never applied half-way).
-            self._pending = candidate
-            return
-        self._pending = None
-        self._fingerprint = fingerprint
         try:
             text: str | None = read_config(self._path)
         except ConfigError:
@@ -249,8 +275,7 @@ class Reloader:
             return
         self._compiling = True
         old = self._state.current
-        self._fingerprint = self._stat()
-        self._pending = None
+        self._watch.rebase()
         loop = asyncio.get_running_loop()
         threading.Thread(
             target=self._compile_in_thread,
@@ -300,8 +325,7 @@ class Reloader:
         """Load, prepare and swap on the calling thread, all or nothing; True if the new config
         is now in force. (The proxy uses `request_reload`, which compiles off the loop.)"""
         old = self._state.current
-        self._fingerprint = self._stat()
-        self._pending = None
+        self._watch.rebase()
         result: Generation | Exception
         try:
             result = load_generation(self._path, old.number + 1, reloading=True)

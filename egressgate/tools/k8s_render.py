@@ -19,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -78,6 +79,20 @@ COMPONENT_PROXY_POLICY = "proxy-network-policy"
 COMPONENT_CLIENT_POLICY = "client-network-policy"
 COMPONENT_CLIENT_ENV = "client-env"
 COMPONENT_VERIFY = "verify-job"  # k8s_verify_job: `verify --attack` as the app
+COMPONENT_INJECT = "inject"  # the injection webhook (tools/k8s_inject.py)
+COMPONENT_CLIENT_CA = "client-ca"
+
+# -- TLS interception (docs/interception.md, "Kubernetes") ------------------------------------
+# The CA key and the file secrets of set_headers live in this Secret (created by the operator,
+# never rendered: manifests end up in git), projected next to the config in the proxy pods only.
+INTERCEPT_SECRET_SUFFIX = "-intercept"
+# Root-owned (the kubelet writes them) and readable by the pod's fsGroup only: what
+# config/intercept_ca.py accepts for a key (PostgreSQL's rule), and nothing for others.
+SECRET_FILE_MODE = 0o440
+# Where apps mount the <name>-ca ConfigMap (the CA certificate, and the bundle with it).
+APP_CA_DIR = "/etc/egressgate-ca"
+APP_CA_CERT_NAME = "ca.crt"
+APP_CA_BUNDLE_NAME = "bundle.pem"
 
 # -- timing and sizing -----------------------------------------------------------------------------
 # SIGKILL comes terminationGracePeriodSeconds after the preStop hook starts; the proxy needs the
@@ -148,6 +163,13 @@ class RenderOptions:
     # More files for the config ConfigMap, name → text, mounted next to egress.yaml (e.g. the
     # config's `hosts_file: hosts`). Never credentials: those belong in a Secret.
     extra_config_files: Mapping[str, str] = field(default_factory=dict)
+    # The directory of the config file on this machine: files next to it are next to
+    # egress.yaml in the pod (TLS interception places its CA key and secrets by it).
+    config_dir: str | None = None
+    # tls_intercept: the CA certificate for the apps' <name>-ca ConfigMap, and the public CA
+    # bundle with it appended (for the variables that replace a runtime's store).
+    ca_cert_pem: str | None = None
+    ca_bundle_pem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +195,8 @@ class _Plan:
     config_sha256: str
     files_sha256: str
     options: RenderOptions
+    # TLS interception: the files projected from the <name>-intercept Secret (none: off).
+    intercept_secret_files: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,6 +220,8 @@ def render(config: Config, config_text: str, options: RenderOptions) -> list[Man
     if options.hpa:
         objects.append(_autoscaler(plan))
     objects += [_proxy_network_policy(plan), _client_network_policy(plan), _client_env(plan)]
+    if config.tls_intercept is not None:
+        objects.append(_client_ca(plan))
     return objects
 
 
@@ -215,9 +241,28 @@ def client_env(config: Config, options: RenderOptions) -> dict[str, str]:
     return _proxy_env(config, options).as_dict(java=True)
 
 
+def cluster_cidrs(options: RenderOptions) -> list[str]:
+    """The cluster's ranges: DEFAULT_CLUSTER_CIDRS plus `options.cluster_cidrs`, deduplicated
+    (NO_PROXY of the client env and of the injection webhook's config)."""
+    return [str(network) for network in _cluster_networks(options.cluster_cidrs)]
+
+
 def _proxy_env(config: Config, options: RenderOptions) -> proxy_env.ProxyEnv:
-    cidrs = [str(network) for network in _cluster_networks(options.cluster_cidrs)]
-    return proxy_env.build_env(proxy_url(config, options), options.no_proxy, cidrs)
+    env = proxy_env.build_env(proxy_url(config, options), options.no_proxy, cluster_cidrs(options))
+    if config.tls_intercept is not None:
+        name = APP_CA_BUNDLE_NAME if options.ca_bundle_pem else APP_CA_CERT_NAME
+        ca = proxy_env.ca_trust(f"{APP_CA_DIR}/{name}")
+        env = env.with_ca(replace(ca, cert_file=f"{APP_CA_DIR}/{APP_CA_CERT_NAME}"))
+    return env
+
+
+def render_problems(options: RenderOptions) -> list[str]:
+    """What is wrong with `options` alone (names, labels, CIDRs, NO_PROXY extras, sizes)."""
+    return [
+        *_no_proxy_problems(options.no_proxy),
+        *_option_problems(options),
+        *_cidr_problems(options.cluster_cidrs, "cluster CIDR"),
+    ]
 
 
 def parse_label(text: str) -> tuple[str, str]:
@@ -281,8 +326,81 @@ def advisories(config: Config, options: RenderOptions) -> list[str]:
             f"admin_listen {config.admin_listen} is loopback-only: probes are exec probes and "
             "Prometheus cannot scrape it; bind 0.0.0.0 for httpGet probes and metrics"
         )
+    notes += _intercept_advisories(config, options)
     notes += [f"client env: {warning}" for warning in _proxy_env(config, options).warnings]
     return notes
+
+
+def _intercept_advisories(config: Config, options: RenderOptions) -> list[str]:
+    """What TLS interception needs by hand: the Secret, secrets from variables or elsewhere,
+    and the app's CA mount."""
+    tls = config.tls_intercept
+    if tls is None:
+        return []
+    secret = f"{options.name}{INTERCEPT_SECRET_SUFFIX}"
+    files = " ".join(
+        f"--from-file={name}={path}" for name, path in _intercept_secret_paths(config, options)
+    )
+    notes = [
+        f"tls_intercept: create the Secret {secret} before applying (it is never rendered: "
+        f"manifests end up in git): kubectl -n {options.namespace} create secret generic "
+        f"{secret} {files}",
+        f"tls_intercept: in the app's pod, mount the ConfigMap {options.name}-ca at "
+        f"{APP_CA_DIR} (volumes: [{{name: egressgate-ca, configMap: {{name: "
+        f"{options.name}-ca}}}}], volumeMounts: [{{name: egressgate-ca, mountPath: "
+        f"{APP_CA_DIR}, readOnly: true}}]): the client env's CA variables point there",
+    ]
+    if not options.ca_bundle_pem:
+        notes.append(
+            "tls_intercept: no system CA bundle here, so the app's CA variables point at the "
+            "CA certificate alone: hosts that are tunnelled, not intercepted, will fail to "
+            "verify in runtimes whose variable replaces their store; install the CA in the "
+            "app image's system store instead"
+        )
+    notes += _secret_advisories(config, secret)
+    if tls.upstream_ca_file and os.path.dirname(tls.upstream_ca_file) != options.config_dir:
+        notes.append(
+            f"tls_intercept.upstream_ca_file {tls.upstream_ca_file}: mount it at that path, or "
+            "put it next to the config (it then goes into the ConfigMap)"
+        )
+    return notes
+
+
+def _secret_advisories(config: Config, secret: str) -> list[str]:
+    """set_headers secrets the Secret `secret` does not carry: variables, files elsewhere."""
+    notes: list[str] = []
+    for policy in config.policies:
+        for entry in policy.intercept:
+            for header in entry.set_headers:
+                kind, _, where = header.secret.source.partition(":")
+                what = f"set_headers {header.name} of {entry.host}"
+                if kind == "env":
+                    notes.append(
+                        f"{what}: add the variable {where} to the egressgate container from a "
+                        "Secret (env.valueFrom.secretKeyRef)"
+                    )
+                elif "/" in where:
+                    notes.append(
+                        f"{what}: mount the secret file at {where} in the egressgate container "
+                        f"(or put it next to the config, where it goes into {secret})"
+                    )
+    return notes
+
+
+def _intercept_secret_paths(config: Config, options: RenderOptions) -> list[tuple[str, str]]:
+    """(name in the Secret, file on this machine): the CA key, and each `file:` secret written
+    as a bare name next to the config (in the pod: next to egress.yaml)."""
+    tls = config.tls_intercept
+    if tls is None or options.config_dir is None:
+        return []
+    pairs = {os.path.basename(tls.ca_key_file): tls.ca_key_file}
+    for policy in config.policies:
+        for entry in policy.intercept:
+            for header in entry.set_headers:
+                kind, _, where = header.secret.source.partition(":")
+                if kind == "file" and "/" not in where:
+                    pairs.setdefault(where, os.path.join(options.config_dir, where))
+    return list(pairs.items())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,6 +415,7 @@ def _plan(config: Config, config_text: str, options: RenderOptions) -> _Plan:
         *_listener_problems(config),
         *_cidr_problems(options.cluster_cidrs, "cluster CIDR"),
         *_cidr_problems(options.dns_cidrs, "DNS CIDR"),
+        *_intercept_problems(config, options),
     ]
     app_labels = dict(options.app_labels) or {DEFAULT_CLIENT_LABEL: options.name}
     selector = {NAME_LABEL: "egressgate", INSTANCE_LABEL: options.name}
@@ -329,7 +448,34 @@ def _plan(config: Config, config_text: str, options: RenderOptions) -> _Plan:
         config_sha256=hashlib.sha256(config_text.encode("utf-8")).hexdigest(),
         files_sha256=_files_sha256(config_text, options.extra_config_files),
         options=options,
+        intercept_secret_files=tuple(n for n, _ in _intercept_secret_paths(config, options)),
     )
+
+
+def _intercept_problems(config: Config, options: RenderOptions) -> list[str]:
+    """tls_intercept's files must sit next to the config: the certificate goes into the
+    ConfigMap, the key into the Secret projected beside it (the config names them relatively,
+    so they resolve the same in the pod)."""
+    tls = config.tls_intercept
+    if tls is None:
+        return []
+    layout = (
+        "write them as names next to the config (ca_cert_file: ca.crt, ca_key_file: ca.key, as "
+        "`egressgate ca init --out <config dir>` makes them)"
+    )
+    problems: list[str] = []
+    if options.config_dir is None:
+        return [f"tls_intercept needs a config file whose directory holds the CA files; {layout}"]
+    for key, path in (("ca_cert_file", tls.ca_cert_file), ("ca_key_file", tls.ca_key_file)):
+        if os.path.dirname(path) != options.config_dir:
+            problems.append(f"tls_intercept.{key} {path} is not next to the config: {layout}")
+    if os.path.basename(tls.ca_cert_file) not in options.extra_config_files:
+        problems.append(f"tls_intercept: the ConfigMap does not carry {tls.ca_cert_file}")
+    if os.path.basename(tls.ca_key_file) in options.extra_config_files:
+        problems.append(f"tls_intercept.ca_key_file {tls.ca_key_file} would go into a ConfigMap")
+    if options.ca_cert_pem is None:
+        problems.append("tls_intercept: the CA certificate's text is needed for the apps")
+    return problems
 
 
 def _option_problems(options: RenderOptions) -> list[str]:
@@ -659,25 +805,47 @@ def _pod_annotations(plan: _Plan) -> dict[str, str]:
 
 
 def _pod_spec(plan: _Plan) -> Manifest:
+    security: Manifest = {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_ID,
+        "runAsGroup": RUN_AS_ID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if plan.intercept_secret_files:
+        # The Secret's files are root-owned; fsGroup makes them readable by the proxy's group
+        # (mode 0440), and by nobody else.
+        security["fsGroup"] = RUN_AS_ID
     return {
         "automountServiceAccountToken": False,  # the proxy never talks to the API server
         "enableServiceLinks": False,  # no *_SERVICE_HOST variables from every Service
         "terminationGracePeriodSeconds": plan.grace_period_s,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_ID,
-            "runAsGroup": RUN_AS_ID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": security,
         "topologySpreadConstraints": _spread(plan),
         "affinity": _anti_affinity(plan),
         "containers": [_container(plan)],
         "volumes": [
             # A directory mount: the kubelet swaps the `..data` symlink when the ConfigMap
             # changes, which hot reload watches. A subPath mount would never be updated.
-            {"name": "config", "configMap": {"name": f"{plan.name}-config"}},
+            _config_volume(plan),
             {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
         ],
+    }
+
+
+def _config_volume(plan: _Plan) -> Manifest:
+    config_map = {"name": f"{plan.name}-config"}
+    if not plan.intercept_secret_files:
+        return {"name": "config", "configMap": config_map}
+    # TLS interception: the CA key (and file secrets) join the config's directory from the
+    # Secret, in this pod only; a projected volume is updated in place like a ConfigMap one.
+    items = [
+        {"key": name, "path": name, "mode": SECRET_FILE_MODE}
+        for name in plan.intercept_secret_files
+    ]
+    secret = {"name": f"{plan.name}{INTERCEPT_SECRET_SUFFIX}", "items": items}
+    return {
+        "name": "config",
+        "projected": {"sources": [{"configMap": config_map}, {"secret": secret}]},
     }
 
 
@@ -708,20 +876,6 @@ def _anti_affinity(plan: _Plan) -> Manifest:
     }
 
 
-def hardened_security_context() -> Manifest:
-    """Every egressgate container: UID/GID RUN_AS_ID, no privilege, no capability, read-only
-    root filesystem, the runtime's default seccomp profile."""
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS_ID,
-        "runAsGroup": RUN_AS_ID,
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
 def _container(plan: _Plan) -> Manifest:
     ports = [
         {"name": name, "containerPort": number, "protocol": "TCP"}
@@ -737,11 +891,26 @@ def _container(plan: _Plan) -> Manifest:
         **_probes(plan),
         **_lifecycle(plan),
         "resources": {key: dict(value) for key, value in plan.resources.items()},
-        "securityContext": hardened_security_context(),
+        "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
+    }
+
+
+def container_security_context() -> Manifest:
+    """The hardened securityContext of every egressgate container (the proxy, the sidecar and
+    the injection webhook): non-root as RUN_AS_ID, no privilege escalation, read-only root
+    filesystem, no capabilities, the runtime's seccomp profile. A new dict per call."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_ID,
+        "runAsGroup": RUN_AS_ID,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 
@@ -970,6 +1139,20 @@ def _client_env(plan: _Plan) -> Manifest:
     }
 
 
+def _client_ca(plan: _Plan) -> Manifest:
+    """The interception CA for the apps (certificates only, never the key)."""
+    options = plan.options
+    data = {APP_CA_CERT_NAME: options.ca_cert_pem or ""}
+    if options.ca_bundle_pem:
+        data[APP_CA_BUNDLE_NAME] = options.ca_bundle_pem
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(plan, f"{plan.name}-ca", COMPONENT_CLIENT_CA, plan.app_namespace),
+        "data": data,
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # YAML
 # ---------------------------------------------------------------------------------------------
@@ -1041,11 +1224,43 @@ Re-run: delete the Job and apply again. The pod is never Ready, so no Service se
     ("Role", COMPONENT_VERIFY): """\
 Lets the verify Job read this namespace's NetworkPolicies (to find `egress: - {{}}`) and its own
 pod's labels. Nothing else; remove it (and the binding) to skip that check.""",
+    ("ConfigMap", COMPONENT_CLIENT_CA): f"""\
+TLS interception: the CA that signs the intercepted hosts' certificates, for the app to trust
+(certificates only; the key stays in the proxy's Secret). Mount it in the app's pod at
+{APP_CA_DIR} (a directory mount: it follows CA rotations); the client env's SSL_CERT_FILE,
+REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, GIT_SSL_CAINFO, PIP_CERT and NODE_EXTRA_CA_CERTS point there.
+{APP_CA_BUNDLE_NAME} is the public CAs plus this one: those variables replace a runtime's store.""",
     ("NetworkPolicy", COMPONENT_CLIENT_POLICY): """\
 The app pods: out, ONLY to the proxy and to cluster DNS (without DNS the app cannot even resolve
 the proxy's name). Everything else, including connections that ignore HTTP(S)_PROXY, is dropped.
 NetworkPolicies add up: to let the app reach an in-cluster service directly, add a policy that
 allows it.""",
+    ("ConfigMap", COMPONENT_INJECT): """\
+The injection webhook's config (docs/configuration.md, "The injection webhook"): the proxy URL,
+NO_PROXY inputs and sidecar image it injects. Edits reload within seconds; an invalid edit is
+refused and the running config stays.""",
+    ("Deployment", COMPONENT_INJECT): """\
+`egressgate inject`: the admission webhook. No service account token (it reads nothing from the
+API server: the review carries the pod), non-root, read-only root filesystem. The TLS Secret is
+mounted as a directory, so a renewed certificate is picked up without a restart.""",
+    ("Service", COMPONENT_INJECT): """\
+The address the API server calls (clientConfig.service); 443 to the webhook's HTTPS port.""",
+    ("NetworkPolicy", COMPONENT_INJECT): """\
+The webhook pods: in, the HTTPS port only (from any source: the API server often runs on the host
+network, which no selector names); out, nothing at all.""",
+    ("Certificate", COMPONENT_INJECT): """\
+The serving certificate, issued by cert-manager (renewed in place; the webhook reloads it). Without
+cert-manager, use `egressgate k8s certs` and `--ca-bundle` instead (docs/kubernetes.md).""",
+    ("MutatingWebhookConfiguration", COMPONENT_INJECT): """\
+Which pods the API server sends to the webhook. Three entries, because the webhook learns a
+namespace's label only from which entry called it: namespaces labelled egressgate.io/inject=
+explicit, namespaces labelled transparent, and pods labelled explicit/transparent in namespaces
+without the label. kube-system, kube-public, kube-node-lease and the webhook's own namespace are
+never selected; pods labelled egressgate.io/inject=disabled are never sent.
+failurePolicy Ignore (default): if the webhook is down or slow, pods start UNCHANGED, without
+the proxy settings (a webhook failure never stops a deployment). Fail: such pods are refused
+until the webhook answers (no pod ever starts without its settings, but an outage of the webhook
+blocks every rollout in the labelled namespaces).""",
 }
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from egressgate.config.model import Config, ListenAddress
+from egressgate.config.model import Config
 from egressgate.tools.k8s_render import (
     CONFIG_DIR,
     CONFIG_FILE_NAME,
@@ -36,7 +36,7 @@ from egressgate.tools.k8s_render import (
     Manifest,
     RenderError,
     RenderOptions,
-    hardened_security_context,
+    container_security_context,
 )
 from egressgate.tools.redirect import DEFAULT_TCP_PORTS, nft_script
 
@@ -47,6 +47,8 @@ COMPONENT_SIDECAR = "sidecar"
 SIDECAR_MEMORY_REQUEST = "64Mi"
 SIDECAR_MEMORY_LIMIT = "256Mi"
 SIDECAR_CPU_REQUEST = "50m"
+CONFIG_VOLUME = "egressgate-config"
+TMP_VOLUME = "egressgate-tmp"
 
 
 def render_sidecar(
@@ -92,6 +94,11 @@ def _problems(config: Config, tcp_ports: Sequence[int]) -> list[str]:
                 f"{key} {address}: in a sidecar bind 127.0.0.1 (REDIRECT delivers there, and "
                 "a UDP socket on the wildcard answers redirected DNS from the wrong address)"
             )
+    if config.tls_intercept is not None:
+        problems.append(
+            "tls_intercept is not rendered for --mode transparent yet (the CA key's Secret and "
+            "the app's CA mount): use --mode explicit or --mode dns"
+        )
     if any(not 0 < port < 65536 for port in tcp_ports):
         problems.append(f"--redirect-port: invalid port in {list(tcp_ports)}")
     return problems
@@ -122,7 +129,32 @@ def _config_map(options: RenderOptions, namespace: str, text: str, script: str) 
 def _pod_template(
     config: Config, options: RenderOptions, namespace: str, init_image: str
 ) -> Manifest:
-    mount = {"name": "egressgate-config", "mountPath": CONFIG_DIR, "readOnly": True}
+    admin = config.admin_listen
+    spec = sidecar_spec(
+        options.image,
+        init_image,
+        f"{options.name}-sidecar-config",
+        None if admin is None else admin.port,
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "PodTemplate",
+        "metadata": _metadata(options, f"{options.name}-sidecar", namespace),
+        "template": {
+            "metadata": {"labels": {"egressgate.io/sidecar": options.name}},
+            "spec": spec,
+        },
+    }
+
+
+def sidecar_spec(
+    image: str, init_image: str, config_map: str, admin_port: int | None
+) -> dict[str, list[Manifest]]:
+    """What a pod needs to run behind its own sidecar: `initContainers` (the nftables redirect),
+    `containers` (egressgate) and `volumes` (the sidecar ConfigMap `config_map`, which holds the
+    config and redirect.nft, and a scratch /tmp). One definition for `k8s render --mode
+    transparent` (the PodTemplate) and the injection webhook (tools/inject_patch.py)."""
+    mount = {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True}
     init = {
         "name": INIT_CONTAINER_NAME,
         "image": init_image,
@@ -139,45 +171,34 @@ def _pod_template(
     }
     sidecar: Manifest = {
         "name": CONTAINER_NAME,
-        "image": options.image,
+        "image": image,
         "args": list(RUN_ARGS),
         "resources": {
             "requests": {"cpu": SIDECAR_CPU_REQUEST, "memory": SIDECAR_MEMORY_REQUEST},
             "limits": {"memory": SIDECAR_MEMORY_LIMIT},
         },
-        # RUN_AS_ID: the one UID the redirect rules exempt: it must be exactly this.
-        "securityContext": hardened_security_context(),
-        "volumeMounts": [mount, {"name": "egressgate-tmp", "mountPath": "/tmp"}],
-        **_probes(config.admin_listen),
+        # runAsUser RUN_AS_ID: the one UID the redirect rules exempt; it must be exactly this.
+        "securityContext": container_security_context(),
+        "volumeMounts": [dict(mount), {"name": TMP_VOLUME, "mountPath": "/tmp"}],
+        **_probes(admin_port),
     }
     return {
-        "apiVersion": "v1",
-        "kind": "PodTemplate",
-        "metadata": _metadata(options, f"{options.name}-sidecar", namespace),
-        "template": {
-            "metadata": {"labels": {"egressgate.io/sidecar": options.name}},
-            "spec": {
-                "initContainers": [init],
-                "containers": [sidecar],
-                "volumes": [
-                    {
-                        "name": "egressgate-config",
-                        "configMap": {"name": f"{options.name}-sidecar-config"},
-                    },
-                    {"name": "egressgate-tmp", "emptyDir": {"sizeLimit": "64Mi"}},
-                ],
-            },
-        },
+        "initContainers": [init],
+        "containers": [sidecar],
+        "volumes": [
+            {"name": CONFIG_VOLUME, "configMap": {"name": config_map}},
+            {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}},
+        ],
     }
 
 
-def _probes(admin: ListenAddress | None) -> Manifest:
-    if admin is None or admin.port == 0:
+def _probes(admin_port: int | None) -> Manifest:
+    if not admin_port:
         return {}
     probe: dict[str, Any] = {"periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3}
     return {
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": admin.port}, **probe},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": admin.port}, **probe},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": admin_port}, **probe},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": admin_port}, **probe},
     }
 
 

@@ -37,7 +37,7 @@ from egressgate.tools.k8s_render import (
     Manifest,
     RenderError,
     RenderOptions,
-    hardened_security_context,
+    container_security_context,
 )
 
 JOB_DEADLINE_S = 300  # the whole run; a probe wave takes one --timeout
@@ -161,7 +161,7 @@ def _job(
             "requests": {"cpu": "50m", "memory": "64Mi"},
             "limits": {"memory": "128Mi"},
         },
-        "securityContext": hardened_security_context(),
+        "securityContext": container_security_context(),
     }
     return {
         "apiVersion": "batch/v1",

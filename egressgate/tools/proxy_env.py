@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import posixpath
 import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,7 +27,17 @@ from egressgate.tools.noproxy import Finding, Severity
 
 DEFAULT_NO_PROXY = ("localhost", "127.0.0.1", "::1", ".svc", ".cluster.local")
 EXPAND_LIMIT = 256
-FORMATS = ("shell", "dotenv", "k8s", "docker", "env-file", "json", "ssh-config")
+FORMATS = (
+    "shell",
+    "dotenv",
+    "k8s",
+    "docker",
+    "env-file",
+    "json",
+    "ssh-config",
+    "systemd",
+    "docker-daemon",
+)
 VARIABLE_ORDER = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 
 # RFC 3986 userinfo characters that need no percent-encoding (':' separates user and password).
@@ -73,6 +84,70 @@ class JavaSettings:
         return " ".join(f"-D{name}={value}" for name, value in self.properties)
 
 
+# TLS interception (docs/interception.md): how each measured runtime is told to trust the CA.
+# These REPLACE the runtime's CA store, so the file must also hold the public CAs (for hosts
+# that are tunnelled, not intercepted): `egressgate ca init` writes bundle.pem for that.
+CA_REPLACING_VARIABLES = (
+    "SSL_CERT_FILE",  # OpenSSL's default file: curl (OpenSSL builds), httpx, Go, Ruby, git
+    "REQUESTS_CA_BUNDLE",  # Python requests (certifi otherwise), pip's vendored requests
+    "CURL_CA_BUNDLE",  # curl, and requests when REQUESTS_CA_BUNDLE is unset
+    "GIT_SSL_CAINFO",  # git over HTTPS
+    "PIP_CERT",  # pip --cert
+)
+# This one ADDS to Node's built-in store.
+CA_ADDING_VARIABLES = ("NODE_EXTRA_CA_CERTS",)
+_PEM_CERT = b"-----BEGIN CERTIFICATE-----"
+
+
+@dataclass(frozen=True, slots=True)
+class CaTrust:
+    """The variables that make runtimes trust egressgate's interception CA (`--ca FILE`)."""
+
+    file: str  # the path as the application sees it
+    warnings: tuple[str, ...] = ()
+    # The CA certificate alone, for keytool, which imports only a file's FIRST certificate:
+    # for ca init's bundle.pem (public CAs first), the ca.crt written next to it.
+    cert_file: str | None = None
+
+    @property
+    def variables(self) -> tuple[tuple[str, str], ...]:
+        return tuple((name, self.file) for name in CA_REPLACING_VARIABLES + CA_ADDING_VARIABLES)
+
+    @property
+    def keytool(self) -> str:
+        """The JVM reads no variable for a CA: the command that imports it into a truststore."""
+        cert = self.cert_file or self.file
+        return (
+            f"keytool -importcert -noprompt -alias egressgate -file {shlex.quote(cert)} "
+            '-keystore "$JAVA_HOME/lib/security/cacerts" -storepass changeit'
+        )
+
+
+def ca_trust(path: str, pem: bytes | None = None) -> CaTrust:
+    """Check `--ca FILE` (and its content `pem` when this machine can read it). Raises
+    ProxyEnvError for an unusable path or a file without a certificate."""
+    if not path.strip() or any(c in path for c in "\n\r\0"):
+        raise ProxyEnvError(f"--ca {path!r}: give the path of a PEM file")
+    beside = posixpath.join(posixpath.dirname(path), "ca.crt")
+    if pem is None:
+        return CaTrust(path, cert_file=beside if path.endswith("bundle.pem") else path)
+    count = pem.count(_PEM_CERT)
+    if count == 0:
+        raise ProxyEnvError(f"--ca {path}: holds no PEM certificate")
+    if count > 1:
+        return CaTrust(path, cert_file=beside)
+    return CaTrust(
+        path,
+        (
+            f"--ca {path} holds one certificate: {', '.join(CA_REPLACING_VARIABLES)} replace "
+            "the runtime's CA store, so every host that is tunnelled (not intercepted) would "
+            "fail to verify. Give the bundle.pem of `egressgate ca init` (the system's CAs plus "
+            "this CA) instead",
+        ),
+        cert_file=path,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyEnv:
     """Everything `egressgate env` prints."""
@@ -82,6 +157,11 @@ class ProxyEnv:
     java: JavaSettings
     warnings: tuple[str, ...]
     socks: ProxyUrl | None = None  # egressgate's SOCKS5 listener (socks5h://): ALL_PROXY
+    ca: CaTrust | None = None  # the interception CA (--ca)
+
+    def with_ca(self, ca: CaTrust) -> ProxyEnv:
+        """The same settings plus the variables that make runtimes trust the CA."""
+        return replace(self, ca=ca, warnings=self.warnings + ca.warnings)
 
     def with_socks(self, socks: ProxyUrl, warnings: Sequence[str] = ()) -> ProxyEnv:
         """The same settings plus ALL_PROXY/all_proxy and the JVM's SOCKS pair."""
@@ -102,6 +182,8 @@ class ProxyEnv:
             # Both cases, like the others: curl, git, pip, requests, httpx and axios read both
             # (reference/noproxy); the scheme's own variable wins where both are set.
             pairs += (("ALL_PROXY", self.socks.url), ("all_proxy", self.socks.url))
+        if self.ca is not None:
+            pairs += self.ca.variables
         return pairs
 
     def as_dict(self, *, java: bool = True) -> dict[str, str]:
@@ -520,7 +602,29 @@ _DOTENV_SAFE = re.compile(r"[A-Za-z0-9_./:,@%+=\-\[\]]*")
 
 def render(env: ProxyEnv, fmt: str, *, java: bool = True) -> str:
     """Render as shell | dotenv | k8s | docker | env-file | json (ends with a newline)."""
-    values = env.as_dict(java=java)
+    if fmt == "json":
+        return json.dumps(to_json(env, java=java), indent=2) + "\n"
+    if fmt == "ssh-config":
+        if env.socks is None:
+            raise ValueError("--format ssh-config needs a SOCKS URL (--socks socks5h://HOST:PORT)")
+        return ssh_config(env.socks)
+    if fmt == "systemd":
+        return systemd_drop_in(env)
+    if fmt == "docker-daemon":
+        return docker_daemon(env)
+    return render_values(env.as_dict(java=java), fmt)
+
+
+def render_ca(ca: CaTrust, fmt: str) -> str:
+    """Only the CA variables (`egressgate env --ca FILE` without --proxy: transparent mode)."""
+    if fmt == "json":
+        doc = {"variables": dict(ca.variables), "ca": _ca_json(ca), "warnings": list(ca.warnings)}
+        return json.dumps(doc, indent=2) + "\n"
+    return render_values(dict(ca.variables), fmt)
+
+
+def render_values(values: Mapping[str, str], fmt: str) -> str:
+    """Variables as shell | dotenv | k8s | docker | env-file (ends with a newline)."""
     if fmt == "shell":
         return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
     if fmt == "dotenv":
@@ -534,13 +638,37 @@ def render(env: ProxyEnv, fmt: str, *, java: bool = True) -> str:
         # Kubernetes expands $(VAR) in env values; $$ is its escape for a literal $.
         doc = {"env": [{"name": k, "value": v.replace("$", "$$")} for k, v in values.items()]}
         return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
-    if fmt == "json":
-        return json.dumps(to_json(env, java=java), indent=2) + "\n"
-    if fmt == "ssh-config":
-        if env.socks is None:
-            raise ValueError("--format ssh-config needs a SOCKS URL (--socks socks5h://HOST:PORT)")
-        return ssh_config(env.socks)
     raise ValueError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
+
+
+_SYSTEMD_HEADER = """\
+# systemd drop-in: the proxy for a node's container runtime and kubelet, rendered by
+# `egressgate env --format systemd`. Install it for each unit that pulls images or must reach
+# the internet, e.g. /etc/systemd/system/containerd.service.d/http-proxy.conf (also
+# docker.service.d/, kubelet.service.d/), then: systemctl daemon-reload; systemctl restart UNIT.
+# Keep etcd and the API server off the proxy: never give their units (or static pod manifests)
+# this drop-in, and keep the API server's address, the node network and the cluster CIDRs in
+# NO_PROXY (the kubelet and the runtime talk to them directly).
+[Service]
+"""
+
+
+def systemd_drop_in(env: ProxyEnv) -> str:
+    """A systemd drop-in with one Environment= line per variable (no Java: no JVM here)."""
+    lines = [f'Environment="{_systemd_quote(f"{k}={v}")}"\n' for k, v in env.variables]
+    return _SYSTEMD_HEADER + "".join(lines)
+
+
+def _systemd_quote(text: str) -> str:
+    # Inside "...": backslash and double quote are C-style escapes; % starts a specifier.
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+
+
+def docker_daemon(env: ProxyEnv) -> str:
+    """The `proxies` block of /etc/docker/daemon.json (Docker Engine 23 and later), which the
+    daemon uses to pull images; merge it into an existing daemon.json."""
+    proxies = {"http-proxy": env.proxy.url, "https-proxy": env.proxy.url, "no-proxy": env.no_proxy}
+    return json.dumps({"proxies": proxies}, indent=2) + "\n"
 
 
 def _dotenv_quote(value: str) -> str:
@@ -568,7 +696,18 @@ def to_json(env: ProxyEnv, *, java: bool = True) -> dict[str, Any]:
             "properties": dict(env.java.properties),
             "JAVA_TOOL_OPTIONS": env.java.tool_options,
         }
+    if env.ca is not None:
+        doc["ca"] = _ca_json(env.ca)
     return doc
+
+
+def _ca_json(ca: CaTrust) -> dict[str, Any]:
+    return {
+        "file": ca.file,
+        "replacing": list(CA_REPLACING_VARIABLES),
+        "adding": list(CA_ADDING_VARIABLES),
+        "java_truststore": ca.keytool,
+    }
 
 
 # -- checking an existing environment ---------------------------------------------------------

@@ -63,6 +63,7 @@ ACCESS_LOG_FIELDS = (
     "sni",
     "detail",
     "original_dst",
+    "path",
 )
 
 

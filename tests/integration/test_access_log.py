@@ -105,6 +105,7 @@ def test_allowed_request_is_logged_with_every_field(env: Env) -> None:
         "sni": None,
         "detail": None,
         "original_dst": None,
+        "path": None,
     }
 
 

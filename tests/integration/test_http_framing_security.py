@@ -128,6 +128,10 @@ class ScriptedOrigin:
         self._acceptor.join(5)
         for conn in self.connections:
             with contextlib.suppress(OSError):
+                # shutdown() wakes a script thread blocked in recv() (close() alone does not:
+                # with the proxy still holding the pooled connection, join() waited its 5 s).
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
                 conn.sock.close()
         for thread in self._threads:
             thread.join(5)

@@ -137,7 +137,11 @@ def bind_listener(host: str, backlog: int = 1024, port: int = 0) -> socket.socke
     a fixed one such as 443 for the transparent listener's tests, which need root)."""
     check_loopback_bind_host(host)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP (not 0), as asyncio's own host/port servers get from getaddrinfo: only
+    # then does asyncio set TCP_NODELAY on accepted connections. With proto 0 it did not, and
+    # Nagle held a response body written after its head until the peer's delayed ACK (~40 ms
+    # per kept-alive response).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))

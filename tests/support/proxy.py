@@ -98,16 +98,18 @@ class ProxyProcess:
         command: Sequence[str] | None = None,
         env: Mapping[str, str] | None = None,
         start_timeout: float = START_TIMEOUT,
+        subcommand: Sequence[str] = ("run",),
     ) -> None:
         """`config` is written to `workdir/config.yaml`; `command` replaces the default
-        `[python, -m, egressgate]` (`run --config FILE` is appended either way)."""
+        `[python, -m, egressgate]` (`run --config FILE` is appended either way; `subcommand`
+        replaces `run`, e.g. `("inject", "--tls-cert", ...)` for the injection webhook)."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "config.yaml"
         self.config: dict[str, Any] = {}
         self.write_config(config)
         prefix = list(command) if command is not None else [sys.executable, "-m", "egressgate"]
-        self.argv: list[str] = [*prefix, "run", "--config", str(self.config_path)]
+        self.argv: list[str] = [*prefix, *subcommand, "--config", str(self.config_path)]
         self.env = clean_env({"PYTHONUNBUFFERED": "1", **(env or {})})
         self.start_timeout = start_timeout
         self.listening: dict[str, Any] | None = None

@@ -22,6 +22,7 @@ from egressgate.config.model import (
     TlsInterceptConfig,
 )
 from egressgate.errors import ConfigError
+from egressgate.policy.engine import PolicySet
 
 TOKEN = "ghp_S3cretTokenValue0123456789"  # what must never appear in an error
 Issue = tuple[int | None, int | None, str]
@@ -342,12 +343,45 @@ def test_tls_intercept_errors(files: Path, text: str, expected: Issue) -> None:
     assert expected[2] in message
 
 
-@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660, 0o700 | 0o004, 0o620])
-def test_ca_key_readable_by_others_is_refused(files: Path, mode: int) -> None:
-    os.chmod(files / "ca.key", mode)
+ROOT = os.geteuid() == 0
+OTHER_UID = 65534  # nobody: as root, the tests give the key to another owner with it
+
+
+@pytest.mark.parametrize(
+    ("mode", "root_owned", "refused"),
+    [
+        (0o600, False, False),
+        (0o400, False, False),
+        (0o640, False, True),  # group-readable, owned by a user: refused
+        (0o604, False, True),
+        (0o644, False, True),
+        (0o660, False, True),
+        (0o620, False, True),
+        (0o700 | 0o004, False, True),
+        (0o640, True, False),  # root-owned, group-readable (ssl-cert, Kubernetes fsGroup)
+        (0o440, True, False),
+        (0o660, True, True),  # group write: never
+        (0o650, True, True),
+        (0o644, True, True),  # others: never
+        (0o604, True, True),
+        (0o601, True, True),
+    ],
+)
+def test_ca_key_readable_by_others_is_refused(
+    files: Path, mode: int, root_owned: bool, refused: bool
+) -> None:
+    key = files / "ca.key"
+    if root_owned != ROOT:
+        if not ROOT:
+            pytest.skip("only root can give the key to root")
+        os.chown(key, OTHER_UID, -1)
+    os.chmod(key, mode)
+    if not refused:
+        load(HEAD, files)
+        return
     line, column, message = only_issue(HEAD, files)
     assert (line, column) == (1, 52)
-    assert str(files / "ca.key") in message
+    assert str(key) in message
     assert f"mode {mode:04o}" in message
     assert "chmod 600" in message
 
@@ -358,8 +392,8 @@ def test_ca_key_through_a_symlink_is_judged_by_its_target(files: Path) -> None:
     os.rename(files / "ca.key", files / "real" / "ca.key")
     os.symlink(files / "real" / "ca.key", files / "ca.key")
     load(HEAD, files)
-    os.chmod(files / "real" / "ca.key", 0o644)
-    assert "mode 0644" in only_issue(HEAD, files)[2]
+    os.chmod(files / "real" / "ca.key", 0o604)
+    assert "mode 0604" in only_issue(HEAD, files)[2]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,3 +456,20 @@ def test_every_issue_is_reported_at_once(files: Path) -> None:
         files,
     )
     assert [line for line, _, _ in found] == [4, 4, 5]
+
+
+def test_describing_a_config_without_its_secrets(files: Path) -> None:
+    """`k8s render` loads with secrets=False: nothing is read (the variable may be unset, the
+    file absent), the rest is validated as usual, and such a config cannot be compiled."""
+    text = _with_secret("Bearer env:EG_UNSET_VAR_X")
+    config = load_config_text(textwrap.dedent(text), "test.yaml", str(files), secrets=False)
+    (header,) = config.policy("default").intercept[0].set_headers
+    assert (header.prefix, header.secret.source, header.secret.reveal()) == (
+        "Bearer ",
+        "env:EG_UNSET_VAR_X",
+        b"",
+    )
+    with pytest.raises(ValueError, match="compiled from a config without secrets"):
+        PolicySet.compile(config)
+    with pytest.raises(ConfigError, match="names no file"):
+        load_config_text(_with_secret("file:"), "test.yaml", str(files), secrets=False)

@@ -498,3 +498,19 @@ def test_response_limits_apply_to_each_response_on_a_connection() -> None:
     parser = response_parser(head=200, count=8)
     for _ in range(50):  # the counts restart with every response
         assert parser.feed(one)[-1] is END
+
+
+def test_at_boundary_says_where_a_head_or_a_message_ends() -> None:
+    """A secret scan on the transparent relay releases held-back bytes only at a boundary."""
+    parser = RequestParser(8192, 32768)
+    assert parser.at_boundary
+    parser.feed(b"GET / HTTP/1.1\r\nHo")
+    assert not parser.at_boundary  # inside a head
+    parser.feed(b"st: a\r\n\r\n")
+    assert parser.at_boundary  # a whole message (no body)
+    parser.feed(b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\n")
+    assert parser.at_boundary  # a head ends, no body byte yet
+    parser.feed(b"ab")
+    assert not parser.at_boundary  # inside a body
+    parser.feed(b"cdGET / HTTP/1.1\r\n")
+    assert not parser.at_boundary  # a message ended, the next head has begun

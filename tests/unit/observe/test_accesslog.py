@@ -48,6 +48,7 @@ def record(**overrides: Any) -> AccessRecord:
         "sni": "api.stripe.com",
         "detail": None,
         "original_dst": None,
+        "path": None,
     }
     values.update(overrides)
     return AccessRecord(**values)
@@ -88,6 +89,7 @@ def test_values_are_written_with_their_json_types() -> None:
         "sni": "api.stripe.com",
         "detail": None,
         "original_dst": None,
+        "path": None,
     }
 
 

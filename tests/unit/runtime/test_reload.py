@@ -133,15 +133,16 @@ def test_the_watcher_survives_any_exception_and_readiness_says_so(
 
     async def scenario() -> None:
         path, state, rec, reloader = make(tmp_path)
-        real_digest = reloader._digest
+        real_digest = reload_module.StableFileWatch._digest
         failures = iter([True])
 
-        def flaky_digest() -> str | None:  # a bug the watcher did not foresee, once
+        def flaky_digest(watch: Any) -> str | None:  # a bug the watcher did not foresee, once
             if next(failures, False):
                 raise RuntimeError("bug in the watcher")
-            return real_digest()
+            return real_digest(watch)
 
-        monkeypatch.setattr(reloader, "_digest", flaky_digest)
+        # The file watch (shared with the injection webhook) is where the digest is taken.
+        monkeypatch.setattr(reload_module.StableFileWatch, "_digest", flaky_digest)
         state.accepting = True
         reloader.start_watching()
         assert state.ready

@@ -27,7 +27,7 @@ import yaml
 from egressgate.config.default import BUILTIN_DEFAULT_YAML, builtin_default
 from egressgate.config.load import load_config_text
 from egressgate.config.model import Config
-from egressgate.tools import k8s_render, proxy_env
+from egressgate.tools import ca, k8s_render, proxy_env
 from egressgate.tools.k8s_render import (
     CONFIG_DIR,
     CONFIG_FILE_NAME,
@@ -865,3 +865,55 @@ def test_socks_listen_must_be_reachable_from_the_service(text: str, problem: str
         _render(text)
     assert problem in str(failure.value)
     assert "socks_listen" in str(failure.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS interception (issue 16): the key only in the proxy's Secret, the certificate for the apps
+# ---------------------------------------------------------------------------------------------
+
+
+def _intercept_config(base: Path, key_dir: Path | None = None) -> Config:
+    cert, key = ca.make_ca(["example.test"])
+    ca.write_ca(str(base), cert, key, None)
+    if key_dir is not None:
+        key_dir.mkdir()
+        (base / "ca.key").rename(key_dir / "ca.key")
+    key_path = "ca.key" if key_dir is None else str(key_dir / "ca.key")
+    text = (
+        "listen: 0.0.0.0:3128\n"
+        f"tls_intercept: {{ca_cert_file: ca.crt, ca_key_file: {key_path}}}\n"
+        "allow: [api.example.test]\n"
+        "intercept: [{host: api.example.test, rules: [{}], "
+        "set_headers: {A: 'file:/run/secrets/token'}}]\n"
+    )
+    return load_config_text(text, "egress.yaml", str(base), secrets=False)
+
+
+def test_interception_layout_problems(tmp_path: Path) -> None:
+    config = _intercept_config(tmp_path / "a", key_dir=tmp_path / "keys")
+    with pytest.raises(RenderError) as caught:
+        k8s_render.render(config, "", RenderOptions(config_dir=str(tmp_path / "a")))
+    problems = "\n".join(caught.value.problems)
+    assert f"tls_intercept.ca_key_file {tmp_path / 'keys' / 'ca.key'} is not next to" in problems
+    assert "the ConfigMap does not carry" in problems
+    assert "the CA certificate's text is needed" in problems
+    with pytest.raises(RenderError, match="needs a config file"):
+        k8s_render.render(config, "", RenderOptions())
+
+
+def test_interception_objects_and_advisories(tmp_path: Path) -> None:
+    config = _intercept_config(tmp_path)
+    cert = (tmp_path / "ca.crt").read_text()
+    options = RenderOptions(
+        config_dir=str(tmp_path), extra_config_files={"ca.crt": cert}, ca_cert_pem=cert
+    )
+    objects = k8s_render.render(config, "text", options)
+    (client_ca,) = [o for o in objects if o["metadata"]["name"] == "egressgate-ca"]
+    assert client_ca["data"] == {"ca.crt": cert}  # no bundle here: the certificate alone
+    (client_env,) = [o for o in objects if o["metadata"]["name"] == "egressgate-client-env"]
+    env = client_env["data"]
+    assert env["SSL_CERT_FILE"] == "/etc/egressgate-ca/ca.crt"
+    notes = "\n".join(k8s_render.advisories(config, options))
+    assert "no system CA bundle here" in notes
+    assert "mount the secret file at /run/secrets/token" in notes
+    assert f"--from-file=ca.key={tmp_path / 'ca.key'}" in notes

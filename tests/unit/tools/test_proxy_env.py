@@ -23,10 +23,13 @@ from hypothesis import strategies as st
 from egressgate.tools import noproxy
 from egressgate.tools.noproxy import Severity, Verdict
 from egressgate.tools.proxy_env import (
+    CA_ADDING_VARIABLES,
+    CA_REPLACING_VARIABLES,
     DEFAULT_NO_PROXY,
     ProxyEnvError,
     ProxyUrlError,
     build_env,
+    ca_trust,
     lint_env,
     parse_proxy_url,
     render,
@@ -475,3 +478,38 @@ def test_all_proxy_readers_come_from_the_measurements() -> None:
     assert "wget" in readers.ignores
     ids = {rt.id for rt in noproxy.runtimes()}
     assert set(readers.reads) | set(readers.ignores) | set(readers.no_env) == ids
+
+
+# ---------------------------------------------------------------------------------------------
+# --ca: the interception CA's variables (issue 16)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_ca_trust_variables_and_keytool() -> None:
+    bundle = b"-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n" * 2
+    trust = ca_trust("/etc/egressgate-ca/bundle.pem", bundle)
+    names = [name for name, _ in trust.variables]
+    assert names == [*CA_REPLACING_VARIABLES, *CA_ADDING_VARIABLES]
+    assert {value for _, value in trust.variables} == {"/etc/egressgate-ca/bundle.pem"}
+    assert trust.warnings == ()
+    assert "-file /etc/egressgate-ca/ca.crt " in trust.keytool  # the CA alone, not the bundle
+
+
+def test_ca_trust_warns_about_one_certificate_and_refuses_none() -> None:
+    one = ca_trust("/x/ca.crt", b"-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n")
+    assert len(one.warnings) == 1
+    assert "-file /x/ca.crt " in one.keytool
+    with pytest.raises(ProxyEnvError, match="no PEM certificate"):
+        ca_trust("/x/egress.yaml", b"allow: []\n")
+    with pytest.raises(ProxyEnvError, match="path of a PEM file"):
+        ca_trust(" ")
+    assert ca_trust("/unknown/here.pem").warnings == ()  # not readable here: taken as given
+
+
+def test_env_with_ca_renders_the_variables_after_the_proxy_ones() -> None:
+    env = build_env("http://127.0.0.1:3128").with_ca(ca_trust("/ca/bundle.pem"))
+    text = render(env, "dotenv", java=False)
+    lines = text.splitlines()
+    assert lines[0].startswith("HTTP_PROXY=")
+    assert lines[-1] == "NODE_EXTRA_CA_CERTS=/ca/bundle.pem"
+    assert "SSL_CERT_FILE=/ca/bundle.pem" in lines
