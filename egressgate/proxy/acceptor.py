@@ -428,9 +428,7 @@ class _FirstRead:
 
     def _stop(self) -> None:
         self.deadline = 0.0
-        if self in self.ctx.live:
-            self.ctx.live.discard(self)
-            self.ctx.metrics.active_connections -= 1
+        self.ctx.leave_live(self)
 
     def _close(self) -> None:
         self.ctx.reactor.forget(self.fd)

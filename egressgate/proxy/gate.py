@@ -379,16 +379,19 @@ class Admission:
         """The bound on the whole ClientHello phase: first byte to last byte of the hello."""
         return min(MAX_HELLO_WAIT_S, self.gen.config.limits.header_timeout_s)
 
-    def judge_hello(self, data: bytes, timed_out: bool, eof: bool = False) -> Hello | Refuse:
+    def judge_hello(
+        self, data: bytes, timed_out: bool, eof: bool = False, sni: str | None = None
+    ) -> Hello | Refuse:
         """Judge a tunnel's first client bytes: RELAY them, NEED_MORE of them, or Refuse (a
         TLS access_denied alert if they were TLS: the 200 is already sent).
 
         `timed_out`: no more bytes will be waited for (the hello wait passed, or `eof`).
+        `sni`: the server name already read from `data` (the transparent listener routes on it).
         """
         policy, target = self._policy, self.target
         assert policy is not None
         assert target is not None
-        result = read_sni(data)
+        result = sni if sni is not None else read_sni(data)
         if result is HelloResult.NEED_MORE and not timed_out and len(data) < MAX_HELLO_BYTES:
             return Hello.NEED_MORE
         if isinstance(result, str):

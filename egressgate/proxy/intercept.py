@@ -997,6 +997,12 @@ class InterceptSession(asyncio.Protocol):
         """Drain, revocation: end now."""
         self._end("closed")
 
+    def shutdown_idle(self) -> None:
+        """Drain: a connection between requests (or still in its handshake) ends now, as an
+        idle plain-HTTP keep-alive connection does; one with a request in flight finishes it."""
+        if self.phase in (_IDLE, _HANDSHAKE) and self.ex is None:
+            self._end("closed")
+
     # ---- the one deadline (the server's sweeper calls check_deadline)
     def _arm(self, delay_s: float) -> None:
         self.deadline = time.monotonic() + delay_s

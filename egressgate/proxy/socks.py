@@ -661,7 +661,9 @@ class SocksSession(SweptDeadline):
 
     # Closable, for draining
     def shutdown_idle(self) -> None:
-        if not self.parser.started and self.admission is None:
+        if self._session is not None:
+            self._session.shutdown_idle()
+        elif not self.parser.started and self.admission is None:
             self._drop()
 
     def force_close(self) -> None:

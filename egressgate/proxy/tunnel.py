@@ -514,6 +514,10 @@ class RawTunnel(_TunnelCore, SweptDeadline):
         self._relay = None
         self.tunnel_done(stats)
 
+    def shutdown_idle(self) -> None:
+        if self._session is not None:
+            self._session.shutdown_idle()
+
     def force_close(self) -> None:
         if self._session is not None:
             self._session.close()
@@ -647,6 +651,10 @@ class TunnelExchange(_TunnelCore, Exchange):
             self.cut(TLS_INTERNAL_ERROR_ALERT, self.rest[:1] == b"\x16")
         else:
             self._refuse()
+
+    def shutdown_idle(self) -> None:
+        if self._session is not None:
+            self._session.shutdown_idle()
 
     def force_close(self) -> None:
         if self._session is not None:

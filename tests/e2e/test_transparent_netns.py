@@ -244,8 +244,9 @@ def sidecar(test_ca: HarnessCA) -> Iterator[World]:
             "listen": "127.0.0.1:3128",
             "admin_listen": None,
             "transparent_listen": f"127.0.0.1:{TRANSPARENT_PORT}",
-            # 127.0.0.1, not 0.0.0.0: a UDP socket on the wildcard answers a REDIRECTed query
-            # from the pod address, which conntrack does not match to the query.
+            # 127.0.0.1, as `k8s render --mode transparent` requires of a sidecar. (0.0.0.0
+            # works too since the guard replies from each query's destination, IP_PKTINFO:
+            # tests/e2e/test_netns_addresses.py.)
             "dns_listen": f"127.0.0.1:{DNS_PORT}",
             "allow": [ALLOWED],
             "http_ports": [80],
