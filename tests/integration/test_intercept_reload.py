@@ -11,7 +11,6 @@ ever appears in the proxy's output, its access log or its metrics. The CA is mad
 from __future__ import annotations
 
 import os
-import socket
 import ssl
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tests.integration.helpers_ops import (
     readyz,
     scrape,
 )
+from tests.support.clients import tls_via_connect
 from tests.support.dns import DnsServer
 from tests.support.origin import Origin, OriginFactory
 from tests.support.proxy import ProxyFactory, ProxyProcess
@@ -40,19 +40,10 @@ RELOAD_WAIT_S = 10.0
 
 def _intercepted_get(proxy: ProxyProcess, api: Origin, ca_cert: str, path: str) -> int:
     """GET `path` on API through a CONNECT tunnel, trusting only the interception CA."""
-    raw = socket.create_connection(proxy.proxy_address, timeout=10)
-    raw.sendall(f"CONNECT {API}:{api.port} HTTP/1.1\r\nHost: {API}:{api.port}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = raw.recv(1)
-        assert chunk, head
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 200"), head
     context = ssl.create_default_context(cafile=ca_cert)
-    with context.wrap_socket(raw, server_hostname=API) as tls:
-        tls.sendall(
-            f"GET {path} HTTP/1.1\r\nHost: {API}:{api.port}\r\nConnection: close\r\n\r\n".encode()
-        )
+    with tls_via_connect(proxy.proxy_address, API, api.port, context=context) as tls:
+        request = f"GET {path} HTTP/1.1\r\nHost: {API}:{api.port}\r\nConnection: close\r\n\r\n"
+        tls.sendall(request.encode())
         data = b""
         while chunk := tls.recv(65536):
             data += chunk
