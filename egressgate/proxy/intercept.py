@@ -403,6 +403,8 @@ class InterceptSession(asyncio.Protocol):
             self.data_received(hello)
 
     def data_received(self, data: bytes) -> None:
+        if self.ended:
+            return  # bytes a closing transport still delivers
         self.last_activity = time.monotonic()
         try:  # the invariant's boundary (proxy/failsafe.py)
             self._in.write(data)
