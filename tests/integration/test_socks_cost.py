@@ -22,6 +22,7 @@ from typing import Any
 
 from tests.integration.helpers_core import ports_of, read_until_close, start_proxy
 from tests.integration.test_socks import recv_exactly
+from tests.support.clients import open_connect_tunnel
 from tests.support.origin import OriginFactory
 from tests.support.proxy import ProxyFactory, ProxyProcess
 
@@ -33,17 +34,10 @@ GET = b"GET / HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n"
 
 
 def connect_tunnel(address: tuple[str, int], port: int) -> None:
-    with socket.create_connection(address, timeout=10) as sock:
-        target = b"origin.test:%d" % port
-        sock.sendall(b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n\r\n")
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(4096)
-            assert chunk, head
-            head += chunk
-        assert head.startswith(b"HTTP/1.1 200"), head
-        sock.sendall(GET)
-        assert read_until_close(sock).data.startswith(b"HTTP/1.1 200")
+    with open_connect_tunnel(address, f"origin.test:{port}") as tunnel:
+        assert tunnel.status == 200
+        tunnel.sock.sendall(GET)
+        assert (tunnel.leftover + read_until_close(tunnel.sock).data).startswith(b"HTTP/1.1 200")
 
 
 def socks_tunnel(address: tuple[str, int], port: int) -> None:
