@@ -47,6 +47,12 @@ LABEL org.opencontainers.image.title="egressgate" \
 RUN groupadd --system --gid 65532 egressgate \
  && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin egressgate
+# nftables: the sidecar's init container (`egressgate k8s render --mode transparent`) runs
+# `nft -f redirect.nft` in this same image unless --init-image names another one; without nft
+# the init container, and so the pod, would never start. (The proxy itself never runs it.)
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nftables \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/egressgate /opt/egressgate
 COPY --from=build /out/etc/egressgate/egress.yaml /etc/egressgate/egress.yaml
 ENV PATH=/opt/egressgate/bin:$PATH \

@@ -4,19 +4,26 @@
 Starts, all on loopback:
   - an upstream authoritative server (tests/support/dns.py, in a process of its own, so that
     it never waits for this one's GIL) with `cached.bench.test` and a wildcard
-    `*.miss.bench.test`;
+    `*.miss.bench.test`, pinned to the client's CPU (the client waits while it answers);
   - the real proxy (`python -m egressgate run`) with `dns_listen`, pinned to one CPU;
   - dnsmasq forwarding to the same upstream, pinned to the same CPU, if it is installed;
 and measures, from a client pinned to another CPU:
   - qps: queries/s for the cached allowed name, `--window` queries outstanding, `--seconds` long
     (every query has its own ID, so nothing but the cache makes it cheap);
-  - p50/p99 of one query at a time: upstream direct, guard cached, guard uncached (each
-    query a new name under the wildcard, so every one is forwarded), and the same for dnsmasq.
-"added p99" is the guard's uncached p99 minus the upstream's own. On a busy machine wall-clock
-latency is mostly run-queue waiting, so the server's own CPU time per query (utime + stime
-from /proc/PID/stat, over each phase) is reported as well: that is what the code costs.
+  - p50/p99 of one query at a time, INTERLEAVED: query i goes to the upstream directly, then to
+    the guard, then to dnsmasq, each a new name under the wildcard (so every one is forwarded),
+    before query i+1 does; the same for the cached name. Interleaving makes the three see the
+    same moments of a busy machine, so their difference is the servers', not the load's.
+"added p99" is a server's uncached p99 minus the upstream's own, from the same interleaved run.
+On a busy machine wall-clock latency is mostly run-queue waiting, so the server's own CPU time
+per query (utime + stime from /proc/PID/stat, over each phase) is reported as well: that is
+what the code costs.
 
-Usage: bench/dns_guard.py [--seconds 5] [--window 64] [--samples 2000] [--json OUT]
+With `--before DIR` (a checkout of an earlier egressgate, e.g. `git worktree add DIR REV`), that
+version runs too, as "before", pinned to the same CPU and interleaved with the others: a change
+is then judged against the old code under the very same load.
+
+Usage: bench/dns_guard.py [--seconds 5] [--window 64] [--samples 2000] [--json OUT] [--before DIR]
 Run from the repository root (it imports tests.support.dns). Needs dnspython, dnslib.
 """
 
@@ -130,10 +137,10 @@ with DnsServer(records, ttl=300) as server:
 """
 
 
-def start_upstream(records: dict[str, list[str]]) -> tuple[subprocess.Popen[str], int]:
-    """The test DNS server in a child process; its port."""
+def start_upstream(records: dict[str, list[str]], cpu: int) -> tuple[subprocess.Popen[str], int]:
+    """The test DNS server in a child process pinned to `cpu`; its port."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", UPSTREAM_SCRIPT, json.dumps(records)],
+        ["taskset", "-c", str(cpu), sys.executable, "-c", UPSTREAM_SCRIPT, json.dumps(records)],
         cwd=Path(__file__).resolve().parents[1],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -174,21 +181,63 @@ def start_dnsmasq(upstream_port: int, cpu: int) -> tuple[subprocess.Popen[bytes]
     return None
 
 
-def measure(
-    label: str, address: tuple[str, int], pid: int, args: argparse.Namespace
-) -> dict[str, Any]:
-    latencies(address, [CACHED] * 200)  # warm the cache and the code paths
-    cached = latencies(address, [CACHED] * args.samples)
-    run = time.strftime("%H%M%S")
-    names = [f"n{i}-{run}-{label}.{MISS_SUFFIX}" for i in range(args.samples)]
+def interleaved(
+    targets: dict[str, tuple[str, int]], pids: dict[str, int], names: list[str], cached: bool
+) -> dict[str, dict[str, float]]:
+    """p50/p99 (ms) per target, query i sent to every target in turn before query i+1; with
+    each server's CPU time per query over the phase."""
+    socks = {}
+    for label, address in targets.items():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.connect(address)
+        sock.settimeout(RECV_TIMEOUT_S)
+        socks[label] = sock
+    samples: dict[str, list[float]] = {label: [] for label in targets}
+    before = {label: cpu_s(pid) for label, pid in pids.items()}
+    for index, name in enumerate(names):
+        for label, sock in socks.items():
+            wire = query_bytes(name if cached else f"{label}-{name}", index & 0xFFFF)
+            started = time.perf_counter()
+            sock.send(wire)
+            try:
+                sock.recv(4096)
+            except (TimeoutError, ConnectionRefusedError):
+                continue  # lost
+            samples[label].append((time.perf_counter() - started) * 1000.0)
+    results: dict[str, dict[str, float]] = {}
+    for label, sock in socks.items():
+        sock.close()
+        got = sorted(samples[label])
+        results[label] = {
+            "p50_ms": got[len(got) // 2] if got else float("nan"),
+            "p99_ms": got[min(len(got) - 1, int(len(got) * 0.99))] if got else float("nan"),
+            "n": float(len(got)),
+        }
+        if label in pids:
+            used = cpu_s(pids[label]) - before[label]
+            results[label]["cpu_us_per_query"] = used / max(len(got), 1) * 1e6
+    return results
+
+
+def start_before(args: argparse.Namespace, config: dict[str, Any], workdir: Path) -> ProxyProcess:
+    """The proxy of the checkout `args.before`, with the same config (its own access log)."""
+    workdir.mkdir()
+    source = str(Path(args.before).resolve())
+    boot = (
+        f"import sys, runpy; sys.path.insert(0, {source!r}); "
+        "runpy.run_module('egressgate', run_name='__main__', alter_sys=True)"
+    )
+    command = ["taskset", "-c", str(args.server_cpu), sys.executable, "-c", boot]
+    config = {**config, "access_log": str(workdir / "access.log")}
+    return ProxyProcess(config, workdir, command=command).start()
+
+
+def rate(address: tuple[str, int], pid: int, args: argparse.Namespace) -> dict[str, float]:
     before = cpu_s(pid)
-    uncached = latencies(address, names)
-    uncached["cpu_us_per_query"] = (cpu_s(pid) - before) / max(uncached["n"], 1) * 1e6
-    before = cpu_s(pid)
-    rate = throughput(address, args.seconds, args.window)
-    answered = rate["qps"] * args.seconds
-    rate["cpu_us_per_query"] = (cpu_s(pid) - before) / max(answered, 1) * 1e6
-    return {"cached": cached, "uncached": uncached, **rate}
+    result = throughput(address, args.seconds, args.window)
+    answered = result["qps"] * args.seconds
+    result["cpu_us_per_query"] = (cpu_s(pid) - before) / max(answered, 1) * 1e6
+    return result
 
 
 def main() -> int:
@@ -199,11 +248,12 @@ def main() -> int:
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--json", metavar="OUT")
+    parser.add_argument("--before", metavar="DIR", help="an earlier checkout to run side by side")
     args = parser.parse_args()
     os.sched_setaffinity(0, {args.client_cpu})
     results: dict[str, Any] = {"cpus": os.cpu_count(), "load_before": os.getloadavg()}
     records = {CACHED: ["93.184.216.34"], f"*.{MISS_SUFFIX}": ["93.184.216.35"]}
-    upstream, upstream_port = start_upstream(records)
+    upstream, upstream_port = start_upstream(records, args.client_cpu)
     try:
         run(args, results, upstream_port)
     finally:
@@ -216,9 +266,7 @@ def main() -> int:
 
 def run(args: argparse.Namespace, results: dict[str, Any], upstream_port: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        names = [f"u{i}.{MISS_SUFFIX}" for i in range(args.samples)]
-        latencies(("127.0.0.1", upstream_port), names[:200])
-        results["upstream"] = {"uncached": latencies(("127.0.0.1", upstream_port), names)}
+        upstream = ("127.0.0.1", upstream_port)
         config = {
             "listen": "127.0.0.1:0",
             "admin_listen": None,
@@ -231,21 +279,46 @@ def run(args: argparse.Namespace, results: dict[str, Any], upstream_port: int) -
         with ProxyProcess(config, Path(tmp), command=command) as proxy:
             address = proxy.dns_address
             assert address is not None
-            results["egressgate"] = measure("eg", address, proxy.pid, args)
-        dnsmasq = start_dnsmasq(upstream_port, args.server_cpu)
-        if dnsmasq is not None:
-            proc, port = dnsmasq
+            targets = {"upstream": upstream, "egressgate": address}
+            pids = {"egressgate": proxy.pid}
+            before = None
+            if args.before:
+                before = start_before(args, config, Path(tmp) / "before")
+                assert before.dns_address is not None
+                targets["before"] = before.dns_address
+                pids["before"] = before.pid
+            dnsmasq = start_dnsmasq(upstream_port, args.server_cpu)
+            if dnsmasq is not None:
+                targets["dnsmasq"] = ("127.0.0.1", dnsmasq[1])
+                pids["dnsmasq"] = dnsmasq[0].pid
             try:
-                results["dnsmasq"] = measure("dm", ("127.0.0.1", port), proc.pid, args)
+                warm = [f"warm{i}.{MISS_SUFFIX}" for i in range(200)]
+                interleaved(targets, pids, warm, cached=False)
+                interleaved(targets, pids, [CACHED] * 200, cached=True)
+                stamp = time.strftime("%H%M%S")
+                names = [f"n{i}-{stamp}.{MISS_SUFFIX}" for i in range(args.samples)]
+                uncached = interleaved(targets, pids, names, cached=False)
+                cached = interleaved(targets, pids, [CACHED] * args.samples, cached=True)
+                results["upstream"] = {"uncached": uncached["upstream"]}
+                for label in pids:
+                    results[label] = {
+                        "cached": cached[label],
+                        "uncached": uncached[label],
+                        **rate(targets[label], pids[label], args),
+                    }
             finally:
-                proc.kill()
-                proc.wait(10)
+                if dnsmasq is not None:
+                    dnsmasq[0].kill()
+                    dnsmasq[0].wait(10)
+                if before is not None:
+                    before.close()
     results["load_after"] = os.getloadavg()
+    results["interleaved"] = True
 
 
 def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
     up_p99 = results["upstream"]["uncached"]["p99_ms"]
-    for name in ("egressgate", "dnsmasq"):
+    for name in ("egressgate", "before", "dnsmasq"):
         if name in results:
             result = results[name]
             result["added_p99_ms"] = result["uncached"]["p99_ms"] - up_p99

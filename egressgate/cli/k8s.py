@@ -18,7 +18,7 @@ from egressgate.config.default import BUILTIN_DEFAULT_YAML, builtin_default
 from egressgate.config.load import load_config_text
 from egressgate.config.model import Config
 from egressgate.errors import ConfigError, ConfigIssue
-from egressgate.tools import ca, k8s_central, k8s_inject, k8s_render, k8s_sidecar
+from egressgate.tools import ca, k8s_central, k8s_inject, k8s_render, k8s_sidecar, k8s_verify_job
 from egressgate.tools.k8s_inject import InjectOptions
 from egressgate.tools.k8s_render import RenderError, RenderOptions
 from egressgate.tools.redirect import DEFAULT_TCP_PORTS
@@ -41,6 +41,8 @@ Render everything egressgate needs on Kubernetes, from your config file, as one 
                        app and reaches only DNS and the internet (no cluster ranges, no
                        169.254.0.0/16 metadata)
   ConfigMap            <name>-client-env: HTTP(S)_PROXY/NO_PROXY for the app (envFrom)
+  Job (--verify-job)   `egressgate verify --attack` run once with the app's labels and variables,
+                       and the ServiceAccount/Role/RoleBinding that let it read NetworkPolicies
 
 The config is validated first; without --config the built-in default (allows nothing) is used.
 A hosts_file next to the config goes into the same ConfigMap (it resolves the same way in the
@@ -284,6 +286,48 @@ def _add_render_arguments(parser: argparse.ArgumentParser) -> None:
         help="also expose the admin port on the Service, named 'metrics'",
     )
     _add_sizing_arguments(parser, defaults)
+    _add_verify_job_arguments(parser)
+
+
+def _add_verify_job_arguments(parser: argparse.ArgumentParser) -> None:
+    job = parser.add_argument_group(
+        "verify Job (explicit mode): `egressgate verify --attack` run as the app"
+    )
+    job.add_argument(
+        "--verify-job",
+        action="store_true",
+        help="also render a Job (with its ServiceAccount, Role, RoleBinding) in the app's "
+        "namespace that runs verify --attack with the app's labels and proxy variables",
+    )
+    job.add_argument(
+        "--verify-allowed",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="--allowed for the Job (repeatable)",
+    )
+    job.add_argument(
+        "--verify-denied",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="--denied for the Job (repeatable)",
+    )
+    job.add_argument(
+        "--verify-outside-resolver", metavar="IP", help="--outside-resolver for the Job"
+    )
+    job.add_argument("--verify-doh-name", metavar="NAME", help="--doh-name for the Job")
+
+
+def _verify_job(args: argparse.Namespace) -> k8s_verify_job.VerifyJobOptions | None:
+    if not args.verify_job:
+        return None
+    return k8s_verify_job.VerifyJobOptions(
+        allowed=tuple(args.verify_allowed),
+        denied=tuple(args.verify_denied),
+        outside_resolver=args.verify_outside_resolver,
+        doh_name=args.verify_doh_name,
+    )
 
 
 def _add_inject_arguments(parser: argparse.ArgumentParser) -> None:
@@ -465,6 +509,15 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     if args.inject:
         return _run_inject(args, config, options)
+    job = _verify_job(args)
+    if job is not None and args.mode != "explicit":
+        print(
+            "egressgate k8s render: --verify-job is for --mode explicit: in transparent mode the "
+            "probes must run inside the app's pod, next to its sidecar (kubectl exec ... "
+            "egressgate verify --attack, docs/verify.md)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if args.mode == "transparent":
             ports = tuple(args.redirect_port) or DEFAULT_TCP_PORTS
@@ -475,6 +528,8 @@ def _run(args: argparse.Namespace) -> int:
             objects = k8s_central.render_central(config, text, options)
         else:
             objects = k8s_render.render(config, text, options)
+            if job is not None:
+                objects += k8s_verify_job.render_verify_job(config, options, job)
     except RenderError as exc:
         _print_lines(exc.problems, "egressgate k8s render: ")
         return 2

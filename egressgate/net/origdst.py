@@ -16,6 +16,8 @@ import ipaddress
 import socket
 import struct
 
+from egressgate.net.rawsocket import RawSocket
+
 SOL_IP = 0
 SOL_IPV6 = 41
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
@@ -35,7 +37,7 @@ def decode_sockaddr(raw: bytes) -> tuple[str, int] | None:
     (family,) = struct.unpack("=H", raw[:2])
     if family == socket.AF_INET and len(raw) >= 8:
         (port,) = struct.unpack("!H", raw[2:4])
-        return str(ipaddress.IPv4Address(raw[4:8])), port
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port  # (per connection: no objects)
     if family == socket.AF_INET6 and len(raw) >= 24:
         (port,) = struct.unpack("!H", raw[2:4])
         address = ipaddress.IPv6Address(raw[8:24])
@@ -44,7 +46,7 @@ def decode_sockaddr(raw: bytes) -> tuple[str, int] | None:
     return None
 
 
-def original_destination(sock: socket.socket) -> tuple[str, int] | None:
+def original_destination(sock: RawSocket) -> tuple[str, int] | None:
     """Where the client dialled before the kernel redirected it; None if it was not redirected
     (no conntrack entry: ENOENT), or when the socket is not a redirected TCP socket at all."""
     try:
@@ -61,7 +63,7 @@ def original_destination(sock: socket.socket) -> tuple[str, int] | None:
     return decode_sockaddr(raw)
 
 
-def redirected_destination(sock: socket.socket) -> tuple[str, int] | None:
+def redirected_destination(sock: RawSocket) -> tuple[str, int] | None:
     """The original destination, or None when the connection came straight to this socket
     (no redirect: the original destination is the socket's own local address)."""
     found = original_destination(sock)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import select
 from collections.abc import Callable
+from typing import Protocol
 
 IN = select.EPOLLIN
 OUT = select.EPOLLOUT
@@ -64,6 +65,26 @@ class Readiness:
         """After a non-empty read: a short TCP read emptied the receive queue, so only a full
         one, or an announced EOF still to be read, leaves the socket ready."""
         self.ready = full or self.closing
+
+
+class Readable(Protocol):
+    def recv(self, size: int, /) -> bytes: ...
+
+
+def read_ready(sock: Readable, size: int, state: Readiness) -> bytes | None:
+    """One edge-triggered read of up to `size` bytes, `state` kept up to date: the bytes read
+    (then `state.ready` says whether more may wait), b"" for an EOF or a failed socket, None
+    when nothing was there (`state.ready` cleared: wait for the next event)."""
+    try:
+        data = sock.recv(size)
+    except (BlockingIOError, InterruptedError):
+        state.ready = False
+        return None
+    except OSError:
+        return b""
+    if data:
+        state.after_read(len(data) == size)
+    return data
 
 
 class Reactor:

@@ -13,6 +13,12 @@ direction starts with recv/send (a short recv proves the socket drained, saving 
 round-trip that splice needs, and most tunnels carry small exchanges) and switches to splice
 after the first full 64 KiB read. If no pipe can be had, a direction stays on recv/send.
 
+A direction may have an inspector (`inspect_up`): every chunk read is shown to it before it is
+sent, and it may end the relay (its answer becomes `RelayStats.end`). Such a direction never
+switches to splice (bytes that never reach Python cannot be inspected); the other one still does.
+The transparent listener uses it to read each later HTTP request head while the responses, the
+bulk of the bytes, are spliced.
+
 Everything is callback-driven from the private edge-triggered epoll (net/reactor.py): no
 coroutine, no task and no interest change per chunk, which keeps an idle tunnel to a few hundred
 bytes of Python objects. Both sockets must already be in the reactor; the relay takes over their
@@ -45,6 +51,8 @@ COPY_CHUNK = 64 * 1024
 MAX_POOLED_PIPES = 16
 # Per readiness event, how many splice rounds before yielding to other connections (fairness).
 ROUNDS_PER_EVENT = 8
+# Shown every chunk a direction reads: None lets it through, a string ends the relay (the end).
+Inspector = Callable[[bytes], str | None]
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK)
 
@@ -104,6 +112,7 @@ class _Direction:
         "dst_fd",
         "eof",
         "in_pipe",
+        "inspect",
         "moved",
         "owner",
         "paused",
@@ -122,8 +131,10 @@ class _Direction:
         dst: RawSocket,
         pending: bytes,
         src_state: Readiness,
+        inspect: Inspector | None = None,
     ) -> None:
         self.owner = owner
+        self.inspect = inspect  # see the module doc; set: this direction never splices
         self.src = src
         self.dst = dst
         self.src_fd = src.fileno()
@@ -194,7 +205,13 @@ class _Direction:
             return False
         full = len(data) == COPY_CHUNK
         self.src_state.after_read(full)
-        if full:
+        if self.inspect is not None:
+            end = self.inspect(data)
+            if end is not None:
+                self.owner.end = end
+                self.owner.close()  # the chunk is not sent: it was refused
+                return False
+        elif full:
             self.bulk = True  # more may wait: splice from now on
         # The send wakes dst's reader on another core: made at the end of the loop iteration
         # with every other tunnel's sends, it wakes that process once for all of them
@@ -338,6 +355,7 @@ class Relay:
         initial_down: bytes = b"",
         client_state: Readiness | None = None,
         upstream_state: Readiness | None = None,
+        inspect_up: Inspector | None = None,
     ) -> None:
         self.loop = reactor.loop
         self.reactor = reactor
@@ -349,7 +367,7 @@ class Relay:
         self.last_activity = time.monotonic()
         self.end = "eof"
         self._up = _Direction(
-            self, client, upstream, initial_up, client_state or Readiness(ready=True)
+            self, client, upstream, initial_up, client_state or Readiness(ready=True), inspect_up
         )
         self._down = _Direction(
             self, upstream, client, initial_down, upstream_state or Readiness(ready=True)
@@ -407,6 +425,7 @@ class Relay:
         if self._on_done is None:
             return
         up, down = self._up, self._down
+        up.inspect = None  # (it may refer back to the owner of this relay)
         if self.end == "eof" and not (up.done and down.done):
             self.end = "closed"
         up.stop()

@@ -1,6 +1,6 @@
 """Accepts plain (non-TLS) proxy connections itself and routes each by its first bytes.
 
-CONNECT requests stay on raw sockets end to end (proxy/tunnel.py RawTunnel → net/relay.py's
+CONNECT requests stay on raw sockets end to end (proxy/tunnel.py ConnectTunnel → net/relay.py's
 splice relay): no asyncio transport, protocol object or task is created for them. Everything
 else is handed to an asyncio transport with ClientConnection (plain-HTTP forwarding, where
 keep-alive amortises the setup). Measured on the bench rig, building a uvloop transport for a
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import socket
 import time
 from typing import cast
@@ -38,13 +37,13 @@ from egressgate.net.reactor import READABLE, Readiness
 from egressgate.net.tasks import spawn
 from egressgate.observe.events import emit
 from egressgate.observe.record import AccessRecord
-from egressgate.policy.decision import ClientIdentity
 from egressgate.proxy import gate
 from egressgate.proxy.connection import ClientConnection
 from egressgate.proxy.context import ProxyContext
 from egressgate.proxy.failsafe import internal_error
+from egressgate.proxy.raw_tunnel import client_identity as client_identity  # re-exported
 from egressgate.proxy.refusal import refusal_response
-from egressgate.proxy.tunnel import RawTunnel
+from egressgate.proxy.tunnel import ConnectTunnel
 
 ACCEPTS_PER_EVENT = 64
 FIRST_READ_BYTES = 64 * 1024
@@ -56,27 +55,7 @@ _TOO_MANY = refusal_response(
 )
 
 
-# Clients are few and reconnect often: parse each peer address once, not per connection.
-_IDENTITIES: dict[str, tuple[ClientIdentity, str]] = {}
-MAX_CACHED_IDENTITIES = 4096
-
-
-def client_identity(peer_host: str) -> tuple[ClientIdentity, str]:
-    """The identity of a plain-listener client by its socket address (v4-mapped v6 → v4),
-    and the address as the access log writes it."""
-    known = _IDENTITIES.get(peer_host)
-    if known is None:
-        address = ipaddress.ip_address(peer_host.split("%", 1)[0])
-        if address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        known = (ClientIdentity(address), address.compressed)
-        if len(_IDENTITIES) >= MAX_CACHED_IDENTITIES:
-            _IDENTITIES.clear()  # bounded: a scan from many addresses cannot grow it
-        _IDENTITIES[peer_host] = known
-    return known
-
-
-def start_raw_tunnel(tunnel: RawTunnel) -> None:
+def start_raw_tunnel(tunnel: ConnectTunnel) -> None:
     """Start a tunnel, or hold it while proxy auth verifies its credentials (proxy/auth.py)."""
     ctx = tunnel.ctx
     if not ctx.auth.hold(
@@ -92,7 +71,7 @@ def start_raw_tunnel(tunnel: RawTunnel) -> None:
     ctx.reactor.set_handler(tunnel.client_fd, tunnel.client_state.note)
 
 
-def _auth_done(tunnel: RawTunnel, refused: Refused | None) -> None:
+def _auth_done(tunnel: ConnectTunnel, refused: Refused | None) -> None:
     if tunnel.done:
         return  # closed meanwhile (a drain)
     if refused is not None:
@@ -170,7 +149,7 @@ class Acceptor:
                     state = Readiness()  # a short read: nothing is known to be waiting
                     ctx.reactor.add(client.fileno(), state.note)
                     start_raw_tunnel(
-                        RawTunnel(ctx, client, *client_identity(peer[0]), *plain, state)
+                        ConnectTunnel(ctx, client, *client_identity(peer[0]), *plain, state)
                     )
                     continue
             _FirstRead(ctx, client, peer).start(data)
@@ -370,7 +349,7 @@ class _FirstRead:
     def _start_tunnel(self, head: RequestHead, rest: bytes) -> None:
         self._stop()
         start_raw_tunnel(
-            RawTunnel(
+            ConnectTunnel(
                 self.ctx,
                 self.sock,
                 *client_identity(self.peer[0]),
@@ -428,9 +407,7 @@ class _FirstRead:
 
     def _stop(self) -> None:
         self.deadline = 0.0
-        if self in self.ctx.live:
-            self.ctx.live.discard(self)
-            self.ctx.metrics.active_connections -= 1
+        self.ctx.leave_live(self)
 
     def _close(self) -> None:
         self.ctx.reactor.forget(self.fd)

@@ -417,9 +417,7 @@ class ClientConnection(asyncio.Protocol):
         self._unregister()
 
     def _unregister(self) -> None:
-        if self in self.ctx.live:
-            self.ctx.live.discard(self)
-            self.ctx.metrics.active_connections -= 1
+        self.ctx.leave_live(self)
 
     # ---- draining (Closable)
     def shutdown_idle(self) -> None:

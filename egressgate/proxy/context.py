@@ -113,6 +113,12 @@ class ProxyContext:
         # their deadlines (a set add/discard instead of a loop timer per phase per tunnel).
         self.deadlines: set[HasDeadline] = set()
 
+    def leave_live(self, conn: Closable) -> None:
+        """`conn` is no longer a live connection of its own (handed on, or closed); idempotent."""
+        if conn in self.live:
+            self.live.discard(conn)
+            self.metrics.active_connections -= 1
+
     def finish(self, record: AccessRecord) -> None:
         """Log and count one finished request or tunnel (its duration is measured here)."""
         record.duration_ms = (time.time() - record.start) * 1000.0

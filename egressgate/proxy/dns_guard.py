@@ -18,17 +18,32 @@ not expired, is answered from `_Memo` without decoding: two dict lookups, the cl
 spliced in front of the stored answer, one access record. Everything else is decoded.
 TTLs are served as the upstream gave them; an entry expires after its smallest TTL, clamped to
 [dns_cache_min_ttl_s, dns_cache_max_ttl_s].
+
+The UDP socket is read directly (one reader on the event loop, up to `_UDP_BATCH` datagrams per
+wake-up), and the forwarded path runs on callbacks: an upstream question is a `_Lookup` whose
+datagram exchange sits on the reactor (net/dns_client.py), so no task, future or timer-wrapped
+coroutine stands between the upstream's answer and the client's (the forwarded p99 was
+dominated by them and by collector pauses over cached dnspython objects: the upstream cache
+keeps wire bytes and the few facts the guard needs, not decoded messages).
+
+Source address of replies: on a wildcard address (0.0.0.0, ::) the kernel would pick the reply's
+source by routing, which is not the address the query was sent to when the host has several
+(and after a REDIRECT, a reply from another address is one the client's conntrack entry does
+not match: the client never sees it). The guard asks for each datagram's destination
+(IP_PKTINFO, IPV6_RECVPKTINFO) and sends the reply from it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
+import dns.entropy
 import dns.exception
 import dns.flags
 import dns.message
@@ -37,6 +52,7 @@ import dns.resolver
 
 from egressgate.config.model import Config, ListenAddress
 from egressgate.errors import Reason
+from egressgate.names.hostname import IPAddress
 from egressgate.net import dns_client
 from egressgate.net.listen import bind, bind_udp, bound_address
 from egressgate.net.tasks import spawn
@@ -52,6 +68,27 @@ from egressgate.runtime.state import Generation
 
 _TRIVIAL = ""  # the policy key when every client has the default policy
 _SELECTOR_MEMO_MAX = 4096
+_UDP_BATCH = 64  # datagrams read per wake-up of the UDP socket, then the loop runs the others
+# Room for one IP_PKTINFO / IPV6_PKTINFO control message (struct in6_pktinfo is the larger).
+_CMSG_BYTES = socket.CMSG_SPACE(20)
+_NO_CMSG: list[tuple[int, int, bytes]] = []
+_IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+_IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_IPPROTO_IPV6 = socket.IPPROTO_IPV6
+_IPPROTO_IP = socket.IPPROTO_IP
+_KEPT_RCODES = (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
+
+
+class _Upstream(NamedTuple):
+    """An upstream answer as the guard keeps it: wire bytes and facts, no decoded message
+    (a dnspython message is dozens of objects the cyclic collector would walk while cached)."""
+
+    expires: float  # time.monotonic(); 0 = never reuse
+    wire: bytes  # decoded once, answers our question (dns_wire.answers_question)
+    addresses: tuple[IPAddress, ...]  # every address it offers (dns_wire.answer_addresses)
+    rcode: int
+    plain: bool  # no EDNS of its own: dns_wire.patched_answer may use it
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +162,11 @@ class DnsGuard:
         self._answers = _Memo(1)  # (policy key, query bytes without ID) → _Remembered
         self._upstream = _Memo(1)  # (name, type, class) → (expires, dns.message.Message)
         self._clients: dict[str, _Client] = {}  # socket address → identity (per generation)
-        self._inflight: dict[tuple[str, int, int], asyncio.Future[dns.message.Message]] = {}
+        self._inflight: dict[tuple[str, int, int], _Lookup] = {}
         self._system_nameservers: tuple[tuple[str, int], ...] | None = None
         self._max_bytes = 0
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: socket.socket | None = None
+        self._pktinfo = False  # bound to a wildcard address: reply from each query's destination
         self._tcp: asyncio.Server | None = None
         self.tcp_clients: set[_TcpClient] = set()
         self.address = ""
@@ -138,15 +176,20 @@ class DnsGuard:
         """Bind UDP and TCP on `listen` (the same port when it is 0); returns host:port."""
         loop = asyncio.get_running_loop()
         udp, tcp = _bind_pair(listen)
-        transport, _ = await loop.create_datagram_endpoint(lambda: _UdpServer(self), sock=udp)
-        self._udp = transport
+        self._pktinfo = _want_pktinfo(udp)
+        self._udp = udp
+        loop.add_reader(udp.fileno(), self._udp_readable)
         self._tcp = await loop.create_server(lambda: _TcpClient(self), sock=tcp)
         self.address = bound_address(tcp)
         return self.address
 
     def close(self) -> None:
         if self._udp is not None:
+            asyncio.get_running_loop().remove_reader(self._udp.fileno())
             self._udp.close()
+            self._udp = None
+        for lookup in list(self._inflight.values()):
+            lookup.cancel()
         if self._tcp is not None:
             self._tcp.close()
         for client in list(self.tcp_clients):
@@ -186,7 +229,30 @@ class DnsGuard:
         return known
 
     # ---- the hot path (UDP)
-    def udp_query(self, data: bytes, addr: tuple[Any, ...]) -> None:
+    def _udp_readable(self) -> None:
+        """Read what waits on the UDP socket (bounded per wake-up), each datagram answered in
+        turn; with IP_PKTINFO each carries the address it was sent to, for the reply."""
+        sock = self._udp
+        if sock is None:
+            return
+        size = self._max_bytes + 1 if self._gen is not None else 65536  # +1: spot oversize
+        for _ in range(_UDP_BATCH):
+            try:
+                if self._pktinfo:
+                    data, ancillary, _flags, addr = sock.recvmsg(size, _CMSG_BYTES)
+                    reply_from = _reply_source(ancillary)
+                else:
+                    data, addr = sock.recvfrom(size)
+                    reply_from = _NO_CMSG
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an error queued for an earlier reply (ICMP): the next one is fine
+            self.udp_query(data, addr, reply_from)
+
+    def udp_query(
+        self, data: bytes, addr: tuple[Any, ...], reply_from: list[tuple[int, int, bytes]]
+    ) -> None:
         started = time.perf_counter()
         gen = self.ctx.state.current
         if gen is not self._gen:
@@ -197,13 +263,17 @@ class DnsGuard:
         memo_key = (client.policy, data[2:]) if client.policy is not None else None
         hit = self._answers.data.get(memo_key) if memo_key is not None else None
         if hit is not None and hit.expires > time.monotonic():
-            self._replay(hit, data, addr, client.text, started)
+            self._replay(hit, data, addr, reply_from, client.text, started)
             return
         host = client.text
+
+        def send(reply: bytes) -> None:
+            self._send_udp(reply, addr, reply_from)
+
         try:
             query = dns_wire.parse_query(data)
         except Unanswerable as exc:
-            self._malformed(exc, host, len(data), started, lambda r: self._send_udp(r, addr))
+            self._malformed(exc, host, len(data), started, send)
             return
         rules = self._rules
         assert rules is not None
@@ -219,40 +289,28 @@ class DnsGuard:
         local = _local_answer(gen, rules, query, verdict)
         if local is not None:
             self._remember(gen, local, memo_key)
-            self._send_udp(data[:2] + local.tail, addr)
+            send(data[:2] + local.tail)
             self._log(local, host, len(data), len(local.tail) + 2, started)
             return
-        spawn(
-            self._udp_forward(gen, rules, query, verdict, data, addr, memo_key, started),
-            "dns-udp",
-        )
 
-    async def _udp_forward(
-        self,
-        gen: Generation,
-        rules: DnsRules,
-        query: Query,
-        verdict: DnsVerdict,
-        data: bytes,
-        addr: tuple[Any, ...],
-        memo_key: tuple[str, bytes] | None,
-        started: float,
-    ) -> None:
-        answer = await self._forward(gen, rules, query, verdict, tcp=False)
-        self._remember(gen, answer, memo_key)
-        self._send_udp(data[:2] + answer.tail, addr)
-        self._log(answer, self._client(gen, addr[0]).text, len(data), len(answer.tail) + 2, started)
+        def answered(answer: _Answer) -> None:
+            self._remember(gen, answer, memo_key)
+            send(data[:2] + answer.tail)
+            self._log(answer, host, len(data), len(answer.tail) + 2, started)
+
+        self._forward(gen, rules, query, verdict, False, answered)
 
     def _replay(
-        self, hit: _Remembered, data: bytes, addr: tuple[Any, ...], host: str, started: float
+        self,
+        hit: _Remembered,
+        data: bytes,
+        addr: tuple[Any, ...],
+        reply_from: list[tuple[int, int, bytes]],
+        host: str,
+        started: float,
     ) -> None:
         """The hot path: a remembered answer, its record from the pre-rendered parts."""
-        udp = self._udp
-        if udp is not None:
-            try:
-                udp.sendto(data[:2] + hit.tail, addr)
-            except OSError:
-                pass  # the client's problem (buffer full, unreachable): never the guard's
+        self._send_udp(data[:2] + hit.tail, addr, reply_from)
         ctx = self.ctx
         queries = ctx.metrics.dns_queries
         queries[hit.metric] = queries.get(hit.metric, 0) + 1
@@ -263,10 +321,19 @@ class DnsGuard:
             f"{hit.mid}{duration_ms:.3f}{hit.line_tail}"
         )
 
-    def _send_udp(self, reply: bytes, addr: tuple[Any, ...]) -> None:
-        if self._udp is not None and not self._udp.is_closing():
-            with contextlib.suppress(OSError):
-                self._udp.sendto(reply, addr)
+    def _send_udp(
+        self, reply: bytes, addr: tuple[Any, ...], reply_from: list[tuple[int, int, bytes]]
+    ) -> None:
+        sock = self._udp
+        if sock is None:
+            return
+        try:
+            if reply_from:
+                sock.sendmsg([reply], reply_from, 0, addr)
+            else:
+                sock.sendto(reply, addr)
+        except OSError:
+            pass  # the client's problem (buffer full, unreachable): never the guard's
 
     def _remember(
         self, gen: Generation, answer: _Answer, memo_key: tuple[str, bytes] | None
@@ -314,18 +381,70 @@ class DnsGuard:
         )
         answer = _local_answer(gen, rules, query, verdict)
         if answer is None:
-            answer = await self._forward(gen, rules, query, verdict, tcp=True)
+            waiter: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
+
+            def answered(result: _Answer) -> None:
+                if not waiter.done():
+                    waiter.set_result(result)
+
+            self._forward(gen, rules, query, verdict, True, answered)
+            answer = await waiter
         reply = data[:2] + answer.tail
         self._log(answer, client.text, len(data), len(reply), started)
         return reply
 
-    async def _forward(
-        self, gen: Generation, rules: DnsRules, query: Query, verdict: DnsVerdict, tcp: bool
+    def _forward(
+        self,
+        gen: Generation,
+        rules: DnsRules,
+        query: Query,
+        verdict: DnsVerdict,
+        tcp: bool,
+        answered: Callable[[_Answer], object],
+    ) -> None:
+        """Ask upstream (or the upstream cache, or join a question in flight), vet, and hand
+        the client's answer to `answered` (at once, or when the upstream answers)."""
+        question = dns_wire.question_wire(query)
+        key = (query.name, query.qtype, query.qclass)
+        cached = self._upstream.data.get(key)
+        if cached is not None and cached.expires > time.monotonic():
+            answered(self._client_answer(gen, rules, query, question, verdict, tcp, cached, None))
+            return
+
+        def done(found: _Upstream | None, failure: _UpstreamFailure | None) -> None:
+            answer = self._client_answer(gen, rules, query, question, verdict, tcp, found, failure)
+            answered(answer)
+
+        lookup = self._inflight.get(key)
+        if lookup is None:
+            limits = gen.config.limits
+            if len(self._inflight) >= limits.dns_max_inflight:
+                overloaded = _UpstreamFailure(
+                    Reason.DNS_OVERLOADED, f"{limits.dns_max_inflight} upstream queries in flight"
+                )
+                done(None, overloaded)
+                return
+            lookup = _Lookup(self, gen, query, question, key)
+            self._inflight[key] = lookup
+            lookup.waiters.append(done)
+            lookup.start()
+            return
+        lookup.waiters.append(done)
+
+    def _client_answer(
+        self,
+        gen: Generation,
+        rules: DnsRules,
+        query: Query,
+        question: bytes,
+        verdict: DnsVerdict,
+        tcp: bool,
+        found: _Upstream | None,
+        failure: _UpstreamFailure | None,
     ) -> _Answer:
-        """Ask upstream (or the upstream cache), vet, and render the client's answer."""
-        try:
-            expires, upstream = await self._lookup(gen, query)
-        except _UpstreamFailure as failure:
+        """The client's answer from what the upstream said (or the failure), vetted."""
+        if found is None:
+            assert failure is not None
             wire = dns_wire.rcode_only(query, dns.rcode.SERVFAIL)
             return _Answer(
                 wire[2:],
@@ -338,90 +457,33 @@ class DnsGuard:
                 detail=failure.detail,
             )
         if not verdict.passthrough:
-            addresses = dns_wire.answer_addresses(upstream)
-            refused = vet_answer(gen.policies, rules, verdict, addresses)
+            refused = vet_answer(gen.policies, rules, verdict, found.addresses)
             if refused is not None:
                 refusal, address = refused
                 wire = dns_wire.rcode_only(query, refusal.rcode)
                 return _Answer(
                     wire[2:],
-                    expires,
+                    found.expires,
                     query.name,
                     query.type_text,
                     refusal,
                     int(refusal.rcode),
                     address=str(address),
                 )
-        wire = dns_wire.forwarded(query, upstream, tcp)
-        truncated = not tcp and bool(int.from_bytes(wire[2:4], "big") & dns.flags.TC)
+        reply = None
+        if found.plain:
+            reply = dns_wire.patched_answer(query, question, found.wire, tcp)
+        if reply is None:  # rare: too large for this client, or an upstream's own EDNS
+            reply = dns_wire.forwarded(query, dns.message.from_wire(found.wire), tcp)
+        truncated = not tcp and bool(int.from_bytes(reply[2:4], "big") & dns.flags.TC)
         return _Answer(
-            wire[2:],
-            0.0 if truncated else expires,
+            reply[2:],
+            0.0 if truncated else found.expires,
             query.name,
             query.type_text,
             verdict,
-            upstream.rcode(),
+            found.rcode,
         )
-
-    async def _lookup(self, gen: Generation, query: Query) -> tuple[float, dns.message.Message]:
-        """The upstream answer for the question, from the cache, a query in flight, or anew."""
-        key = (query.name, query.qtype, query.qclass)
-        cached = self._upstream.data.get(key)
-        if cached is not None and cached[0] > time.monotonic():
-            return cast(tuple[float, dns.message.Message], cached)
-        limits = gen.config.limits
-        future = self._inflight.get(key)
-        if future is None:
-            if len(self._inflight) >= limits.dns_max_inflight:
-                raise _UpstreamFailure(
-                    Reason.DNS_OVERLOADED, f"{limits.dns_max_inflight} upstream queries in flight"
-                )
-            future = asyncio.get_running_loop().create_future()
-            self._inflight[key] = future
-            try:
-                message = await self._ask(gen, query)
-            except _UpstreamFailure as failure:
-                future.set_exception(failure)
-                future.exception()  # retrieved: waiters re-raise it, nobody else must
-                raise
-            finally:
-                del self._inflight[key]
-            ttl_s = dns_wire.answer_ttl_s(
-                message, limits.dns_cache_min_ttl_s, limits.dns_cache_max_ttl_s
-            )
-            entry = (time.monotonic() + ttl_s, message)
-            if message.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-                entry = (0.0, message)  # SERVFAIL, REFUSED...: passed on, never kept
-            elif gen is self._gen:  # (a reload meanwhile has emptied the cache: keep it so)
-                self._upstream.put(key, entry)
-            future.set_result(message)
-            return entry
-        message = await future
-        return 0.0, message
-
-    async def _ask(self, gen: Generation, query: Query) -> dns.message.Message:
-        """One question to the nameservers in order, within limits.dns_timeout_s in total."""
-        servers = self._nameservers(gen.config)
-        if not servers:
-            raise _UpstreamFailure(Reason.DNS_FAILURE, "no nameservers configured or found")
-        request = dns_wire.upstream_query(query)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + gen.config.limits.dns_timeout_s
-        failure = _UpstreamFailure(Reason.DNS_TIMEOUT, "no nameserver answered in time")
-        for index, (host, port) in enumerate(servers):
-            left_s = deadline - loop.time()
-            if left_s <= 0:
-                break
-            timeout_s = left_s / (len(servers) - index)  # later nameservers keep their share
-            try:
-                return await dns_client.ask(request, host, port, timeout_s)
-            except (TimeoutError, dns.exception.Timeout):
-                failure = _UpstreamFailure(Reason.DNS_TIMEOUT, f"{host}:{port} did not answer")
-            except Exception as exc:  # any decoding or socket error: try the next nameserver
-                failure = _UpstreamFailure(
-                    Reason.DNS_FAILURE, f"{host}:{port}: {type(exc).__name__}"
-                )
-        raise failure
 
     def _nameservers(self, config: Config) -> tuple[tuple[str, int], ...]:
         if config.nameservers:
@@ -514,17 +576,205 @@ class _UpstreamFailure(Exception):
         self.detail = detail
 
 
-class _UdpServer(asyncio.DatagramProtocol):
-    __slots__ = ("guard",)
+class _Lookup:
+    """One question to the upstream nameservers, in order, within limits.dns_timeout_s in all;
+    every query waiting for the same (name, type, class) is a waiter. Callbacks only: a UDP
+    exchange on the reactor per nameserver tried, a task only for the rare TCP retry."""
 
-    def __init__(self, guard: DnsGuard) -> None:
+    __slots__ = (
+        "deadline",
+        "exchange",
+        "failure",
+        "gen",
+        "guard",
+        "index",
+        "key",
+        "query",
+        "question",
+        "servers",
+        "task",
+        "waiters",
+    )
+
+    def __init__(
+        self,
+        guard: DnsGuard,
+        gen: Generation,
+        query: Query,
+        question: bytes,
+        key: tuple[str, int, int],
+    ) -> None:
         self.guard = guard
+        self.gen = gen
+        self.query = query
+        self.question = question
+        self.key = key
+        self.waiters: list[Callable[[_Upstream | None, _UpstreamFailure | None], None]] = []
+        self.servers: tuple[tuple[str, int], ...] = ()
+        self.index = 0
+        self.deadline = 0.0
+        self.exchange: dns_client.UdpExchange[tuple[dns.message.Message, bytes]] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.failure = _UpstreamFailure(Reason.DNS_TIMEOUT, "no nameserver answered in time")
 
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.guard.udp_query(data, addr)
+    def start(self) -> None:
+        self.servers = self.guard._nameservers(self.gen.config)
+        if not self.servers:
+            self._fail(_UpstreamFailure(Reason.DNS_FAILURE, "no nameservers configured or found"))
+            return
+        loop = self.guard.ctx.reactor.loop
+        self.deadline = loop.time() + self.gen.config.limits.dns_timeout_s
+        self._next()
 
-    def error_received(self, exc: Exception) -> None:
-        pass  # an ICMP error for an earlier reply: nothing to do, the next datagram is fine
+    def _next(self) -> None:
+        """Ask the next nameserver with its share of the time left; fail when none is left."""
+        loop = self.guard.ctx.reactor.loop
+        servers = self.servers
+        while self.index < len(servers):
+            left_s = self.deadline - loop.time()
+            if left_s <= 0:
+                break
+            host, port = servers[self.index]
+            timeout_s = left_s / (len(servers) - self.index)  # later ones keep their share
+            self.index += 1
+            qid = dns.entropy.random_16()
+            try:
+                self.exchange = dns_client.UdpExchange(
+                    self.guard.ctx.reactor,
+                    dns_wire.upstream_request(self.question, qid),
+                    host,
+                    port,
+                    timeout_s,
+                    lambda data, qid=qid: self._accept(data, qid),  # type: ignore[misc]
+                    self._udp_done,
+                )
+            except OSError as exc:
+                self.failure = _UpstreamFailure(
+                    Reason.DNS_FAILURE, f"{host}:{port}: {type(exc).__name__}"
+                )
+                continue
+            return
+        self._fail(self.failure)
+
+    def _accept(self, data: bytes, qid: int) -> tuple[dns.message.Message, bytes] | None:
+        """Our answer, decoded; None for anything else (not DNS, another ID or question)."""
+        try:
+            message = dns.message.from_wire(data)
+        except Exception:  # undecodable: not our answer, keep waiting (spoofing, garbage)
+            return None
+        if not dns_wire.answers_question(message, qid, self.query):
+            return None
+        return message, data
+
+    def _udp_done(
+        self, result: tuple[dns.message.Message, bytes] | None, error: BaseException | None
+    ) -> None:
+        self.exchange = None
+        host, port = self.servers[self.index - 1]
+        if result is None:
+            if isinstance(error, TimeoutError):
+                self.failure = _UpstreamFailure(Reason.DNS_TIMEOUT, f"{host}:{port} did not answer")
+            else:
+                name = type(error).__name__
+                self.failure = _UpstreamFailure(Reason.DNS_FAILURE, f"{host}:{port}: {name}")
+            self._next()
+            return
+        message, wire = result
+        if message.flags & dns.flags.TC:  # too large for a datagram: the rest of the time, TCP
+            self.task = spawn(self._tcp(host, port), "dns-tcp-retry")
+            return
+        self._succeed(message, wire)
+
+    async def _tcp(self, host: str, port: int) -> None:
+        loop = self.guard.ctx.reactor.loop
+        left_s = max(self.deadline - loop.time(), 0.001)
+        request = dns.message.make_query(
+            self.query.qname, self.query.qtype, self.query.qclass, use_edns=False
+        )
+        try:
+            message = await dns_client.ask_tcp(request, host, port, left_s)
+        except (TimeoutError, dns.exception.Timeout):
+            self.failure = _UpstreamFailure(Reason.DNS_TIMEOUT, f"{host}:{port} did not answer")
+        except Exception as exc:  # any decoding or socket error: try the next nameserver
+            self.failure = _UpstreamFailure(
+                Reason.DNS_FAILURE, f"{host}:{port}: {type(exc).__name__}"
+            )
+        else:
+            self.task = None
+            self._succeed(message, message.to_wire())
+            return
+        self.task = None
+        self._next()
+
+    def _succeed(self, message: dns.message.Message, wire: bytes) -> None:
+        limits = self.gen.config.limits
+        ttl_s = dns_wire.answer_ttl_s(
+            message, limits.dns_cache_min_ttl_s, limits.dns_cache_max_ttl_s
+        )
+        rcode = message.rcode()
+        kept = rcode in _KEPT_RCODES
+        found = _Upstream(
+            time.monotonic() + ttl_s
+            if kept
+            else 0.0,  # SERVFAIL, REFUSED...: passed on, never kept
+            wire,
+            dns_wire.answer_addresses(message),
+            int(rcode),
+            message.edns < 0,
+        )
+        guard = self.guard
+        guard._inflight.pop(self.key, None)
+        if (
+            kept and self.gen is guard._gen
+        ):  # (a reload meanwhile has emptied the cache: keep it so)
+            guard._upstream.put(self.key, found)
+        self._tell(found, None)
+
+    def _fail(self, failure: _UpstreamFailure) -> None:
+        self.guard._inflight.pop(self.key, None)
+        self._tell(None, failure)
+
+    def _tell(self, found: _Upstream | None, failure: _UpstreamFailure | None) -> None:
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            waiter(found, failure)
+
+    def cancel(self) -> None:
+        """The guard is closing: stop asking; nobody is answered."""
+        self.waiters = []
+        if self.exchange is not None:
+            self.exchange.cancel()
+            self.exchange = None
+        if self.task is not None:
+            self.task.cancel()
+
+
+def _want_pktinfo(sock: socket.socket) -> bool:
+    """On a wildcard address, ask for each datagram's destination (see the module doc)."""
+    host = sock.getsockname()[0]
+    if host not in ("0.0.0.0", "::"):
+        return False
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(_IPPROTO_IPV6, _IPV6_RECVPKTINFO, 1)
+        try:  # IPv4 clients of a dual-stack socket: their destinations come as IP_PKTINFO
+            sock.setsockopt(_IPPROTO_IP, _IP_PKTINFO, 1)
+        except OSError:
+            pass
+    else:
+        sock.setsockopt(_IPPROTO_IP, _IP_PKTINFO, 1)
+    return True
+
+
+def _reply_source(ancillary: list[tuple[int, int, bytes]]) -> list[tuple[int, int, bytes]]:
+    """The control message that makes a reply leave from the address the query was sent to:
+    IPv4, struct in_pktinfo {ifindex, spec_dst, addr} with spec_dst = the query's destination
+    and ifindex 0 (routing picks the interface); IPv6, struct in6_pktinfo as received."""
+    for level, kind, data in ancillary:
+        if level == _IPPROTO_IP and kind == _IP_PKTINFO and len(data) >= 12:
+            return [(_IPPROTO_IP, _IP_PKTINFO, bytes(4) + data[8:12] + bytes(4))]
+        if level == _IPPROTO_IPV6 and kind == _IPV6_PKTINFO and len(data) >= 20:
+            return [(_IPPROTO_IPV6, _IPV6_PKTINFO, data[:20])]
+    return _NO_CMSG
 
 
 class _TcpClient(asyncio.Protocol):

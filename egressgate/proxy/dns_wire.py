@@ -1,13 +1,28 @@
 """DNS messages for the guard, through dnspython: queries in, answers out. No I/O, no policy.
 
-Every decode and encode goes through dnspython; the only bytes read by hand are the two the
-guard needs before trusting a decoder with anything: the message ID (to address a FORMERR) and
-the QR bit (a response is never answered, so two guards can never ping-pong).
+Every untrusted message (a client's query, an upstream answer) is decoded by dnspython; the only
+bytes read before that are the two the guard needs before trusting a decoder with anything: the
+message ID (to address a FORMERR) and the QR bit (a response is never answered, so two guards
+can never ping-pong).
+
+Two messages of a fixed shape are assembled from parts instead of being rendered by dnspython,
+because they are on the forwarded path of every new name and rendering a message costs about
+350 Python calls (measured: docs/performance.md):
+  - the upstream query (`upstream_request`): a 12-byte header (our random ID, RD, one question),
+    the question name as dnspython renders it, the type and class. No EDNS: the client's bytes
+    never leave the process, and an answer over 512 bytes comes truncated and is asked again
+    over TCP;
+  - the forwarded answer (`patched_answer`): the upstream's own answer, once dnspython has
+    decoded all of it and it answers our question, with its header re-addressed to the client
+    (the client's ID, RD and CD; RA; the upstream's AA and rcode), the client's question bytes
+    (its letter case) in place of ours (the same length, so every compression pointer still
+    points where it did), and an OPT record of ours when the client sent EDNS.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import struct
 from dataclasses import dataclass
 
 import dns.exception
@@ -124,6 +139,62 @@ def upstream_query(query: Query) -> dns.message.Message:
         use_edns=0,
         payload=UPSTREAM_PAYLOAD_BYTES,
     )
+
+
+_HEADER = struct.Struct("!HHHHHH")  # id, flags, qdcount, ancount, nscount, arcount
+_TYPE_CLASS = struct.Struct("!HH")
+# Our OPT record (RFC 6891): root owner, type OPT, class = our UDP payload size, TTL 0
+# (extended rcode 0, version 0, no DO), no options.
+_OUR_OPT = b"\x00" + struct.pack("!HHIH", 41, UPSTREAM_PAYLOAD_BYTES, 0, 0)
+_KEEP_FROM_CLIENT = int(dns.flags.RD | dns.flags.CD)
+_KEEP_FROM_UPSTREAM = int(dns.flags.AA) | 0x000F  # authoritative, and the (4-bit) rcode
+_ANSWER_FLAGS = int(dns.flags.QR | dns.flags.RA)
+_QUERY_FLAGS = int(dns.flags.RD)
+
+
+def question_wire(query: Query) -> bytes:
+    """The query's question section as the client wrote it (dnspython keeps the letter case)."""
+    name = query.qname.to_wire()
+    assert name is not None  # (to_wire returns None only when given a file to write to)
+    return name + _TYPE_CLASS.pack(query.qtype, query.qclass)
+
+
+def upstream_request(question: bytes, qid: int) -> bytes:
+    """The query we send upstream for `question` (question_wire): see the module doc."""
+    return _HEADER.pack(qid, _QUERY_FLAGS, 1, 0, 0, 0) + question
+
+
+def answers_question(response: dns.message.Message, qid: int, query: Query) -> bool:
+    """Whether a decoded upstream message is the answer to our query `qid` for `query`."""
+    if response.id != qid or not response.flags & dns.flags.QR:
+        return False
+    if response.opcode() != dns.opcode.QUERY or len(response.question) != 1:
+        return False
+    asked = response.question[0]
+    return bool(
+        asked.name == query.qname and asked.rdtype == query.qtype and asked.rdclass == query.qclass
+    )
+
+
+def patched_answer(query: Query, question: bytes, wire: bytes, tcp: bool) -> bytes | None:
+    """The upstream answer `wire` (decoded, answering `question`, without EDNS of its own: the
+    caller checks) re-addressed to the client (see the module doc); None when it does not fit
+    what the client takes: then `forwarded` renders it (truncated)."""
+    end = HEADER_BYTES + len(question)
+    if wire[HEADER_BYTES:end].lower() != question.lower():
+        return None  # not our question's bytes where ours were (a compressed echo?): render
+    client = query.message
+    _, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(wire)
+    flags = _ANSWER_FLAGS | (client.flags & _KEEP_FROM_CLIENT) | (flags & _KEEP_FROM_UPSTREAM)
+    opt = b""
+    if client.edns >= 0:
+        opt = _OUR_OPT
+        arcount += 1
+    head = _HEADER.pack(client.id, flags, qdcount, ancount, nscount, arcount)
+    reply = b"".join((head, question, memoryview(wire)[end:], opt))
+    if len(reply) > query.max_answer_bytes(tcp):
+        return None
+    return reply
 
 
 def forwarded(query: Query, upstream: dns.message.Message, tcp: bool) -> bytes:

@@ -103,6 +103,12 @@ def normalize_target_host(raw: str) -> Host:
     return host
 
 
+# Targets by (host text, port, connect): clients open tunnels to few destinations (bounded; an
+# invalid host is not stored). CONNECT keeps its own by the raw target (proxy/tunnel.py).
+_TARGETS: dict[tuple[str, int, bool], Target] = {}
+_TARGETS_MAX = 4096
+
+
 # ---- the steps: what the front end must do next (frozen values)
 @dataclass(frozen=True, slots=True)
 class NeedAddresses:
@@ -242,12 +248,18 @@ class Admission:
     ) -> Admission:
         """An admission for a host still as text (SOCKS5 domain or IP literal, SNI, Host):
         an invalid host is refused as host-not-allowed by the story itself."""
-        try:
-            target = Target(normalize_target_host(host), port, connect)
-        except Refused as exc:
-            admission = cls(gen, client, None, login, host_text=host, failure=exc)
-            admission.port = port
-            return admission
+        key = (host, port, connect)
+        target = _TARGETS.get(key)
+        if target is None:
+            try:
+                target = Target(normalize_target_host(host), port, connect)
+            except Refused as exc:
+                admission = cls(gen, client, None, login, host_text=host, failure=exc)
+                admission.port = port
+                return admission
+            if len(_TARGETS) >= _TARGETS_MAX:
+                _TARGETS.clear()
+            _TARGETS[key] = target
         return cls(gen, client, target, login)
 
     # ---- results the front end hands back
@@ -379,16 +391,19 @@ class Admission:
         """The bound on the whole ClientHello phase: first byte to last byte of the hello."""
         return min(MAX_HELLO_WAIT_S, self.gen.config.limits.header_timeout_s)
 
-    def judge_hello(self, data: bytes, timed_out: bool, eof: bool = False) -> Hello | Refuse:
+    def judge_hello(
+        self, data: bytes, timed_out: bool, eof: bool = False, sni: str | None = None
+    ) -> Hello | Refuse:
         """Judge a tunnel's first client bytes: RELAY them, NEED_MORE of them, or Refuse (a
         TLS access_denied alert if they were TLS: the 200 is already sent).
 
         `timed_out`: no more bytes will be waited for (the hello wait passed, or `eof`).
+        `sni`: the server name already read from `data` (the transparent listener routes on it).
         """
         policy, target = self._policy, self.target
         assert policy is not None
         assert target is not None
-        result = read_sni(data)
+        result = sni if sni is not None else read_sni(data)
         if result is HelloResult.NEED_MORE and not timed_out and len(data) < MAX_HELLO_BYTES:
             return Hello.NEED_MORE
         if isinstance(result, str):

@@ -1,10 +1,10 @@
 """TLS interception: the I/O driver of one intercepted tunnel (docs/interception.md).
 
-A front end (proxy/tunnel.py RawTunnel for CONNECT, proxy/transparent.py for redirected TLS)
-admits a tunnel exactly as always: decide on the name, resolve, vet, connect to a vetted
-address, read the ClientHello and judge its SNI. When the admitted host is listed under the
-policy's `intercept` (`Open.intercept`), it hands the client socket, the connected upstream
-socket and the hello bytes to an `InterceptSession` instead of the splice relay:
+A front end (proxy/raw_tunnel.py RawTunnel for CONNECT and SOCKS5, proxy/transparent.py for
+redirected TLS) admits a tunnel exactly as always: decide on the name, resolve, vet, connect
+to a vetted address, read the ClientHello and judge its SNI. When the admitted host is listed
+under the policy's `intercept` (`Open.intercept`), it hands the client socket, the connected
+upstream socket and the hello bytes to an `InterceptSession` instead of the splice relay:
 
     client ──TLS (leaf minted for the admitted name, ALPN http/1.1)──▶ InterceptSession
         RequestParser (http1/parser.py, bounded heads)
@@ -403,6 +403,8 @@ class InterceptSession(asyncio.Protocol):
             self.data_received(hello)
 
     def data_received(self, data: bytes) -> None:
+        if self.ended:
+            return  # bytes a closing transport still delivers
         self.last_activity = time.monotonic()
         try:  # the invariant's boundary (proxy/failsafe.py)
             self._in.write(data)
@@ -996,6 +998,12 @@ class InterceptSession(asyncio.Protocol):
     def close(self) -> None:
         """Drain, revocation: end now."""
         self._end("closed")
+
+    def shutdown_idle(self) -> None:
+        """Drain: a connection between requests (or still in its handshake) ends now, as an
+        idle plain-HTTP keep-alive connection does; one with a request in flight finishes it."""
+        if self.phase in (_IDLE, _HANDSHAKE) and self.ex is None:
+            self._end("closed")
 
     # ---- the one deadline (the server's sweeper calls check_deadline)
     def _arm(self, delay_s: float) -> None:

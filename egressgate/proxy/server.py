@@ -468,6 +468,8 @@ class ProxyServer:
         while loop.time() < deadline:
             for conn in list(ctx.live):
                 conn.shutdown_idle()
+            for tunnel in list(ctx.tunnels):
+                tunnel.shutdown_idle()  # an intercepted tunnel between requests closes now
             if not ctx.live and not ctx.tunnels:
                 break
             await asyncio.sleep(DRAIN_POLL_S)

@@ -185,9 +185,7 @@ class TlsHandshake:
 
     def _unregister(self) -> None:
         self.done = True
-        if self in self.ctx.live:
-            self.ctx.live.discard(self)
-            self.ctx.metrics.active_connections -= 1
+        self.ctx.leave_live(self)
 
     # Closable, for draining: a handshake in progress is not a request in flight.
     def shutdown_idle(self) -> None:

@@ -22,6 +22,8 @@ HTTP) is assumed.
 
 HTTP keep-alive: every later request head on the connection is read too (bytes still relayed
 unchanged); one naming another host closes the connection (fail closed: it was never judged).
+Both kinds are relayed by the spliced relay on the reactor (net/relay.py), as CONNECT tunnels
+are; for HTTP the client's direction is shown to the head parser chunk by chunk on its way.
 Refusals: HTTP gets the usual 403 (X-Egressgate-Reason), TLS an access_denied alert, anything
 else a close; every connection is one access record of kind `transparent`.
 """
@@ -39,8 +41,9 @@ from egressgate.http1.origin_host import request_host
 from egressgate.http1.parser import RequestParser
 from egressgate.names.hostname import normalize_host
 from egressgate.net.origdst import redirected_destination
-from egressgate.net.reactor import Readiness
-from egressgate.net.relay import Relay, RelayStats
+from egressgate.net.rawsocket import RawAcceptor, RawSocket
+from egressgate.net.reactor import READABLE, Readiness
+from egressgate.net.relay import Inspector, Relay, RelayStats
 from egressgate.net.tasks import spawn
 from egressgate.observe.record import AccessRecord
 from egressgate.policy.intercept import InterceptHost
@@ -48,6 +51,7 @@ from egressgate.policy.secret_scan import LeakScan
 from egressgate.proxy.acceptor import client_identity
 from egressgate.proxy.admit import connect_step
 from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.failsafe import internal_error
 from egressgate.proxy.gate import (
     Admission,
     Connect,
@@ -60,12 +64,15 @@ from egressgate.proxy.gate import (
     unreadable_hello_why,
 )
 from egressgate.proxy.intercept import InterceptSession, leak_finder
+from egressgate.proxy.raw_tunnel import RawTunnel
 from egressgate.proxy.refusal import TLS_ACCESS_DENIED_ALERT, refusal_response
 from egressgate.runtime.state import Generation
 from egressgate.tls.clienthello import MAX_HELLO_BYTES, HelloResult, read_sni
 
 KIND = "transparent"
+HOST_CHANGED = "host-changed"  # the relay's end when a later request names another host
 TLS_PORT = 443  # the port assumed when the connection was not redirected
+HELLO_WAIT_MAX_S = 5.0  # the first bytes' wait: at most this, or header_timeout_s if shorter
 HTTP_PORT = 80
 RECV_BYTES = 64 * 1024
 MAX_ACCEPTS_PER_WAKEUP = 64
@@ -76,33 +83,197 @@ _NAME_REFUSALS = frozenset({Reason.HOST_NOT_ALLOWED, Reason.IP_LITERAL_NOT_ALLOW
 
 
 class TransparentListener:
-    """Accepts redirected connections on one listening socket; one task per connection."""
+    """Accepts redirected connections on one listening socket.
+
+    The usual connection, a TLS ClientHello whose SNI arrived whole with the handshake, takes the
+    CONNECT raw path's synchronous machinery (TransparentTunnel, a RawTunnel): no coroutine, no
+    task, both sockets on the reactor. Everything else (HTTP, a hello in several pieces, nothing
+    yet, no name) is a TransparentConnection task, which reads on with the bytes already read.
+    """
 
     def __init__(self, ctx: ProxyContext, listener: socket.socket) -> None:
         self.ctx = ctx
         self.listener = listener
         self.loop = asyncio.get_running_loop()
         listener.setblocking(False)
+        self.raw = RawAcceptor(listener)
         self.loop.add_reader(listener.fileno(), self._accept)
 
     def _accept(self) -> None:
         ctx = self.ctx
+        accept = self.raw.accept
         for _ in range(MAX_ACCEPTS_PER_WAKEUP):
             try:
-                sock, peer = self.listener.accept()
+                client, peer = accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return  # EMFILE, ECONNABORTED: the next readiness tries again
             if ctx.state.closing or len(ctx.live) + len(ctx.tunnels) >= ctx.limits.max_connections:
-                sock.close()
+                client.close()
                 continue
-            sock.setblocking(False)
-            TransparentConnection(ctx, sock, str(peer[0])).start()
+            # As on the CONNECT listener: a client's first bytes are often already waiting.
+            try:
+                data: bytes | None = client.recv(RECV_BYTES)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError:
+                data = b""
+            if data is None:
+                _FirstBytes(ctx, client, str(peer[0])).start()
+            else:
+                _route(ctx, client, str(peer[0]), data, False)
 
     def close(self) -> None:
         self.loop.remove_reader(self.listener.fileno())
         self.listener.close()
+
+
+def _route(
+    ctx: ProxyContext, client: RawSocket, peer_host: str, data: bytes, in_reactor: bool
+) -> None:
+    """A whole ClientHello with an SNI (read short: nothing more is waiting) takes the raw path;
+    anything else the task path, with the bytes read so far."""
+    if len(data) < RECV_BYTES and starts_as_tls(data):
+        name = read_sni(data)
+        if isinstance(name, str):
+            state = Readiness()
+            if in_reactor:
+                ctx.reactor.set_handler(client.fileno(), state.note)
+            else:
+                ctx.reactor.add(client.fileno(), state.note)
+            TransparentTunnel(ctx, client, peer_host, name, data, state).start()
+            return
+    if in_reactor:
+        ctx.reactor.remove(client.fileno())  # the event loop reads it from now on
+    family = socket.AF_INET6 if ":" in peer_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, 0, client.detach())
+    TransparentConnection(ctx, sock, peer_host, data).start()
+
+
+class _FirstBytes:
+    """A redirected connection whose first bytes had not arrived at accept: waits for them on
+    the reactor (no task), then routes them as the listener would have. The wait is bounded by
+    the hello wait, enforced by the server's sweeper (it walks ctx.live)."""
+
+    __slots__ = ("ctx", "deadline", "fd", "peer_host", "sock")
+
+    def __init__(self, ctx: ProxyContext, sock: RawSocket, peer_host: str) -> None:
+        self.ctx = ctx
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer_host = peer_host
+        limits = ctx.limits
+        self.deadline = time.monotonic() + min(HELLO_WAIT_MAX_S, limits.header_timeout_s)
+
+    def start(self) -> None:
+        self.ctx.live.add(self)
+        self.ctx.metrics.active_connections += 1
+        self.ctx.reactor.add(self.fd, self._on_event, False, self._internal_error)
+
+    def _on_event(self, events: int) -> None:
+        if not events & READABLE:
+            return
+        try:
+            data = self.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        self._leave()
+        _route(self.ctx, self.sock, self.peer_host, data, True)
+
+    def check_deadline(self, now: float) -> None:
+        if self.deadline and now >= self.deadline:
+            self._leave()
+            _route(self.ctx, self.sock, self.peer_host, b"", True)  # "sent nothing": refused
+
+    def _internal_error(self, exc: Exception) -> None:
+        if self in self.ctx.live:
+            self._leave()
+            self.ctx.reactor.forget(self.fd)
+            self.sock.close()
+        internal_error(self.ctx.metrics, exc, "transparent first read")
+
+    def _leave(self) -> None:
+        self.deadline = 0.0
+        self.ctx.leave_live(self)
+
+    # Closable, for draining: nothing was read, nothing is owed
+    def shutdown_idle(self) -> None:
+        self.force_close()
+
+    def force_close(self) -> None:
+        if self in self.ctx.live:
+            self._leave()
+            self.ctx.reactor.forget(self.fd)
+            self.sock.close()
+
+
+def _original_text(original: tuple[str, int] | None) -> str | None:
+    if original is None:
+        return None
+    host, port = original
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class TransparentTunnel(RawTunnel):
+    """A redirected TLS connection whose SNI is known: the CONNECT raw path without the CONNECT
+    (no "200"; the hello is judged as soon as the connection is open). Refusals are a TLS
+    access_denied alert, as on the task path."""
+
+    __slots__ = ("_name", "original")
+
+    def __init__(
+        self,
+        ctx: ProxyContext,
+        client: RawSocket,
+        peer_host: str,
+        name: str,
+        hello: bytes,
+        client_state: Readiness,
+    ) -> None:
+        identity, client_text = client_identity(peer_host)
+        record = AccessRecord(time.time(), client_text, "TLS", KIND)
+        super().__init__(ctx, client, identity, record, hello, client_state)
+        self.original = redirected_destination(client)
+        record.original_dst = _original_text(self.original)
+        self._name = name
+
+    def _port(self) -> int:
+        return self.original[1] if self.original is not None else TLS_PORT
+
+    def _admit(self) -> Admission:
+        gen = self.ctx.state.current
+        return Admission.for_host(gen, self.identity, self._name, self._port(), True)
+
+    def _refused_admission(self, failure: ProxyFailure) -> Admission:
+        gen = self.ctx.state.current
+        admission = Admission(gen, self.identity, None, host_text=self._name, failure=failure)
+        admission.port = self._port()
+        return admission
+
+    def _established_bytes(self) -> bytes:
+        return b""  # nothing: _established judges the hello at once
+
+    def _established(self) -> None:
+        """Open: no "200" to send; the hello we already hold is judged at once."""
+        if self.done:
+            return
+        self.record.status = 200
+        outcome = self.admission.judge_hello(self.rest, True, sni=self._name)
+        if outcome is Hello.RELAY:
+            if self._intercept is not None:  # a host under `intercept` (proxy/intercept.py)
+                self._intercept_now(self.rest, self._intercept)
+            else:
+                self._relay_now(self.rest)
+        else:
+            self._hello = self.rest
+            self._cut(TLS_ACCESS_DENIED_ALERT)
+
+    def _refusal_bytes(self, step: Refuse) -> bytes:
+        """Refused before the relay: the client speaks TLS, so an alert, never an HTTP 403."""
+        return TLS_ACCESS_DENIED_ALERT
 
 
 class TransparentConnection:
@@ -117,6 +288,7 @@ class TransparentConnection:
         "client",
         "ctx",
         "done",
+        "first",
         "gen",
         "identity",
         "loop",
@@ -124,17 +296,18 @@ class TransparentConnection:
         "record",
     )
 
-    def __init__(self, ctx: ProxyContext, sock: socket.socket, peer_host: str) -> None:
+    def __init__(
+        self, ctx: ProxyContext, sock: socket.socket, peer_host: str, first: bytes | None = None
+    ) -> None:
         self.ctx = ctx
         self.client = sock
+        self.first = first  # what the listener already read (None: nothing had arrived)
         self.loop = asyncio.get_running_loop()
         self.gen: Generation = ctx.state.current  # one config from start to end
         self.identity, client_text = client_identity(peer_host)
         self.record = AccessRecord(time.time(), client_text, "-", KIND)
         self.original = redirected_destination(sock)
-        if self.original is not None:
-            host, port = self.original
-            self.record.original_dst = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.record.original_dst = _original_text(self.original)
         self.admission: Admission | None = None
         self._upstream: socket.socket | None = None
         self._relay: Relay | None = None
@@ -149,7 +322,10 @@ class TransparentConnection:
 
     # ---- drain (proxy/server.py)
     def shutdown_idle(self) -> None:
-        """Nothing is idle here: a connection is reading its name, or relaying."""
+        """Nothing is idle here (a connection is reading its name, or relaying), except an
+        intercepted connection between two requests."""
+        if self._session is not None:
+            self._session.shutdown_idle()
 
     def force_close(self) -> None:
         if self._session is not None:
@@ -171,9 +347,12 @@ class TransparentConnection:
 
     async def _run(self) -> None:
         limits = self.gen.config.limits
-        hello_wait_s = min(5.0, limits.header_timeout_s)
+        hello_wait_s = min(HELLO_WAIT_MAX_S, limits.header_timeout_s)
         start = self.loop.time()
-        data = await self._recv_within(start + hello_wait_s)
+        data = self.first
+        self.first = None
+        if data is None:
+            data = await self._recv_within(start + hello_wait_s)
         if not data:
             await self._no_name(data or b"", "the client sent nothing within the hello wait")
         elif starts_as_tls(data):
@@ -214,7 +393,9 @@ class TransparentConnection:
         else:
             if result is HelloResult.NEED_MORE and len(data) >= MAX_HELLO_BYTES:
                 result = HelloResult.TOO_LARGE
-            why = unreadable_hello_why(result, len(data), eof, min(5.0, self._header_timeout()))
+            why = unreadable_hello_why(
+                result, len(data), eof, min(HELLO_WAIT_MAX_S, self._header_timeout())
+            )
             if timed_out:
                 why = f"the TLS ClientHello was incomplete after the hello wait ({len(data)} bytes)"
             await self._refuse(self._policy_less(Refused(Reason.SNI_UNREADABLE, why)), data)
@@ -325,11 +506,14 @@ class TransparentConnection:
             self._intercept_now(data, step.intercept)
         elif parser is None:
             self._relay_raw(data)
+        elif self.gen.policies.all_secrets:
+            await self._relay_http_scanned(data, parser)
         else:
-            await self._relay_http(data, parser)
+            self._relay_http(data, parser)
 
-    def _relay_raw(self, data: bytes) -> None:
-        """Spliced relay on the reactor (net/relay.py), the peeked bytes first, unchanged."""
+    def _relay_raw(self, data: bytes, inspect_up: Inspector | None = None) -> None:
+        """Spliced relay on the reactor (net/relay.py), the peeked bytes first, unchanged;
+        `inspect_up` sees every later client chunk (HTTP keep-alive)."""
         upstream = self._upstream
         assert upstream is not None
         reactor = self.ctx.reactor
@@ -346,6 +530,7 @@ class TransparentConnection:
             self._relayed,
             self.gen.config.limits.idle_timeout_s,
             initial_up=data,
+            inspect_up=inspect_up,
         )
         self._relay = relay
         relay.start()
@@ -366,11 +551,26 @@ class TransparentConnection:
 
     def _relayed(self, stats: RelayStats) -> None:
         self._relay = None
+        if stats.end == HOST_CHANGED:
+            self.record.detail = (
+                "a later request on this connection named another host: connection closed"
+            )
         self._finish(stats, None, closed=True)
 
-    async def _relay_http(self, data: bytes, parser: RequestParser) -> None:
-        """Relay through Python: every later request head is read, one naming another host
-        closes the connection. The bytes go on unchanged."""
+    def _relay_http(self, data: bytes, parser: RequestParser) -> None:
+        """The same spliced relay; every later request head the client sends is read on the
+        way (the bytes go on unchanged), and one naming another host closes the connection.
+        The responses are spliced: only the client's direction passes through Python.
+        (With interception secrets configured: _relay_http_scanned.)"""
+        assert self.admission is not None
+        judged = self.admission.target.host if self.admission.target is not None else None
+        self._relay_raw(data, _HeadWatch(parser, judged).inspect)
+
+    async def _relay_http_scanned(self, data: bytes, parser: RequestParser) -> None:
+        """Relay through Python, when interception secrets exist: every byte the client sends is
+        scanned for them before it goes out (held back across reads, policy/secret_scan.py),
+        which the spliced relay cannot do; every later request head is read, one naming another
+        host closes the connection. The bytes go on unchanged."""
         upstream = self._upstream
         assert upstream is not None
         assert self.admission is not None
@@ -560,6 +760,33 @@ class TransparentConnection:
         if record.status == 0:
             record.status = 200
         ctx.finish(record)
+
+
+class _HeadWatch:
+    """The relay's inspector for an HTTP connection: feeds the client's bytes to the request
+    parser; a head for another host (or bytes it cannot parse) ends the relay."""
+
+    __slots__ = ("judged", "parser")
+
+    def __init__(self, parser: RequestParser, judged: object) -> None:
+        self.parser: RequestParser | None = parser
+        self.judged = judged
+
+    def inspect(self, data: bytes) -> str | None:
+        parser = self.parser
+        if parser is None:
+            return None  # after an Upgrade: not HTTP any more
+        try:
+            events = parser.feed(data)
+        except ProtocolError:
+            return HOST_CHANGED  # unreadable: it cannot be judged either
+        for event in events:
+            if isinstance(event, TunnelStart):
+                self.parser = None
+                return None
+            if isinstance(event, RequestHead) and not _same_host(event, self.judged):
+                return HOST_CHANGED
+        return None
 
 
 def _first_head(events: Sequence[object]) -> RequestHead | None:

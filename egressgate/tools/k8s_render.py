@@ -78,6 +78,7 @@ COMPONENT_PROXY = "proxy"
 COMPONENT_PROXY_POLICY = "proxy-network-policy"
 COMPONENT_CLIENT_POLICY = "client-network-policy"
 COMPONENT_CLIENT_ENV = "client-env"
+COMPONENT_VERIFY = "verify-job"  # k8s_verify_job: `verify --attack` as the app
 COMPONENT_INJECT = "inject"  # the injection webhook (tools/k8s_inject.py)
 COMPONENT_CLIENT_CA = "client-ca"
 
@@ -1214,6 +1215,15 @@ tunnels it still holds once its drain time is over.""",
 The proxy pods: in, only from the app pods on the proxy port (and the admin port for metrics);
 out, DNS and the internet, but not the cluster's own ranges nor link-local/metadata addresses:
 an allowlisted name that resolves to an internal address still cannot reach it.""",
+    ("Job", COMPONENT_VERIFY): """\
+`egressgate verify --attack` once, AS THE APP: the pod carries the app's labels (so the app's
+NetworkPolicy applies to it) and the app's proxy variables. Its exit status is the verdict:
+  kubectl -n <namespace> wait --for=condition=complete job/<name> --timeout=5m
+  kubectl -n <namespace> logs job/<name>
+Re-run: delete the Job and apply again. The pod is never Ready, so no Service sends it traffic.""",
+    ("Role", COMPONENT_VERIFY): """\
+Lets the verify Job read this namespace's NetworkPolicies (to find `egress: - {{}}`) and its own
+pod's labels. Nothing else; remove it (and the binding) to skip that check.""",
     ("ConfigMap", COMPONENT_CLIENT_CA): f"""\
 TLS interception: the CA that signs the intercepted hosts' certificates, for the app to trust
 (certificates only; the key stays in the proxy's Secret). Mount it in the app's pod at

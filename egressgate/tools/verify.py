@@ -638,7 +638,7 @@ def _bypass_blocked_text(kind: ErrorKind, text: str) -> str:
 # -- socket I/O --------------------------------------------------------------------------------
 
 
-class _Deadline:
+class Deadline:
     def __init__(self, seconds: float) -> None:
         self.end = time.monotonic() + seconds
 
@@ -649,7 +649,7 @@ class _Deadline:
         return left
 
 
-def _read_head(sock: socket.socket, deadline: _Deadline) -> tuple[bytes, bytes]:
+def read_head(sock: socket.socket, deadline: Deadline) -> tuple[bytes, bytes]:
     """Bytes up to the blank line, and any bytes read past it."""
     buf = b""
     while b"\r\n\r\n" not in buf:
@@ -665,7 +665,7 @@ def _read_head(sock: socket.socket, deadline: _Deadline) -> tuple[bytes, bytes]:
 
 
 def _read_refusal_body(
-    sock: socket.socket, head: ResponseHead, rest: bytes, deadline: _Deadline
+    sock: socket.socket, head: ResponseHead, rest: bytes, deadline: Deadline
 ) -> ResponseHead:
     """Read the proxy's short text body (bounded) so its `detail:` line can be shown."""
     length_text = head.header("Content-Length") or ""
@@ -685,21 +685,21 @@ def _read_refusal_body(
     return ResponseHead(head.status, head.phrase, head.headers, body[:length])
 
 
-def _request_bytes(method: str, target: str, host: str, extra: Sequence[tuple[str, str]]) -> bytes:
+def request_bytes(method: str, target: str, host: str, extra: Sequence[tuple[str, str]]) -> bytes:
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", f"User-Agent: {USER_AGENT}"]
     lines += [f"{n}: {v}" for n, v in extra]
     return ("\r\n".join([*lines, "", ""])).encode("latin-1")
 
 
-def _exchange(sock: socket.socket, request: bytes, deadline: _Deadline) -> ResponseHead:
+def exchange(sock: socket.socket, request: bytes, deadline: Deadline) -> ResponseHead:
     sock.settimeout(deadline.left())
     sock.sendall(request)
-    raw, rest = _read_head(sock, deadline)
+    raw, rest = read_head(sock, deadline)
     head = parse_response_head(raw)
     return _read_refusal_body(sock, head, rest, deadline)
 
 
-def _connect(host: str, port: int, deadline: _Deadline) -> socket.socket:
+def _connect(host: str, port: int, deadline: Deadline) -> socket.socket:
     return socket.create_connection((host, port), timeout=deadline.left())
 
 
@@ -717,16 +717,16 @@ class Probe:
 
 def probe_health(endpoint: ProxyEndpoint, timeout_s: float) -> Probe:
     """TCP connect to the proxy port and an origin-form GET /healthz."""
-    deadline, started = _Deadline(timeout_s), time.monotonic()
+    deadline, started = Deadline(timeout_s), time.monotonic()
     try:
         sock = _connect(endpoint.host, endpoint.port, deadline)
     except OSError as exc:
         return Probe(None, exc, "connect", total_ms=_ms(started))
     connected = _ms(started)
     with sock:
-        request = _request_bytes("GET", "/healthz", endpoint.authority, [("Connection", "close")])
+        request = request_bytes("GET", "/healthz", endpoint.authority, [("Connection", "close")])
         try:
-            head = _exchange(sock, request, deadline)
+            head = exchange(sock, request, deadline)
         except (OSError, ValueError) as exc:
             return Probe(None, exc, "request", connected, _ms(started))
     return Probe(head, None, "", connected, _ms(started))
@@ -736,7 +736,7 @@ def request_via_proxy(
     endpoint: ProxyEndpoint, url: Url, timeout_s: float, cacert: str | None
 ) -> Probe:
     """http://: an absolute-form GET. https://: CONNECT, then TLS (verified), then a GET."""
-    deadline, started = _Deadline(timeout_s), time.monotonic()
+    deadline, started = Deadline(timeout_s), time.monotonic()
     try:
         sock = _connect(endpoint.host, endpoint.port, deadline)
     except OSError as exc:
@@ -747,9 +747,9 @@ def request_via_proxy(
     with sock:
         if url.scheme == "http":
             headers = [("Accept", "*/*"), *extra, ("Connection", "close")]
-            request = _request_bytes("GET", url.absolute, url.host_header, headers)
+            request = request_bytes("GET", url.absolute, url.host_header, headers)
             try:
-                head = _exchange(sock, request, deadline)
+                head = exchange(sock, request, deadline)
             except (OSError, ValueError) as exc:
                 return Probe(None, exc, "request", connected, _ms(started))
             return Probe(head, None, "", connected, _ms(started))
@@ -760,14 +760,14 @@ def _through_tunnel(
     sock: socket.socket,
     url: Url,
     extra: list[tuple[str, str]],
-    deadline: _Deadline,
+    deadline: Deadline,
     cacert: str | None,
     connected: float,
     started: float,
 ) -> Probe:
     try:
-        head = _exchange(
-            sock, _request_bytes("CONNECT", url.authority, url.authority, extra), deadline
+        head = exchange(
+            sock, request_bytes("CONNECT", url.authority, url.authority, extra), deadline
         )
     except (OSError, ValueError) as exc:
         return Probe(None, exc, "request", connected, _ms(started))
@@ -780,11 +780,11 @@ def _through_tunnel(
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         return Probe(head, exc, "tls", connected, _ms(started))
     with tls:
-        request = _request_bytes(
+        request = request_bytes(
             "GET", url.path, url.host_header, [("Accept", "*/*"), ("Connection", "close")]
         )
         try:
-            answer = _exchange(tls, request, deadline)
+            answer = exchange(tls, request, deadline)
         except (OSError, ValueError) as exc:
             return Probe(head, exc, "tls-request", connected, _ms(started), tls=True)
     return Probe(answer, None, "", connected, _ms(started), tls=True)
@@ -892,14 +892,14 @@ def check_allowed(endpoint: ProxyEndpoint, url: Url, options: Options) -> Check:
     return Check("allowed", title, status, detail, url.text, data)
 
 
-def _access_denied(exc: BaseException | None) -> bool:
+def access_denied(exc: BaseException | None) -> bool:
     """The TLS alert the proxy sends when its SNI check refuses a tunnel after "200"."""
     return getattr(exc, "reason", None) == "TLSV1_ALERT_ACCESS_DENIED"
 
 
 def _tls_failure(probe: Probe, options: Options) -> str:
     exc = probe.error
-    if _access_denied(exc):
+    if access_denied(exc):
         return (
             "the proxy opened the tunnel, then refused the TLS server name (alert access_denied "
             "from its SNI check)"
@@ -921,7 +921,7 @@ def check_denied(endpoint: ProxyEndpoint, url: Url, options: Options) -> Check:
     data = _probe_data(probe, endpoint)
     if probe.stage == "tls":
         exc = probe.error
-        if _access_denied(exc):
+        if access_denied(exc):
             detail = "refused by the proxy's SNI check (TLS alert access_denied after the tunnel)"
             return Check("denied", title, Status.PASS, detail, url.text, data)
         detail = "the proxy opened a tunnel to it (200): the proxy let it through"
@@ -1068,7 +1068,7 @@ def _via_proxy(
 
 # -- output ------------------------------------------------------------------------------------
 
-_MARKS = {
+MARKS = {  # also verify --attack's pod checks (attack_report.py)
     True: {Status.PASS: "✓", Status.FAIL: "✗", Status.WARN: "!", Status.SKIP: "\u2013"},
     False: {Status.PASS: "+", Status.FAIL: "x", Status.WARN: "!", Status.SKIP: "-"},
 }
@@ -1083,7 +1083,7 @@ _GROUPS = (
 
 def render_text(report: Report, *, unicode: bool = True) -> str:
     """The readable checklist: one line per check, grouped, then a verdict line."""
-    marks = _MARKS[unicode]
+    marks = MARKS[unicode]
     lines: list[str] = []
     for prefix, heading in _GROUPS:
         group = [c for c in report.checks if c.name.split(".", 1)[0] == prefix]

@@ -2,11 +2,15 @@
 
     ip netns exec NS python -m tests.e2e.internet SPEC.json
 
-SPEC is {"dns": {"listen": "IP", "records": {"name": ["IP", ...]}},
-         "origins": [{"name": "allowed", "listen": "IP:PORT", "cert": PEM, "key": PEM}, ...]}
-(`cert`/`key` make an origin speak TLS). The DNS server answers A queries for its records
-(authoritative, UDP and TCP on port 53), NXDOMAIN for anything else and NOERROR/no data for other
-types. Origins answer any GET with 200 "hello from NAME" and `X-Origin: NAME`.
+SPEC is {"dns": {"listen": "IP" or ["IP", ...], "records": {"name": ["IP", ...]}},
+         "origins": [{"name": "allowed", "listen": "IP:PORT", "cert": PEM, "key": PEM}, ...],
+         "udp": ["IP:PORT", ...]}
+(`cert`/`key` make an origin speak TLS; an IPv6 origin listens on "[IP]:PORT"). The DNS server
+answers A queries with the IPv4 records and AAAA queries with the IPv6 ones (authoritative, UDP
+and TCP on port 53, on every listen address), NXDOMAIN for names it does not know and
+NOERROR/no data for other types. Origins answer any GET with 200 "hello from NAME" and
+`X-Origin: NAME`. Each "udp" socket answers every datagram with a short one (a stand-in for a
+QUIC server's Version Negotiation) and reports {"event": "udp", "listen", "peer", "bytes"}.
 
 stdout is JSON lines, for the test to read: {"event": "ready"} once every socket is bound, then
 {"event": "request", "origin", "peer", "method", "target"} per request and {"event": "dns",
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import socketserver
 import ssl
 import struct
@@ -27,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSRecord
 
 _print_lock = threading.Lock()
 
@@ -53,7 +58,12 @@ def answer(records: dict[str, list[str]], data: bytes, peer: str) -> bytes | Non
         reply.header.rcode = RCODE.NXDOMAIN
     elif request.q.qtype == QTYPE.A:
         for address in records[name]:
-            reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(address), ttl=5))
+            if ":" not in address:
+                reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(address), ttl=5))
+    elif request.q.qtype == QTYPE.AAAA:
+        for address in records[name]:
+            if ":" in address:
+                reply.add_answer(RR(request.q.qname, QTYPE.AAAA, rdata=AAAA(address), ttl=5))
     return bytes(reply.pack())
 
 
@@ -124,9 +134,16 @@ class _OriginServer(ThreadingHTTPServer):
     origin_name: str
 
 
+class _OriginServer6(_OriginServer):
+    address_family = socket.AF_INET6
+
+
 def _origin(spec: dict[str, Any]) -> _OriginServer:
     host, _, port = spec["listen"].rpartition(":")
-    server = _OriginServer((host, int(port)), _Origin)
+    if host.startswith("["):
+        server: _OriginServer = _OriginServer6((host.strip("[]"), int(port)), _Origin)
+    else:
+        server = _OriginServer((host, int(port)), _Origin)
     server.origin_name = spec["name"]
     if spec.get("cert"):
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -138,18 +155,39 @@ def _origin(spec: dict[str, Any]) -> _OriginServer:
     return server
 
 
+# -- UDP (QUIC stand-in) ----------------------------------------------------------------------
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        data, sock = self.request
+        listen = "{}:{}".format(*sock.getsockname()[:2])
+        emit("udp", listen=listen, peer=self.client_address[0], bytes=len(data))
+        sock.sendto(b"\x80\x00\x00\x00\x00" + bytes(16), self.client_address)
+
+
+class _UdpServer(socketserver.ThreadingUDPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[1]).read_text())
     servers: list[socketserver.BaseServer] = []
     dns = spec["dns"]
     records = {k.lower(): v for k, v in dns["records"].items()}
-    for cls in (_DnsUdp, _DnsTcp):
-        server = cls((dns["listen"], 53), _Udp if cls is _DnsUdp else _Tcp)
-        server.records = records
-        servers.append(server)
+    listens = dns["listen"] if isinstance(dns["listen"], list) else [dns["listen"]]
+    for listen in listens:
+        for cls in (_DnsUdp, _DnsTcp):
+            server = cls((listen, 53), _Udp if cls is _DnsUdp else _Tcp)
+            server.records = records
+            servers.append(server)
     servers += [_origin(o) for o in spec["origins"]]
-    for server in servers:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+    for udp in spec.get("udp", []):
+        host, _, port = udp.rpartition(":")
+        servers.append(_UdpServer((host, int(port)), _Echo))
+    for running in servers:
+        threading.Thread(target=running.serve_forever, daemon=True).start()
     emit("ready", pid=os.getpid())
     while True:
         time.sleep(3600)

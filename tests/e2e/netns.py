@@ -26,13 +26,15 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from tests.support.proxy import REPO_ROOT
+from tests.support.proxy import REPO_ROOT, clean_env
 
 NETNS_ETC = Path("/etc/netns")  # `ip netns exec NS` bind-mounts /etc/netns/NS/* over /etc/*
 COMMAND_TIMEOUT = 20.0
@@ -312,6 +314,35 @@ class Lab:
         self.namespaces.clear()
         if errors:
             raise NetnsError("lab cleanup: " + "; ".join(errors))
+
+
+def start_internet(lab: Lab, ns: Namespace, spec: Mapping[str, Any], workdir: Path) -> Service:
+    """tests/e2e/internet.py in `ns` with this SPEC (written to workdir), once it is ready."""
+    path = workdir / "internet.json"
+    path.write_text(json.dumps(spec))
+    argv = [sys.executable, "-m", "tests.e2e.internet", str(path)]
+    service = lab.spawn(ns, argv, clean_env({"PYTHONUNBUFFERED": "1"}))
+    service.wait_for(lambda e: e.get("event") == "ready")
+    return service
+
+
+def shared_workdir(lab: Lab, prefix: str) -> Path:
+    """A directory another UID (the sidecar's `nobody`) can read (config) and write (access log)
+    in, removed at close."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    lab.on_close(lambda: shutil.rmtree(path, ignore_errors=True))
+    return path
+
+
+def egressgate_as(ns: Namespace, uid: int) -> list[str]:
+    """The command that runs `python -m egressgate` in `ns` as `uid`, as in a pod. Only for the
+    tests: the interpreter and its packages may live under a 0700 home (pyenv under /root), so
+    the UID keeps the one capability to read them. It changes nothing on the network path (the
+    redirect rules match on the UID)."""
+    setpriv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    setpriv += ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+    return [*ns.exec_prefix(), *setpriv, sys.executable, "-m", "egressgate"]
 
 
 def _remove_namespace(ns: Namespace) -> list[str]:

@@ -36,7 +36,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.netns import Lab, Namespace, Service, egress_ruleset, existing_namespaces
+from tests.e2e.netns import (
+    Lab,
+    Namespace,
+    Service,
+    egress_ruleset,
+    existing_namespaces,
+    start_internet,
+)
 from tests.e2e.netns import unavailable as netns_unavailable
 from tests.support.proxy import ProxyProcess, clean_env
 from tests.support.tlsca import HarnessCA
@@ -141,12 +148,7 @@ def _start_internet(lab: Lab, internet: Namespace, ca: HarnessCA, workdir: Path)
             },
         ],
     }
-    spec_path = workdir / "internet.json"
-    spec_path.write_text(json.dumps(spec))
-    argv = [sys.executable, "-m", "tests.e2e.internet", str(spec_path)]
-    service = lab.spawn(internet, argv, clean_env({"PYTHONUNBUFFERED": "1"}))
-    service.wait_for(lambda e: e.get("event") == "ready")
-    return service
+    return start_internet(lab, internet, spec, workdir)
 
 
 def _start_proxy(lab: Lab, proxy_ns: Namespace, workdir: Path) -> ProxyProcess:

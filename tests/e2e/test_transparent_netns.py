@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,15 @@ from typing import Any
 import pytest
 
 from egressgate.tools.redirect import TABLE, nft_script
-from tests.e2e.netns import Lab, Namespace, Service, existing_namespaces
+from tests.e2e.netns import (
+    Lab,
+    Namespace,
+    Service,
+    egressgate_as,
+    existing_namespaces,
+    shared_workdir,
+    start_internet,
+)
 from tests.e2e.netns import unavailable as netns_unavailable
 from tests.support.proxy import ProxyProcess, clean_env
 from tests.support.tlsca import HarnessCA
@@ -152,20 +159,11 @@ def _internet(
             },
         ],
     }
-    path = workdir / "internet.json"
-    path.write_text(json.dumps(spec))
-    argv = [sys.executable, "-m", "tests.e2e.internet", str(path)]
-    service = lab.spawn(ns, argv, clean_env({"PYTHONUNBUFFERED": "1"}))
-    service.wait_for(lambda e: e.get("event") == "ready")
-    return service
+    return start_internet(lab, ns, spec, workdir)
 
 
 def _shared_workdir(lab: Lab) -> Path:
-    """A directory the proxy's `nobody` can read (config) and write (access log) in."""
-    path = Path(tempfile.mkdtemp(prefix="egt-transparent-"))
-    path.chmod(0o755)
-    lab.on_close(lambda: shutil.rmtree(path, ignore_errors=True))
-    return path
+    return shared_workdir(lab, "egt-transparent-")
 
 
 @dataclass
@@ -246,8 +244,9 @@ def sidecar(test_ca: HarnessCA) -> Iterator[World]:
             "listen": "127.0.0.1:3128",
             "admin_listen": None,
             "transparent_listen": f"127.0.0.1:{TRANSPARENT_PORT}",
-            # 127.0.0.1, not 0.0.0.0: a UDP socket on the wildcard answers a REDIRECTed query
-            # from the pod address, which conntrack does not match to the query.
+            # 127.0.0.1, as `k8s render --mode transparent` requires of a sidecar. (0.0.0.0
+            # works too since the guard replies from each query's destination, IP_PKTINFO:
+            # tests/e2e/test_netns_addresses.py.)
             "dns_listen": f"127.0.0.1:{DNS_PORT}",
             "allow": [ALLOWED],
             "http_ports": [80],
@@ -256,13 +255,8 @@ def sidecar(test_ca: HarnessCA) -> Iterator[World]:
             "nameservers": [DNS_IP],
             "access_log": str(log),
         }
-        # Another UID, as in the pod. Only for this test: the interpreter and its packages may
-        # live under a 0700 home (pyenv under /root), so `nobody` keeps the one capability to
-        # read them. It changes nothing on the network path (the rules match on the UID).
-        setpriv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-        setpriv += ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
-        command = [*pod.exec_prefix(), *setpriv, sys.executable, "-m", "egressgate"]
-        proxy = ProxyProcess(config, workdir, command=command)
+        # Another UID, as in the pod (see netns.egressgate_as).
+        proxy = ProxyProcess(config, workdir, command=egressgate_as(pod, NOBODY))
         lab.on_close(proxy.close)
         (workdir / "config.yaml").chmod(0o644)
         proxy.start()

@@ -159,8 +159,10 @@ def rig(test_ca: HarnessCA, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 # ---- a raw client: CONNECT, TLS with the interception CA, exact request bytes
-def _tunnel(rig: Rig, name: str, port: int, ca: HarnessCA | None = None) -> ssl.SSLSocket:
-    raw = socket.create_connection(rig.proxy.proxy_address, timeout=10)
+def _tunnel(
+    rig: Rig, name: str, port: int, ca: HarnessCA | None = None, via: ProxyProcess | None = None
+) -> ssl.SSLSocket:
+    raw = socket.create_connection((via or rig.proxy).proxy_address, timeout=10)
     raw.sendall(f"CONNECT {name}:{port} HTTP/1.1\r\nHost: {name}:{port}\r\n\r\n".encode())
     head = b""
     while b"\r\n\r\n" not in head:
@@ -589,3 +591,30 @@ def test_after_a_reload_requests_on_an_open_connection_follow_the_new_rules(rig:
         assert headers["x-egressgate-reason"] == "rule-not-matched"
     finally:
         rig.proxy.reload(original, wait_for="reloaded")
+
+
+def test_sigterm_closes_an_idle_intercepted_connection_at_once(rig: Rig, tmp_path: Path) -> None:
+    """A drain closes intercepted connections between requests promptly, as it does idle
+    plain-HTTP keep-alive connections, instead of waiting for drain_timeout_s."""
+    import copy
+    import time
+
+    config = copy.deepcopy(rig.proxy.config)
+    config["limits"] = {**config["limits"], "drain_timeout_s": 20}
+    config["access_log"] = str(tmp_path / "access.log")
+    config.pop("transparent_listen")  # (its origins are the module proxy's business)
+    proxy = ProxyProcess(config, tmp_path / "proxy", env=ENV).start()
+    try:
+        with _tunnel(rig, "api.test", rig.api.port, via=proxy) as tls:
+            request = f"GET /echo-headers HTTP/1.1\r\nHost: api.test:{rig.api.port}\r\n\r\n"
+            status, _, _ = _exchange(tls, request.encode())
+            assert status == 200
+            started = time.monotonic()
+            assert proxy.terminate(timeout=25) == 0
+            took = time.monotonic() - started
+        assert took < 10, f"exited {took:.1f}s after SIGTERM (drain_timeout_s 20)"
+        records = [r for r in proxy.access_records() if r["kind"] == "tunnel"]
+        assert records
+        assert records[-1]["detail"] == "intercepted"
+    finally:
+        proxy.close()

@@ -6,7 +6,7 @@ that raises RuntimeError (a stand-in for any bug) when the destination's name st
 
 - `resolve`:   the resolver's lookup (in a spawned task: NeedAddresses on a cache miss)
 - `pool`:      the upstream pool lookup (in the client's data_received callback)
-- `connect`:   the raw CONNECT's socket creation (in a deferred outbox action)
+- `connect`:   the raw tunnel's socket creation (in a deferred outbox action)
 - `hello`:     the ClientHello reader (after the tunnel's "200": in a reactor handler)
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from egressgate.cli.main import main
 from egressgate.net import resolver
-from egressgate.proxy import gate, tunnel, upstream_pool
+from egressgate.proxy import gate, raw_tunnel, upstream_pool
 
 
 def _fail(what: str) -> RuntimeError:
@@ -49,7 +49,7 @@ def _inject(fault: str) -> None:
         def stream(v6: bool) -> Any:
             raise _fail("connect")
 
-        tunnel.nonblocking_stream = stream  # type: ignore[attr-defined]
+        raw_tunnel.nonblocking_stream = stream  # type: ignore[attr-defined]
     elif fault == "hello":
 
         def read_sni(data: bytes) -> Any:

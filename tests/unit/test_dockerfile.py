@@ -181,6 +181,25 @@ def test_read_only_root_filesystem_friendly() -> None:
     assert workdir == "/tmp" or workdir.startswith("/tmp/")
 
 
+def test_the_image_has_nft_when_the_sidecar_init_container_uses_it() -> None:
+    """`k8s render --mode transparent` runs `nft` in an init container of the egressgate image
+    itself unless --init-image says otherwise: the image must ship nftables."""
+    from egressgate.config.load import load_config_text
+    from egressgate.tools import k8s_sidecar
+
+    text = "transparent_listen: 127.0.0.1:3130\ndns_listen: 127.0.0.1:5353\nallow: [a.test]\n"
+    options = k8s_render.RenderOptions()
+    objects = k8s_sidecar.render_sidecar(load_config_text(text), text, options)
+    pods = [o["template"]["spec"] for o in objects if o.get("kind") == "PodTemplate"]
+    assert pods, [o.get("kind") for o in objects]
+    init = pods[0]["initContainers"][0]
+    assert init["image"] == options.image  # the same image as the proxy
+    assert init["command"][0] == "nft"
+    runs = " ".join(_final().all("RUN"))
+    assert re.search(r"apt-get install[^&]*\bnftables\b", runs), runs
+    assert "rm -rf /var/lib/apt/lists" in runs  # no package lists left in the image
+
+
 # ---------------------------------------------------------------------------------------------
 # The egressgate commands the Dockerfile runs exist, with the flags it gives them
 # ---------------------------------------------------------------------------------------------
