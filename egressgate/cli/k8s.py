@@ -508,6 +508,14 @@ def _run(args: argparse.Namespace) -> int:
         print(f"egressgate k8s render: cannot read a file of the config: {exc}", file=sys.stderr)
         return 2
     if args.inject:
+        if args.verify_job:
+            # Two different renders: one would silently be dropped.
+            print(
+                "egressgate k8s render: --verify-job renders the app's audit Job and --inject the "
+                "webhook; run them as two renders",
+                file=sys.stderr,
+            )
+            return 2
         return _run_inject(args, config, options)
     job = _verify_job(args)
     if job is not None and args.mode != "explicit":

@@ -106,3 +106,6 @@ def test_the_job_needs_targets_and_explicit_mode(config: Path, tmp_path: Path) -
     code, _, stderr = _render("-c", str(sidecar), "--mode", "transparent", *JOB_ARGS)
     assert code == 2
     assert "--verify-job is for --mode explicit" in stderr
+    code, _, stderr = _render("-c", str(config), "--inject", *JOB_ARGS)
+    assert code == 2, "the Job must not be silently dropped from an --inject render"
+    assert "run them as two renders" in stderr
