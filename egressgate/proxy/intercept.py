@@ -118,41 +118,36 @@ def intercept_tls(gen: Generation) -> InterceptTls:
 
 
 # ---- secrets: one finder per (host, generation), built on first use
-_LEAK_FINDERS: dict[tuple[int, InterceptHost | None], SecretFinder | None] = {}
-_REDACT_FINDERS: dict[int, SecretFinder | None] = {}
-_MAX_FINDERS = 256
+# Key: (generation number, the InterceptHost whose own secrets are excepted, None for a
+# plain-HTTP leg, or _EVERY for the redaction finder, which excepts none).
+_FINDERS: dict[tuple[int, object], SecretFinder | None] = {}
+_EVERY = object()
+_MAX_FINDERS = 512
 
 
-def generation_secrets(gen: Generation) -> tuple[tuple[bytes, InterceptHost], ...]:
-    """Every secret of every policy of `gen`, with the intercepted host it belongs to."""
-    return gen.policies.all_secrets
+def _finder(gen: Generation, owner: object, excepted: tuple[bytes, ...]) -> SecretFinder | None:
+    key = (gen.number, owner)
+    try:
+        return _FINDERS[key]
+    except KeyError:
+        pass
+    secrets = [secret for secret, _host in gen.policies.all_secrets if secret not in excepted]
+    finder = SecretFinder(secrets) if secrets else None
+    if len(_FINDERS) >= _MAX_FINDERS:
+        _FINDERS.clear()
+    _FINDERS[key] = finder
+    return finder
 
 
 def leak_finder(gen: Generation, own: InterceptHost | None) -> SecretFinder | None:
     """The secrets a request to `own` (None: a plain-HTTP request) must not carry: every
     secret of the generation that does not belong to `own`. None when there are none."""
-    key = (gen.number, own)
-    if key in _LEAK_FINDERS:
-        return _LEAK_FINDERS[key]
-    mine = own.secrets if own is not None else ()
-    others = [secret for secret, _host in generation_secrets(gen) if secret not in mine]
-    finder = SecretFinder(others) if others else None
-    if len(_LEAK_FINDERS) >= _MAX_FINDERS:
-        _LEAK_FINDERS.clear()
-    _LEAK_FINDERS[key] = finder
-    return finder
+    return _finder(gen, own, own.secrets if own is not None else ())
 
 
 def redact_finder(gen: Generation) -> SecretFinder | None:
     """Every secret of the generation (a response never shows any of them to a client)."""
-    if gen.number in _REDACT_FINDERS:
-        return _REDACT_FINDERS[gen.number]
-    secrets = [secret for secret, _host in generation_secrets(gen)]
-    finder = SecretFinder(secrets) if secrets else None
-    if len(_REDACT_FINDERS) >= _MAX_FINDERS:
-        _REDACT_FINDERS.clear()
-    _REDACT_FINDERS[gen.number] = finder
-    return finder
+    return _finder(gen, _EVERY, ())
 
 
 def head_leaks(finder: SecretFinder, target: bytes, headers: list[Any]) -> bool:
