@@ -64,34 +64,84 @@ def _str(value: str | None) -> str:
     return rendered
 
 
-class _Clock:
-    """RFC 3339 UTC timestamps with milliseconds; the date part is formatted once per second."""
+# ".000Z" … ".999Z": the millisecond part of a timestamp, looked up instead of formatted.
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
-    __slots__ = ("_prefix", "_second")
+
+class _Clock:
+    """RFC 3339 UTC timestamps with milliseconds; the date part is formatted once per second,
+    and a whole timestamp once per millisecond (several records share one under load)."""
+
+    __slots__ = ("_last", "_milli", "_prefix", "_second")
 
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
+        self._milli = -1
+        self._last = ""
 
     def format(self, t: float) -> str:
-        second = int(t)
+        milli = int(t * 1000)
+        if milli == self._milli:
+            return self._last
+        second = milli // 1000
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((t - second) * 1000):03d}Z"
+        self._milli = milli
+        self._last = text = self._prefix + _MILLIS[milli - second * 1000]
+        return text
+
+
+# The two runs of fields that repeat from record to record (who asked for what, and how it was
+# decided; then the kind and its rare extras), rendered once per distinct combination: a record
+# costs two tuple lookups plus the fields that always differ (time, status, bytes, duration),
+# instead of ten escaping calls (measured: 3.5 -> ~1.3 us a record, on every request).
+# Bounded: cleared when full; a long segment (hostile host or detail) is not kept.
+_SEGMENTS: dict[tuple[object, ...], str] = {}
+_MAX_SEGMENTS = 4096
+_MAX_SEGMENT_LEN = 512
+
+
+def _who_segment(key: tuple[object, ...], r: AccessRecord) -> str:
+    segment = (
+        f'"client":"{r.client}","user":{_str(r.user)},'
+        f'"policy":{_str(r.policy)},"method":{_str(r.method)},"host":{_str(r.host)},'
+        f'"port":{"null" if r.port is None else r.port},"address":{_str(r.address)},'
+        f'"decision":"{r.decision}","reason":"{r.reason}","rule":{_str(r.rule)}'
+    )
+    return _keep(key, segment)
+
+
+def _kind_segment(key: tuple[object, ...], r: AccessRecord) -> str:
+    segment = (
+        f'"kind":"{r.kind}","sni":{_str(r.sni)},'
+        f'"detail":{_str(r.detail)},"original_dst":{_str(r.original_dst)},'
+        f'"path":{_str(r.path)}'
+    )
+    return _keep(key, segment)
+
+
+def _keep(key: tuple[object, ...], segment: str) -> str:
+    if len(segment) <= _MAX_SEGMENT_LEN:
+        if len(_SEGMENTS) >= _MAX_SEGMENTS:
+            _SEGMENTS.clear()
+        _SEGMENTS[key] = segment
+    return segment
 
 
 def format_record(r: AccessRecord, clock: _Clock) -> str:
     """The JSON line for one record (field order: record.FIELDS)."""
+    # (The first element tags the segment: a who-key and a kind-key can never collide.)
+    who = (1, r.client, r.user, r.policy, r.method, r.host, r.port, r.address, r.decision,
+           r.reason, r.rule)  # fmt: skip
+    kind = (2, r.kind, r.sni, r.detail, r.original_dst, r.path)
     return (
-        f'{{"ts":"{clock.format(r.start)}","client":"{r.client}","user":{_str(r.user)},'
-        f'"policy":{_str(r.policy)},"method":{_str(r.method)},"host":{_str(r.host)},'
-        f'"port":{"null" if r.port is None else r.port},"address":{_str(r.address)},'
-        f'"decision":"{r.decision}","reason":"{r.reason}","rule":{_str(r.rule)},'
+        f'{{"ts":"{clock.format(r.start)}",'
+        f"{_SEGMENTS.get(who) or _who_segment(who, r)},"
         f'"status":{r.status},"bytes_up":{r.bytes_up},"bytes_down":{r.bytes_down},'
-        f'"duration_ms":{r.duration_ms:.3f},"kind":"{r.kind}","sni":{_str(r.sni)},'
-        f'"detail":{_str(r.detail)},"original_dst":{_str(r.original_dst)},'
-        f'"path":{_str(r.path)}}}\n'
+        f'"duration_ms":{r.duration_ms:.3f},'
+        f"{_SEGMENTS.get(kind) or _kind_segment(kind, r)}}}\n"
     )
 
 
