@@ -101,7 +101,12 @@ class RequestParser:
         # incomplete after a whole feed, so a head that arrived complete in one read was never
         # checked against max_header_bytes. Count the header lines themselves as well.
         self._header_bytes += len(name) + len(value) + 4  # "name: value\r\n"
-        self._check_head_size(self._head_size())
+        # _head_size() written out: this runs for every header line of every request.
+        if (
+            len(self._parser.get_method()) + self._url_len + 12 + self._header_bytes
+            > self._max_head
+        ):
+            self._check_head_size(self._head_size())
         if self._in_head:
             self._headers.append((name.lower(), name, value))
         # else: a trailer field of a chunked body (llhttp reports trailers through on_header
@@ -243,15 +248,16 @@ class ResponseParser:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count += 1
-        if self._count > self._max_headers:
-            raise ProtocolError(
-                Reason.UPSTREAM_BAD_RESPONSE,
-                f"response has more than {self._max_headers} header fields",
-            )
-        # A head that arrives whole in one read is measured here, not by `feed`.
-        self._field_bytes += len(name) + len(value) + 4  # "name: value\r\n"
-        if self._field_bytes > self._max_head:
+        # A head that arrives whole in one read is measured here, not by `feed`. One test on
+        # the common path (this runs for every header line of every response).
+        count = self._count = self._count + 1
+        size = self._field_bytes = self._field_bytes + len(name) + len(value) + 4
+        if count > self._max_headers or size > self._max_head:
+            if count > self._max_headers:
+                raise ProtocolError(
+                    Reason.UPSTREAM_BAD_RESPONSE,
+                    f"response has more than {self._max_headers} header fields",
+                )
             raise self._too_large()
         if self._in_head:
             self._headers.append((name.lower(), name, value))

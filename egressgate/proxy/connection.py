@@ -240,9 +240,11 @@ class ClientConnection(asyncio.Protocol):
         self.state = ConnState.BUSY
         self.request_open = True
         ctx = self.ctx
-        if ctx.auth.hold(
+        credentials = ctx.state.current.credentials
+        # (`.users`, a dict: no auth call and no closure per request when nobody logs in)
+        if credentials.users and ctx.auth.hold(
             head.headers,
-            ctx.state.current.credentials,
+            credentials,
             self.client_text,
             ctx.limits.auth_failure_delay_s,
             lambda refused: self._auth_done(head, refused),

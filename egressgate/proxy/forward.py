@@ -224,7 +224,7 @@ class HttpExchange(Exchange):
                 )
                 self._advance(self.admission.next())
                 return
-        login = login_from_headers(head.headers) if gen.credentials else None
+        login = login_from_headers(head.headers) if gen.credentials.users else None
         try:
             destination = Target(gate.normalize_target_host(target.host), target.port, False)
         except ProxyFailure as exc:

@@ -66,7 +66,7 @@ def connect_destination(raw_target: bytes) -> Target:
 def connect_admission(ctx: ProxyContext, identity: ClientIdentity, head: RequestHead) -> Admission:
     """The admission of a CONNECT request, under the generation in force now."""
     gen = ctx.state.current
-    login = login_from_headers(head.headers) if gen.credentials else None
+    login = login_from_headers(head.headers) if gen.credentials.users else None
     try:
         destination = connect_destination(head.target)
     except ProxyFailure as exc:
