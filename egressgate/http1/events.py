@@ -1,4 +1,4 @@
-"""The events the sans-IO HTTP/1.x parsers produce. Frozen, slotted values.
+"""The events the sans-IO HTTP/1.x parsers produce. Immutable, slotted values (`@immutable`, egressgate/values.py).
 
 Body data is delivered as plain `bytes` objects and the end of a message as the END singleton,
 to keep the per-chunk path free of wrapper allocations.
@@ -6,13 +6,13 @@ to keep the per-chunk path free of wrapper allocations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from egressgate.values import immutable
 
 # (lowercased name, name as sent, value as sent)
 Header = tuple[bytes, bytes, bytes]
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class RequestHead:
     method: bytes
     target: bytes
@@ -22,7 +22,7 @@ class RequestHead:
     head_bytes: int  # size of the request line + header block, for logs and limits
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class ResponseHead:
     status: int
     reason: bytes
@@ -33,7 +33,7 @@ class ResponseHead:
     content_length: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class TunnelStart:
     """CONNECT or Upgrade: the HTTP part is over; `rest` are the bytes that followed the head."""
 

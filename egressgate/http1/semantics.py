@@ -8,10 +8,10 @@ because parser defaults are not our security rules, and each rule has its own te
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from egressgate.errors import ProtocolError, Reason
 from egressgate.http1.events import Header, RequestHead
+from egressgate.values import immutable
 
 # RFC 9110 §7.6.1: Connection and the headers it names are hop-by-hop; so are these, which
 # predate it (RFC 2616 §13.5.1) or are proxy-specific.
@@ -30,7 +30,7 @@ HOP_BY_HOP = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class RequestTarget:
     """Where a request goes: host text as sent (not yet normalized), port, path for upstream."""
 
@@ -40,7 +40,7 @@ class RequestTarget:
     authority: bytes  # host[:port] as it goes into the upstream Host header
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Framing:
     """How the request body is delimited."""
 

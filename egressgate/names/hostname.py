@@ -13,11 +13,11 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from dataclasses import dataclass
 
 import idna
 
 from egressgate.names.tuple_memo import TupleMemo
+from egressgate.values import immutable
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -49,7 +49,7 @@ class InvalidHost(ValueError):
     """The text is neither a valid hostname nor an IP literal."""
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Host:
     """A normalized destination: exactly one of `name` and `address` is set."""
 

@@ -6,11 +6,11 @@ the access log and metrics can say why every request went the way it did.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 
 from egressgate.errors import Reason
 from egressgate.names.hostname import Host, IPAddress
+from egressgate.values import immutable
 
 
 class Verdict(StrEnum):
@@ -19,7 +19,7 @@ class Verdict(StrEnum):
     REPORT = "report"  # allowed only because the policy is in report mode
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class ClientIdentity:
     """What the proxy knows about the client: its address, proxy user, TLS certificate names."""
 
@@ -28,7 +28,7 @@ class ClientIdentity:
     tls_names: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Target:
     """The destination asked for: normalized host, port, and whether it is a CONNECT tunnel."""
 
@@ -37,7 +37,7 @@ class Target:
     connect: bool
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Decision:
     """The answer for one request. `reason` is ALLOWED, or the refusal (also in report mode)."""
 

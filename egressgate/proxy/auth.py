@@ -27,13 +27,13 @@ import binascii
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from egressgate.errors import Reason, Refused
 from egressgate.http1.events import Header
 from egressgate.observe.events import emit
 from egressgate.observe.metrics import Metrics
 from egressgate.policy.credentials import Credentials
+from egressgate.values import immutable
 
 # Back-off table: at most this many client addresses, each forgotten this long after its
 # last pending slot; a client may have at most MAX_BACKOFF_SLOTS failures waiting.
@@ -46,7 +46,7 @@ MAX_BACKOFF_SLOTS = 30
 Resume = Callable[[Refused | None], None]
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Login:
     """Credentials a client presented, not yet verified: from a Proxy-Authorization header, or
     an RFC 1929 SOCKS5 username/password sub-negotiation. `problem`: why they are unusable

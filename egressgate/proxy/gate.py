@@ -30,7 +30,7 @@ resolves again (DNS rebinding cannot swap the address between check and use). `n
 policy. The client's claim of where it is going (CONNECT authority, Host, SNI, SOCKS address,
 original destination) is a name to judge, resolve and vet, never an address to trust.
 
-Steps are frozen values, so the whole story is a table in tests/unit/proxy/test_gate.py. The
+Steps are immutable values, so the whole story is a table in tests/unit/proxy/test_gate.py. The
 synchronous fast path (cached name, pooled upstream or raw CONNECT) is a loop over `next()`
 that never awaits. Limits come from the admission's own generation (`gen.config.limits`): a
 request sees one config from start to end.
@@ -39,7 +39,6 @@ request sees one config from start to end.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
 
 from egressgate.config.model import NoSniAction
@@ -54,6 +53,7 @@ from egressgate.proxy.auth import Login, verify
 from egressgate.proxy.refusal import refusal_response
 from egressgate.runtime.state import Generation
 from egressgate.tls.clienthello import MAX_HELLO_BYTES, HelloResult, read_sni
+from egressgate.values import immutable
 
 # How long to wait for a client's first tunnel bytes before judging the tunnel as "no TLS".
 # Server-speaks-first protocols (SMTP, SSH) send nothing until the server does.
@@ -109,8 +109,8 @@ _TARGETS: dict[tuple[str, int, bool], Target] = {}
 _TARGETS_MAX = 4096
 
 
-# ---- the steps: what the front end must do next (frozen values)
-@dataclass(frozen=True, slots=True)
+# ---- the steps: what the front end must do next (immutable values, `@immutable`: cheap to build)
+@immutable
 class NeedAddresses:
     """Resolve `name` (A and AAAA; the resolver's cache first) and hand every address back
     through `addresses()`, or the ResolveError through `resolve_failed()`."""
@@ -118,7 +118,7 @@ class NeedAddresses:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Connect:
     """Connect to one of `addresses` (all vetted, in the resolver's order; never anything
     else) on `port`: each attempt bounded by `attempt_timeout_s`, the whole connect phase by
@@ -133,7 +133,7 @@ class Connect:
     total_timeout_s: float
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Refuse:
     """Refuse the client with `failure` (its Reason decides the status): an HTTP response
     (`response()`), a SOCKS5 reply, or a TLS alert for a tunnel past its 200."""
@@ -153,7 +153,7 @@ class Refuse:
         return refusal_response(failure.reason, self.host, failure.detail, self.policy, self.realm)
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Open:
     """Admitted: the upstream connection to `address`:`port` is the client's. `sni_check`: a
     tunnel must pass its first client bytes through `judge_hello()` before relaying them.
