@@ -1,4 +1,5 @@
-"""The events the sans-IO HTTP/1.x parsers produce. Immutable, slotted values (`@immutable`, egressgate/values.py).
+"""The events the sans-IO HTTP/1.x parsers produce: immutable slotted values (`@immutable`,
+egressgate/values.py).
 
 Body data is delivered as plain `bytes` objects and the end of a message as the END singleton,
 to keep the per-chunk path free of wrapper allocations.

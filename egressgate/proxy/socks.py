@@ -130,7 +130,7 @@ class SocksSession(SweptDeadline):
         self.reactor = ctx.reactor
         self.identity = identity
         self.record = AccessRecord(time.time(), client_text, METHOD, KIND)
-        self.parser = SocksParser(login=bool(ctx.state.current.credentials))
+        self.parser = SocksParser(login=bool(ctx.state.current.credentials.users))
         self.login: Login | None = None
         self.client_state = Readiness()
         self._auth_held = False

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from egressgate.errors import Reason
+from egressgate.values import immutable
 
 VERSION = 5
 SOCKS4_VERSION = 4
@@ -85,7 +86,7 @@ class MethodChosen:
     method: Method
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Credentials:
     """The RFC 1929 sub-negotiation: verify, answer with `auth_reply(ok)`, close if not ok."""
 
@@ -93,7 +94,7 @@ class Credentials:
     password: str
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Request:
     """A CONNECT request. `host` is text as the client sent it: a name (DOMAINNAME), or the
     canonical text of an IPv4/IPv6 address; either way a destination to judge, never to trust."""
@@ -103,7 +104,7 @@ class Request:
     address_type: AddressType
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Rejected:
     """The client's bytes are not an acceptable SOCKS5 exchange: always the last event.
 
