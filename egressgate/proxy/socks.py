@@ -25,18 +25,24 @@ command, its `kind` is `socks`.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import socket
 import time
 from collections.abc import Callable
 
 from egressgate.errors import ProxyFailure, Reason, Refused
+from egressgate.net.connect import EXHAUSTION_ERRNOS
+from egressgate.net.listen import SpareFd
 from egressgate.net.rawsocket import RawAcceptor, RawSocket
 from egressgate.net.reactor import READABLE, Readiness, read_ready
+from egressgate.observe.events import emit
 from egressgate.observe.record import AccessRecord
 from egressgate.policy.decision import ClientIdentity
 from egressgate.proxy import gate
 from egressgate.proxy.auth import Login, verify
 from egressgate.proxy.context import ProxyContext, SweptDeadline
+from egressgate.proxy.failsafe import internal_error
 from egressgate.proxy.gate import Admission, Refuse
 from egressgate.proxy.raw_tunnel import RawTunnel, client_identity
 from egressgate.socks.protocol import (
@@ -55,6 +61,7 @@ from egressgate.socks.protocol import (
 )
 
 ACCEPTS_PER_EVENT = 64
+ACCEPT_BACKOFF_FIRST_S = 0.01  # first pause after EMFILE; doubles up to accept_backoff_max_s
 # One read of the handshake: a whole greeting + sub-negotiation + request is at most 1 032
 # bytes; a larger read only carries tunnel bytes sent ahead (an optimistic ClientHello), which
 # the SNI check reads anyway.
@@ -65,11 +72,23 @@ KIND = "socks"
 
 
 class SocksListener:
-    """Owns the SOCKS5 listening socket; accepts clients and starts a session for each."""
+    """Owns the SOCKS5 listening socket; accepts clients and starts a session for each.
+
+    Descriptor exhaustion, as for the HTTP listener (proxy/acceptor.py): a client socket that
+    took one of the last `reserved_fds` descriptors is closed at once (SOCKS5 has no way to say
+    "busy" before the greeting), and an accept that fails for want of a descriptor pauses
+    accepting with a doubling back-off instead of spinning on a listener that stays readable;
+    the clients already queued are closed through the spare descriptor (net/listen.py SpareFd)
+    rather than left waiting. A client closed after its accept ends with a `kind: connection`
+    record."""
 
     def __init__(self, ctx: ProxyContext, listener: socket.socket) -> None:
         self.ctx = ctx
         self.listener = listener
+        self.closed = False
+        self.backoff_s = 0.0  # the current pause after an exhausted accept; 0: accepting
+        self._resume: asyncio.TimerHandle | None = None
+        self.spare = SpareFd()
         # Accepted sockets inherit it (Linux): no Nagle wait between two small replies in
         # flight (an optimistic client's method reply and success reply), and no setsockopt
         # per client.
@@ -79,7 +98,13 @@ class SocksListener:
         self.loop.add_reader(listener.fileno(), self._accept)
 
     def close(self) -> None:
-        self.loop.remove_reader(self.listener.fileno())
+        self.closed = True
+        self.spare.close()
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        else:
+            self.loop.remove_reader(self.listener.fileno())
         self.listener.close()
 
     def _accept(self) -> None:
@@ -89,15 +114,76 @@ class SocksListener:
                 client, peer = self.raw.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                return  # EMFILE and friends: the next readiness event retries
+            except OSError as exc:
+                if exc.errno in EXHAUSTION_ERRNOS:
+                    self._exhausted(exc)
+                return  # ECONNABORTED and friends: the next readiness event goes on
+            if self.backoff_s and self.spare.restore():
+                self.backoff_s = 0.0  # descriptors free again
+            if client.fileno() >= ctx.fd_ceiling:
+                self._refuse_connection(
+                    client,
+                    peer,
+                    Reason.TOO_MANY_CONNECTIONS,
+                    f"{client.fileno() + 1} descriptors open: the last reserved_fds "
+                    f"({ctx.limits.reserved_fds}) are kept for the admin port and upstreams",
+                )
+                continue
             if ctx.state.closing or len(ctx.live) + len(ctx.tunnels) >= ctx.limits.max_connections:
                 # SOCKS5 has no way to say "busy" before the greeting: close at once.
-                if not ctx.state.closing:
-                    ctx.metrics.connections_rejected += 1
-                client.close()
+                if ctx.state.closing:
+                    reason, detail = Reason.SHUTTING_DOWN, "the proxy is shutting down"
+                else:
+                    reason = Reason.TOO_MANY_CONNECTIONS
+                    detail = f"max_connections ({ctx.limits.max_connections}) reached"
+                self._refuse_connection(client, peer, reason, detail)
                 continue
-            SocksSession(ctx, client, *client_identity(peer[0])).start()
+            session = SocksSession(ctx, client, *client_identity(peer[0]))
+            try:  # the invariant's boundary (proxy/failsafe.py) for the session's first read
+                session.start()
+            except Exception as exc:
+                session.internal_error(exc)
+
+    def _refuse_connection(
+        self, client: RawSocket, peer: tuple[str, int], reason: Reason, detail: str
+    ) -> None:
+        """Close a client before its greeting; its one access record (`kind: connection`)."""
+        if reason is not Reason.SHUTTING_DOWN:
+            self.ctx.metrics.connections_rejected += 1
+        client.close()
+        failure = ProxyFailure(reason, f"SOCKS5 listener: {detail}")
+        record = AccessRecord(time.time(), client_identity(peer[0])[1], "-", "connection")
+        self.ctx.finish(gate.conclude(record, None, failure))
+
+    def _exhausted(self, exc: OSError) -> None:
+        """accept() failed for want of a descriptor: close the queued clients through the
+        spare descriptor, then pause accepting, doubling the pause."""
+        closed = self.spare.refuse_queued(self.raw.accept, b"", ACCEPTS_PER_EVENT)
+        self.ctx.metrics.connections_rejected += closed
+        first = not self.backoff_s
+        max_s = self.ctx.limits.accept_backoff_max_s
+        self.backoff_s = min(
+            max_s, self.backoff_s * 2 if self.backoff_s else ACCEPT_BACKOFF_FIRST_S
+        )
+        self.ctx.metrics.accept_pauses += 1
+        if first:
+            emit(
+                "fd-exhausted",
+                level="error",
+                listener="socks",
+                error=errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+                closed=closed,
+                action="the SOCKS5 listener pauses accepting and backs off until descriptors "
+                "free up",
+            )
+        if self._resume is None and not self.closed:
+            self.loop.remove_reader(self.listener.fileno())
+            self._resume = self.loop.call_later(self.backoff_s, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._resume = None
+        if not self.closed:
+            self.loop.add_reader(self.listener.fileno(), self._accept)
 
 
 class SocksSession(SweptDeadline):
@@ -146,7 +232,7 @@ class SocksSession(SweptDeadline):
         ctx.metrics.active_connections += 1
         self.deadline = time.monotonic() + ctx.limits.header_timeout_s
         self._on_deadline = self._handshake_expired
-        self.reactor.add(self.fd, self._handshake_event)
+        self.reactor.add(self.fd, self._handshake_event, owner=self.internal_error)
         # Most clients send their greeting right after the handshake: read now instead of
         # waiting for the epoll round trip (an empty socket costs one EAGAIN).
         self._handshake_readable()
@@ -333,6 +419,14 @@ class SocksSession(SweptDeadline):
         self.done = True
         self.reactor.forget(self.fd)
         self.client.close()
+
+    def internal_error(self, exc: BaseException) -> None:
+        """An unexpected exception in the handshake's work (proxy/failsafe.py): counted,
+        reported on stderr, and the client closed with one record (a general-failure reply
+        once the request phase is reached is not owed: the tunnel answers from there)."""
+        failure = internal_error(self.ctx.metrics, exc, "SOCKS5 handshake")
+        if not self.done:
+            self._finish_refused(failure)
 
     # Closable, for draining
     def shutdown_idle(self) -> None:

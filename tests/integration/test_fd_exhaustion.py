@@ -44,6 +44,7 @@ def _proxy(
     dns_server: DnsServer,
     origin: RawOrigin,
     reserved_fds: int,
+    **keys: Any,
 ) -> ProxyProcess:
     dns_server.records["origin.test"] = ["127.0.0.1"]
     return start_proxy(
@@ -53,6 +54,7 @@ def _proxy(
         sni_check=False,
         limits={"reserved_fds": reserved_fds, "accept_backoff_max_s": 0.5},
         command=["prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}", sys.executable, "-m", "egressgate"],
+        **keys,
     )
 
 
@@ -206,3 +208,77 @@ def test_emfile_on_accept_and_on_the_upstream_socket_refuses_without_spinning_or
     with open_connect_tunnel(proxy.proxy_address, authority) as tunnel:
         assert tunnel.status == 200
         assert _echo_works(tunnel)
+
+
+# ---- the SOCKS5 listener at the same limit
+
+
+def _socks_answer_or_close(proxy: ProxyProcess) -> bytes:
+    """What a new SOCKS5 client gets for its greeting at the limit: the method reply, or b""
+    for a clean close. A hang fails the test through the socket timeout."""
+    with socket.create_connection(proxy.socks_address, timeout=ANSWER_TIMEOUT_S) as sock:
+        try:
+            sock.sendall(b"\x05\x01\x00")
+            return sock.recv(16)
+        except (BrokenPipeError, ConnectionResetError):
+            return b""
+
+
+def _socks_echo_works(proxy: ProxyProcess, port: int) -> bool:
+    name = b"origin.test"
+    with socket.create_connection(proxy.socks_address, timeout=ANSWER_TIMEOUT_S) as sock:
+        sock.sendall(b"\x05\x01\x00")
+        if sock.recv(2) != b"\x05\x00":
+            return False
+        sock.sendall(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + port.to_bytes(2, "big"))
+        reply = b""
+        while len(reply) < 10:
+            chunk = sock.recv(10 - len(reply))
+            if not chunk:
+                return False
+            reply += chunk
+        if reply[:2] != b"\x05\x00":
+            return False
+        sock.sendall(b"ping")
+        return sock.recv(4) == b"ping"
+
+
+@pytest.mark.parametrize("reserved_fds", [16, 0], ids=["reserve", "emfile"])
+def test_the_socks_listener_at_the_fd_limit_closes_new_clients_without_spinning_and_recovers(
+    proxy_factory: ProxyFactory,
+    dns_server: DnsServer,
+    raw_origin_factory: RawOriginFactory,
+    reserved_fds: int,
+) -> None:
+    """With the HTTP listener's tunnels holding every descriptor, a SOCKS5 client is closed
+    at once (SOCKS5 has no "busy" reply before the greeting), logged, and never left hanging;
+    the listener does not spin on EMFILE; and SOCKS5 works again once descriptors free up.
+    Before the fix the SOCKS listener let clients take the reserved descriptors, returned on
+    EMFILE with the listener still readable (a busy loop), and logged nothing."""
+    origin = raw_origin_factory(mode="echo")
+    proxy = _proxy(proxy_factory, dns_server, origin, reserved_fds, socks_listen="127.0.0.1:0")
+    authority = f"origin.test:{origin.port}"
+    assert _socks_echo_works(proxy, origin.port)
+    baseline = _baseline(proxy, authority)
+    with _tunnels() as opened:
+        refusals = _fill(proxy, authority, opened)
+        assert opened, refusals
+        assert refusals, len(opened)
+        for _ in range(3):
+            assert _socks_answer_or_close(proxy) == b""
+        _assert_not_spinning(proxy.pid)
+        assert all(_echo_works(t) for t in opened[:5]), "open tunnels stopped relaying"
+    assert _wait_fds(proxy.pid, baseline) <= baseline, "descriptors leaked"
+    deadline = time.monotonic() + 5.0
+    while not _socks_echo_works(proxy, origin.port):  # the back-off ends by itself
+        assert time.monotonic() < deadline, "the SOCKS5 listener did not recover"
+        time.sleep(0.2)
+    if reserved_fds:
+        record = proxy.wait_for_records(
+            1, 10.0, predicate=lambda r: "SOCKS5 listener" in (r.get("detail") or "")
+        )[0]
+        assert record["kind"] == "connection", record
+        assert record["reason"] == "too-many-connections", record
+    else:
+        events = [e for e in proxy.json_events() if e["event"] == "fd-exhausted"]
+        assert any(e.get("listener") == "socks" for e in events), events
