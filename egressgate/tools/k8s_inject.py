@@ -51,6 +51,7 @@ from egressgate.tools.k8s_render import (
     cluster_cidrs,
     container_security_context,
     proxy_url,
+    socks_url,
 )
 
 COMPONENT_INJECT = "inject"
@@ -104,8 +105,7 @@ def webhook_config_text(config: Config, options: RenderOptions, inject: InjectOp
         },
     }
     if config.socks_listen is not None:
-        host = f"{options.name}.{options.namespace}.svc.cluster.local"
-        doc["socks"] = f"socks5h://{host}:{config.socks_listen.port}"
+        doc["socks"] = socks_url(config, options)
     header = (
         "# egressgate inject config (docs/configuration.md, 'The injection webhook').\n"
         "# Edits reload within seconds; an invalid edit is refused and the old config stays.\n"

@@ -232,7 +232,8 @@ def proxy_url(config: Config, options: RenderOptions) -> str:
 
 def client_env(config: Config, options: RenderOptions) -> dict[str, str]:
     """The variables an app needs to use the proxy: HTTP(S)_PROXY and NO_PROXY in both letter
-    cases, and JAVA_TOOL_OPTIONS (the JVM ignores the variables).
+    cases, ALL_PROXY (both cases) when `socks_listen` is set, and JAVA_TOOL_OPTIONS (the JVM
+    ignores the variables).
 
     Built by `egressgate env`'s builder (tools/proxy_env.py), so both commands agree: NO_PROXY
     is localhost, 127.0.0.1, ::1, .svc, .cluster.local and the cluster CIDRs, spelled so that
@@ -247,8 +248,22 @@ def cluster_cidrs(options: RenderOptions) -> list[str]:
     return [str(network) for network in _cluster_networks(options.cluster_cidrs)]
 
 
+def socks_url(config: Config, options: RenderOptions) -> str | None:
+    """The in-cluster URL of the Service's SOCKS5 port (ALL_PROXY), when `socks_listen` is set:
+    socks5h, so that names are resolved, and judged, by the proxy."""
+    if config.socks_listen is None:
+        return None
+    host = f"{options.name}.{options.namespace}.svc.cluster.local"
+    return f"socks5h://{host}:{config.socks_listen.port}"
+
+
 def _proxy_env(config: Config, options: RenderOptions) -> proxy_env.ProxyEnv:
     env = proxy_env.build_env(proxy_url(config, options), options.no_proxy, cluster_cidrs(options))
+    socks = socks_url(config, options)
+    if socks is not None:
+        # ALL_PROXY/all_proxy and the JVM's socksProxyHost pair, as `egressgate env --socks`
+        # prints them: git, curl and the JVM reach non-HTTP destinations through the proxy too.
+        env = env.with_socks(*proxy_env.parse_socks_url(socks))
     if config.tls_intercept is not None:
         name = APP_CA_BUNDLE_NAME if options.ca_bundle_pem else APP_CA_CERT_NAME
         ca = proxy_env.ca_trust(f"{APP_CA_DIR}/{name}")

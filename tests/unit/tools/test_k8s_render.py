@@ -847,10 +847,18 @@ def test_socks_listen_is_a_service_port_and_the_policies_admit_it() -> None:
     proxy_policy = _proxy_policy(objects)
     assert _allows(proxy_policy, "Ingress", APP_POD, 1080)
     assert not _allows(proxy_policy, "Ingress", _pod(PROXY_NS, app="other"), 1080)
-    # without socks_listen, nothing is opened for it
+    # the apps' env points ALL_PROXY (both cases) and the JVM's SOCKS pair at that port
+    env = _client_env(objects)
+    url = "socks5h://egressgate.egressgate.svc.cluster.local:1080"
+    assert env["ALL_PROXY"] == env["all_proxy"] == url, env
+    assert "-DsocksProxyHost=egressgate.egressgate.svc.cluster.local" in env["JAVA_TOOL_OPTIONS"]
+    assert "-DsocksProxyPort=1080" in env["JAVA_TOOL_OPTIONS"]
+    # without socks_listen, nothing is opened for it, and no app is sent to it
     plain = _render()
     assert not _allows(_proxy_policy(plain), "Ingress", APP_POD, 1080)
     assert [p["name"] for p in _one(plain, "Service")["spec"]["ports"]] == ["proxy"]
+    assert not {"ALL_PROXY", "all_proxy"} & set(_client_env(plain))
+    assert "socksProxyHost" not in _client_env(plain)["JAVA_TOOL_OPTIONS"]
 
 
 @pytest.mark.parametrize(
