@@ -282,3 +282,59 @@ def test_reopen_switches_files_between_batches(tmp_path: Path) -> None:
     asyncio.run(scenario())
     assert [json.loads(x)["detail"] for x in rotated.read_text().splitlines()] == ["one", "two"]
     assert [json.loads(x)["detail"] for x in path.read_text().splitlines()] == ["three"]
+
+
+# ---- the rendered-segment memo (format_record renders repeating field runs once)
+
+_EVERY_FIELD_VALUE: dict[str, Any] = {
+    "client": "10.0.0.9",
+    "user": "alice",
+    "policy": "payments",
+    "method": "GET",
+    "host": "other.example",
+    "port": 8443,
+    "address": "203.0.113.8",
+    "decision": "deny",
+    "reason": Reason.HOST_NOT_ALLOWED.value,
+    "rule": "*.example",
+    "status": 403,
+    "bytes_up": 1,
+    "bytes_down": 2,
+    "kind": "http",
+    "sni": "other.example",
+    "detail": "why",
+    "original_dst": "198.51.100.1:443",
+    "path": "/v1",
+}
+
+
+@pytest.mark.parametrize("field", sorted(_EVERY_FIELD_VALUE))
+def test_a_record_differing_in_one_field_is_never_rendered_from_anothers_memo(field: str) -> None:
+    clock = _Clock()
+    first = dict(parse(format_record(record(), clock)))
+    second = dict(parse(format_record(record(**{field: _EVERY_FIELD_VALUE[field]}), clock)))
+    assert second[field] == _EVERY_FIELD_VALUE[field]
+    assert {k for k in FIELDS if first[k] != second[k]} == {field}
+    assert dict(parse(format_record(record(), clock))) == first  # and back
+
+
+def test_the_memo_is_bounded_and_long_values_are_not_kept() -> None:
+    from egressgate.observe import accesslog
+
+    clock = _Clock()
+    for index in range(accesslog._MAX_SEGMENTS + 50):
+        line = format_record(record(host=f"h{index}.example"), clock)
+        assert dict(parse(line))["host"] == f"h{index}.example"
+        assert len(accesslog._SEGMENTS) <= accesslog._MAX_SEGMENTS
+    long_host = "x" * 600 + ".example"
+    assert dict(parse(format_record(record(host=long_host), clock)))["host"] == long_host
+    assert all(long_host not in segment for segment in accesslog._SEGMENTS.values())
+
+
+def test_the_millisecond_timestamp_memo_follows_time() -> None:
+    clock = _Clock()
+    assert clock.format(START) == "2023-11-14T22:13:20.250Z"
+    assert clock.format(START) == "2023-11-14T22:13:20.250Z"
+    assert clock.format(START + 0.001) == "2023-11-14T22:13:20.251Z"
+    assert clock.format(START + 0.75) == "2023-11-14T22:13:21.000Z"
+    assert clock.format(START - 86400) == "2023-11-13T22:13:20.250Z"
