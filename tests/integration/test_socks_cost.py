@@ -139,12 +139,13 @@ def test_a_socks_tunnel_costs_what_a_connect_tunnel_costs_plus_the_protocols_rou
         if key.startswith("socket_calls."):
             allowed = cost(connect, key) + extra.get(key.split(".", 1)[1], 0) + RACE
             assert cost(socks, key) <= allowed, (key, report)
-    # Event-loop callbacks the proxy schedules itself: no more end-of-iteration flushes than
-    # CONNECT's (its connect and its reply leave with the iteration's other writes, as
-    # CONNECT's do), and no extra iteration. (Readiness batches follow the peers' timing: the
-    # request is one more event, and how the others coalesce varies under load.)
+    # Event-loop callbacks the proxy schedules itself: its connect and its replies leave with
+    # the iteration's other writes, as CONNECT's do, the method reply included (one more
+    # end-of-iteration flush for a tunnel that is alone, as here; shared under load), and no
+    # extra iteration. (Readiness batches follow the peers' timing: the request is one more
+    # event, and how the others coalesce varies under load.)
     flushes = "callbacks.outbox.py:flush"
-    assert cost(socks, flushes) <= cost(connect, flushes) + RACE, report
+    assert cost(socks, flushes) <= cost(connect, flushes) + 1 + RACE, report
     # Python work: the same raw tunnel after the request, so within 15 % of CONNECT's
     # (measured 1.11x; before, 1.31x: a client address and the bound address parsed by
     # `ipaddress` for every tunnel, a parser of Enum lookups, its own copy of the tunnel).
