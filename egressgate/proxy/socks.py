@@ -256,7 +256,18 @@ class SocksSession(SweptDeadline):
             if not data:
                 self._client_closed_early()
                 return
-            self._handle(self.parser.feed(data))
+            # A lockstep client's greeting and request, each alone in its read, in one step
+            # each (SocksParser.quick_*: the results feed gives); anything else through feed.
+            parser = self.parser
+            reply = parser.quick_greeting(data)
+            if reply is not None:
+                self._defer(reply)
+            else:
+                request = parser.quick_request(data)
+                if request is not None:
+                    self._request(request)
+                    return
+                self._handle(parser.feed(data))
             if not self.client_state.ready:
                 return  # a short read emptied the socket, and no EOF is announced
         self.reactor.loop.call_soon(self._handshake_readable)  # a flood: after the others
@@ -280,15 +291,7 @@ class SocksSession(SweptDeadline):
 
     def _method_chosen(self, method: Method, lone: bool = False) -> bool:
         if lone and method is not Method.NO_ACCEPTABLE:
-            # A lockstep client (curl, PySocks) waits for this reply before its next message,
-            # so nothing else is sent to it this iteration: it leaves with the iteration's
-            # other sends (net/outbox.py), and one wake-up of the client's core serves them
-            # all. Sent at once, each was an interrupt of its own: measured 2.0 -> 1.5
-            # rescheduling/function-call interrupts per SOCKS5 tunnel (CONNECT: 0.8), and
-            # the proxy's CPU per tunnel 1.14x -> 1.10x CONNECT's. `_send` sends it first if
-            # anything else must go out before the outbox runs.
-            self._deferred = method_reply(method)
-            self.ctx.outbox.later(self._send_deferred)
+            self._defer(method_reply(method))
             return True
         if not self._send(method_reply(method)):
             return False
@@ -397,6 +400,18 @@ class SocksSession(SweptDeadline):
         tunnel.start()
 
     # ---- the end of the handshake
+    def _defer(self, reply: bytes) -> None:
+        """Send a lone greeting's method reply at the end of the loop iteration.
+
+        A lockstep client (curl, PySocks) waits for it before its next message, so nothing
+        else is sent to it this iteration: it leaves with the iteration's other sends
+        (net/outbox.py), and one wake-up of the client's core serves them all. Sent at once,
+        each was an interrupt of its own: measured 2.0 -> 1.5 rescheduling/function-call
+        interrupts per SOCKS5 tunnel (CONNECT: 0.8), and the proxy's CPU per tunnel 1.14x ->
+        1.10x CONNECT's. `_send` sends it first if anything else must go out before."""
+        self._deferred = reply
+        self.ctx.outbox.later(self._send_deferred)
+
     def _send_deferred(self) -> None:
         """The outbox's action: the method reply `_method_chosen` deferred, unless `_send`
         has sent it already or the session ended meanwhile."""

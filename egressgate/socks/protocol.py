@@ -207,6 +207,8 @@ _IPV4, _DOMAIN, _IPV6 = int(AddressType.IPV4), int(AddressType.DOMAIN), int(Addr
 _ADDRESS_TYPES = {int(t): t for t in AddressType}
 # Events are frozen values: the few a greeting can produce are built once.
 _CHOSEN = {m: MethodChosen(m) for m in Method}
+# login → {greeting: (method reply, next phase)}: filled below the class, by the class.
+_QUICK_GREETINGS: dict[bool, dict[bytes, tuple[bytes, int]]] = {False: {}, True: {}}
 
 
 class SocksParser:
@@ -214,10 +216,11 @@ class SocksParser:
     (`auth` is configured), so only USER_PASSWORD is accepted; otherwise NO_AUTH is preferred
     and USER_PASSWORD accepted (credentials then carry no weight: nothing checks them)."""
 
-    __slots__ = ("_buffer", "_login", "_over", "_phase", "_rest", "bytes_read")
+    __slots__ = ("_buffer", "_login", "_over", "_phase", "_quick", "_rest", "bytes_read")
 
     def __init__(self, login: bool) -> None:
         self._login = login
+        self._quick = _QUICK_GREETINGS[login]
         self._phase = _GREETING
         self._buffer = b""
         self._rest = b""
@@ -240,6 +243,47 @@ class SocksParser:
     def rest(self) -> bytes:
         """Bytes the client sent after its request: the start of the tunnel's stream."""
         return self._rest
+
+    # ---- the lockstep client's two messages in one step each (the results `feed` gives)
+    def quick_greeting(self, data: bytes) -> bytes | None:
+        """When `data` is exactly one of the greetings real clients send (one or two of NO_AUTH
+        and USER_PASSWORD: curl, PySocks, git, `nc -X 5`) and it gets an acceptable method:
+        take it, and return the method reply to send. Otherwise None, nothing changed: `feed`
+        it. The table is `feed`'s own answers for those bytes (_quick_greetings below), and
+        a property test compares the two for any input."""
+        if self._phase != _GREETING or self._buffer:
+            return None
+        known = self._quick.get(data)
+        if known is None:
+            return None
+        self.bytes_read += len(data)
+        self._phase = known[1]
+        return known[0]
+
+    def quick_request(self, data: bytes) -> Request | None:
+        """When `data` is exactly one whole CONNECT request to a UTF-8 name or an IPv4 address
+        and nothing after it: the Request `feed` would give. Otherwise None, nothing changed:
+        `feed` it."""
+        if self._phase != _REQUEST or self._buffer:
+            return None
+        head = data[:4]
+        if head == _CONNECT_DOMAIN:
+            size = len(data)
+            if size < 7 or size != 7 + data[4]:
+                return None
+            try:
+                host = data[5:-2].decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+            request = Request(host, (data[-2] << 8) | data[-1], _DOMAIN_TYPE)
+        elif head == _CONNECT_IPV4 and len(data) == 10:
+            host = ".".join(map(str, data[4:8]))  # what str(IPv4Address) writes
+            request = Request(host, (data[8] << 8) | data[9], _IPV4_TYPE)
+        else:
+            return None
+        self.bytes_read += len(data)
+        self._phase = _DONE
+        return request
 
     def feed(self, data: bytes) -> list[Event]:
         """Every event `data` completes, in order; a Rejected event ends the exchange."""
@@ -424,3 +468,29 @@ def _request_version_error(version: int) -> SocksError:
         f"the SOCKS5 request has version {version}, not 5",
         reply(ReplyCode.GENERAL_FAILURE),
     )
+
+
+# ---- the quick path's tables, worked out by the general parser itself
+_CONNECT_DOMAIN = bytes((VERSION, Command.CONNECT, 0, AddressType.DOMAIN))
+_CONNECT_IPV4 = bytes((VERSION, Command.CONNECT, 0, AddressType.IPV4))
+_DOMAIN_TYPE = AddressType.DOMAIN
+_IPV4_TYPE = AddressType.IPV4
+# Greetings offering one or two of NO_AUTH (0) and USER_PASSWORD (2), as real clients send them.
+COMMON_GREETINGS = (b"\x05\x01\x00", b"\x05\x01\x02", b"\x05\x02\x00\x02", b"\x05\x02\x02\x00")
+
+
+def _quick_greetings(login: bool) -> dict[bytes, tuple[bytes, int]]:
+    """greeting → (method reply, next phase) for the common greetings `feed` answers with an
+    acceptable method (NO_ACCEPTABLE takes the general path, which ends the session)."""
+    table: dict[bytes, tuple[bytes, int]] = {}
+    for greeting in COMMON_GREETINGS:
+        parser = SocksParser(login)
+        events = parser.feed(greeting)
+        if len(events) == 1 and isinstance(events[0], MethodChosen):
+            method = events[0].method
+            if method is not Method.NO_ACCEPTABLE:
+                table[greeting] = (method_reply(method), parser._phase)
+    return table
+
+
+_QUICK_GREETINGS.update({login: _quick_greetings(login) for login in (False, True)})

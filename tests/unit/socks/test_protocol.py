@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from egressgate.errors import Reason
 from egressgate.socks.protocol import (
+    COMMON_GREETINGS,
     MAX_AUTH_BYTES,
     MAX_GREETING_BYTES,
     MAX_REQUEST_BYTES,
@@ -26,6 +27,7 @@ from egressgate.socks.protocol import (
     ReplyCode,
     Request,
     SocksParser,
+    method_reply,
     reply,
     reply_code,
 )
@@ -270,3 +272,73 @@ def test_valid_exchanges_end_with_their_request(data: bytes) -> None:
     # a DOMAINNAME that is not UTF-8 cannot be built by valid_exchange (ASCII text)
     assert isinstance(events[-1], Request), events
     assert parser.done
+
+
+# ---- the quick path (quick_greeting, quick_request) gives what feed gives, or steps aside
+
+
+def _state(parser: SocksParser) -> tuple[object, ...]:
+    return (parser.done, parser.started, parser.bytes_read, parser.rest())
+
+
+_GREETING_INPUTS = st.one_of(
+    st.sampled_from(COMMON_GREETINGS),
+    st.builds(lambda m: bytes([5, len(m), *m]), st.lists(st.integers(0, 255), max_size=4)),
+    st.binary(max_size=10),
+)
+
+
+@given(login=st.booleans(), data=_GREETING_INPUTS)
+def test_quick_greeting_answers_as_feed_does_or_changes_nothing(login: bool, data: bytes) -> None:
+    quick, general = SocksParser(login), SocksParser(login)
+    events = general.feed(data)
+    reply_bytes = quick.quick_greeting(data)
+    if reply_bytes is None:
+        assert _state(quick) == _state(SocksParser(login))  # untouched: feed it instead
+        assert quick.feed(data) == events
+        return
+    assert data in COMMON_GREETINGS
+    assert len(events) == 1
+    assert isinstance(events[0], MethodChosen)
+    assert events[0].method is not Method.NO_ACCEPTABLE
+    assert reply_bytes == method_reply(events[0].method)
+    assert _state(quick) == _state(general)
+    follow = b"\x01\x01u\x01p" if events[0].method is Method.USER_PASSWORD else b"\x05\x01\x00"
+    assert quick.feed(follow) == general.feed(follow)  # the same phase afterwards
+
+
+_NAMES = st.one_of(st.binary(max_size=20), st.text(max_size=12).map(lambda t: t.encode()))
+_REQUEST_INPUTS = st.one_of(
+    st.builds(
+        lambda name, port: (
+            b"\x05\x01\x00\x03" + bytes([len(name)]) + name + port.to_bytes(2, "big")
+        ),
+        _NAMES,
+        st.integers(0, 65535),
+    ),
+    st.builds(
+        lambda ip, port: b"\x05\x01\x00\x01" + ip + port.to_bytes(2, "big"),
+        st.binary(min_size=4, max_size=4),
+        st.integers(0, 65535),
+    ),
+    st.builds(lambda a, b: a + b, st.binary(min_size=4, max_size=8), st.binary(max_size=8)),
+    st.binary(max_size=12),
+)
+
+
+@given(data=_REQUEST_INPUTS, extra=st.sampled_from([b"", b"\x16\x03\x01"]))
+def test_quick_request_gives_feeds_request_or_changes_nothing(data: bytes, extra: bytes) -> None:
+    quick, general = SocksParser(False), SocksParser(False)
+    for parser in (quick, general):
+        assert parser.feed(b"\x05\x01\x00") == [MethodChosen(Method.NO_AUTH)]
+    before = _state(quick)
+    data += extra  # bytes after the request (an optimistic ClientHello): never the quick path
+    events = general.feed(data)
+    request = quick.quick_request(data)
+    if request is None:
+        assert _state(quick) == before
+        assert quick.feed(data) == events
+        return
+    assert not extra
+    assert events == [request]
+    assert _state(quick) == _state(general)
