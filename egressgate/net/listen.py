@@ -4,6 +4,7 @@ descriptor reserve that keeps a process answering when clients exhaust RLIMIT_NO
 from __future__ import annotations
 
 import _socket
+import asyncio
 import os
 import resource
 import socket
@@ -67,6 +68,60 @@ def fd_ceiling(reserved_fds: int) -> int:
     if soft == resource.RLIM_INFINITY:
         return 1 << 62
     return max(0, soft - reserved_fds)
+
+
+ACCEPT_BACKOFF_FIRST_S = 0.01  # first pause after EMFILE; doubles up to the caller's maximum
+
+
+class AcceptPause:
+    """Watches a listening socket on the loop and takes it off for a while when accept() fails
+    for want of descriptors (EMFILE and friends): the pause doubles from ACCEPT_BACKOFF_FIRST_S
+    up to the maximum given, and a loop timer puts the listener back. A listener that stays
+    readable is never polled in a busy loop. Shared by the HTTP, TLS and SOCKS5 listeners."""
+
+    __slots__ = ("_fd", "_loop", "_on_readable", "_resume", "backoff_s", "closed")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, fd: int, on_readable: Callable[[], object]
+    ) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._on_readable = on_readable
+        self._resume: asyncio.TimerHandle | None = None
+        self.backoff_s = 0.0  # the current pause; 0: not exhausted
+        self.closed = False
+        loop.add_reader(fd, on_readable)
+
+    def pause(self, max_s: float) -> bool:
+        """Stop watching for the next pause (doubled); True if it starts a run of pauses."""
+        first = not self.backoff_s
+        self.backoff_s = min(
+            max_s, self.backoff_s * 2 if self.backoff_s else ACCEPT_BACKOFF_FIRST_S
+        )
+        if self._resume is None and not self.closed:
+            self._loop.remove_reader(self._fd)
+            self._resume = self._loop.call_later(self.backoff_s, self._watch_again)
+        return first
+
+    def recovered(self) -> float:
+        """Descriptors are free again: the run of pauses is over. Returns how long the last
+        pause was (0: there was none)."""
+        paused, self.backoff_s = self.backoff_s, 0.0
+        return paused
+
+    def _watch_again(self) -> None:
+        self._resume = None
+        if not self.closed:
+            self._loop.add_reader(self._fd, self._on_readable)
+
+    def close(self) -> None:
+        """Stop watching for good (before the listening socket is closed)."""
+        self.closed = True
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        else:
+            self._loop.remove_reader(self._fd)
 
 
 class SpareFd:

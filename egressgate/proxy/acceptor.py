@@ -31,7 +31,7 @@ from egressgate.http1.connect_head import read_connect_head
 from egressgate.http1.events import RequestHead, TunnelStart
 from egressgate.http1.parser import RequestParser
 from egressgate.net.connect import EXHAUSTION_ERRNOS
-from egressgate.net.listen import SpareFd
+from egressgate.net.listen import AcceptPause, SpareFd
 from egressgate.net.rawsocket import RawAcceptor, RawSocket
 from egressgate.net.reactor import READABLE, Readiness
 from egressgate.net.tasks import spawn
@@ -48,7 +48,6 @@ from egressgate.proxy.tunnel import ConnectTunnel
 ACCEPTS_PER_EVENT = 64
 FIRST_READ_BYTES = 64 * 1024
 MAX_FIRST_READS = 4  # full reads per event before yielding to other connections
-ACCEPT_BACKOFF_FIRST_S = 0.01  # first pause after EMFILE; doubles up to accept_backoff_max_s
 _CONNECT = b"CONNECT "
 _TOO_MANY = refusal_response(
     Reason.TOO_MANY_CONNECTIONS, None, "the proxy is out of file descriptors; retry later"
@@ -92,19 +91,11 @@ class Acceptor:
         self.raw = RawAcceptor(listener)
         self.loop = asyncio.get_running_loop()
         self.spare = SpareFd()
-        self.backoff_s = 0.0  # the current accept pause; 0: not exhausted
-        self._resume: asyncio.TimerHandle | None = None
         self.in_reserve = False  # refusing clients whose socket lands in the fd reserve
-        self.closed = False
-        self.loop.add_reader(listener.fileno(), self._accept)
+        self.pause = AcceptPause(self.loop, listener.fileno(), self._accept)
 
     def close(self) -> None:
-        self.closed = True
-        if self._resume is not None:
-            self._resume.cancel()
-            self._resume = None
-        else:
-            self.loop.remove_reader(self.listener.fileno())
+        self.pause.close()
         self.listener.close()
         self.spare.close()
 
@@ -124,7 +115,7 @@ class Acceptor:
             if client.fileno() >= ctx.fd_ceiling:
                 self._reserve_reached(client, peer)
                 continue
-            if self.backoff_s or self.in_reserve:
+            if self.pause.backoff_s or self.in_reserve:
                 self._recovered()
             if ctx.state.closing or len(ctx.live) + len(ctx.tunnels) >= ctx.limits.max_connections:
                 self._reject(client, peer)
@@ -186,12 +177,7 @@ class Acceptor:
         answered = self.spare.refuse_queued(self.raw.accept, self.refusal_bytes, ACCEPTS_PER_EVENT)
         self.ctx.metrics.connections_rejected += answered
         self.ctx.metrics.accept_pauses += 1
-        first = not self.backoff_s
-        max_s = self.ctx.limits.accept_backoff_max_s
-        self.backoff_s = (
-            min(max_s, self.backoff_s * 2) if self.backoff_s else min(max_s, ACCEPT_BACKOFF_FIRST_S)
-        )
-        if first:
+        if self.pause.pause(self.ctx.limits.accept_backoff_max_s):
             emit(
                 "fd-exhausted",
                 level="error",
@@ -200,20 +186,11 @@ class Acceptor:
                 action="queued clients get 503 too-many-connections; accepting pauses and "
                 "backs off until descriptors free up",
             )
-        if self._resume is None:
-            self.loop.remove_reader(self.listener.fileno())
-            self._resume = self.loop.call_later(self.backoff_s, self._resume_accepting)
-
-    def _resume_accepting(self) -> None:
-        self._resume = None
-        if not self.closed:
-            self.loop.add_reader(self.listener.fileno(), self._accept)
 
     def _recovered(self) -> None:
         """A client socket below the reserve again: leave the exhausted state."""
         if self.spare.restore():
-            emit("fd-recovered", paused_s=self.backoff_s or None)
-            self.backoff_s = 0.0
+            emit("fd-recovered", paused_s=self.pause.recovered() or None)
             self.in_reserve = False
 
     def _reject(self, client: RawSocket, peer: tuple[str, int]) -> None:

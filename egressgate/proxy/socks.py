@@ -25,7 +25,6 @@ command, its `kind` is `socks`.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import socket
 import time
@@ -33,7 +32,7 @@ from collections.abc import Callable
 
 from egressgate.errors import ProxyFailure, Reason, Refused
 from egressgate.net.connect import EXHAUSTION_ERRNOS
-from egressgate.net.listen import SpareFd
+from egressgate.net.listen import AcceptPause, SpareFd
 from egressgate.net.rawsocket import RawAcceptor, RawSocket
 from egressgate.net.reactor import READABLE, Readiness, read_ready
 from egressgate.observe.events import emit
@@ -61,7 +60,6 @@ from egressgate.socks.protocol import (
 )
 
 ACCEPTS_PER_EVENT = 64
-ACCEPT_BACKOFF_FIRST_S = 0.01  # first pause after EMFILE; doubles up to accept_backoff_max_s
 # One read of the handshake: a whole greeting + sub-negotiation + request is at most 1 032
 # bytes; a larger read only carries tunnel bytes sent ahead (an optimistic ClientHello), which
 # the SNI check reads anyway.
@@ -85,9 +83,6 @@ class SocksListener:
     def __init__(self, ctx: ProxyContext, listener: socket.socket) -> None:
         self.ctx = ctx
         self.listener = listener
-        self.closed = False
-        self.backoff_s = 0.0  # the current pause after an exhausted accept; 0: accepting
-        self._resume: asyncio.TimerHandle | None = None
         self.spare = SpareFd()
         # Accepted sockets inherit it (Linux): no Nagle wait between two small replies in
         # flight (an optimistic client's method reply and success reply), and no setsockopt
@@ -95,17 +90,12 @@ class SocksListener:
         listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.raw = RawAcceptor(listener)
         self.loop = ctx.reactor.loop
-        self.loop.add_reader(listener.fileno(), self._accept)
+        self.pause = AcceptPause(self.loop, listener.fileno(), self._accept)
 
     def close(self) -> None:
-        self.closed = True
-        self.spare.close()
-        if self._resume is not None:
-            self._resume.cancel()
-            self._resume = None
-        else:
-            self.loop.remove_reader(self.listener.fileno())
+        self.pause.close()
         self.listener.close()
+        self.spare.close()
 
     def _accept(self) -> None:
         ctx = self.ctx
@@ -118,8 +108,8 @@ class SocksListener:
                 if exc.errno in EXHAUSTION_ERRNOS:
                     self._exhausted(exc)
                 return  # ECONNABORTED and friends: the next readiness event goes on
-            if self.backoff_s and self.spare.restore():
-                self.backoff_s = 0.0  # descriptors free again
+            if self.pause.backoff_s and self.spare.restore():
+                self.pause.recovered()  # descriptors free again
             if client.fileno() >= ctx.fd_ceiling:
                 self._refuse_connection(
                     client,
@@ -160,13 +150,8 @@ class SocksListener:
         spare descriptor, then pause accepting, doubling the pause."""
         closed = self.spare.refuse_queued(self.raw.accept, b"", ACCEPTS_PER_EVENT)
         self.ctx.metrics.connections_rejected += closed
-        first = not self.backoff_s
-        max_s = self.ctx.limits.accept_backoff_max_s
-        self.backoff_s = min(
-            max_s, self.backoff_s * 2 if self.backoff_s else ACCEPT_BACKOFF_FIRST_S
-        )
         self.ctx.metrics.accept_pauses += 1
-        if first:
+        if self.pause.pause(self.ctx.limits.accept_backoff_max_s):
             emit(
                 "fd-exhausted",
                 level="error",
@@ -176,14 +161,6 @@ class SocksListener:
                 action="the SOCKS5 listener pauses accepting and backs off until descriptors "
                 "free up",
             )
-        if self._resume is None and not self.closed:
-            self.loop.remove_reader(self.listener.fileno())
-            self._resume = self.loop.call_later(self.backoff_s, self._resume_accepting)
-
-    def _resume_accepting(self) -> None:
-        self._resume = None
-        if not self.closed:
-            self.loop.add_reader(self.listener.fileno(), self._accept)
 
 
 class SocksSession(SweptDeadline):

@@ -104,7 +104,7 @@ class TlsAcceptor(Acceptor):
             if client.fileno() >= ctx.fd_ceiling:
                 self._reserve_reached(client, peer)
                 continue
-            if self.backoff_s or self.in_reserve:
+            if self.pause.backoff_s or self.in_reserve:
                 self._recovered()
             closing = ctx.state.closing
             if closing or len(ctx.live) + len(ctx.tunnels) >= ctx.limits.max_connections:
