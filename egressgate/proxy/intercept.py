@@ -37,7 +37,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from egressgate.config.intercept_ca import load_ca
 from egressgate.errors import ProtocolError, ProxyFailure, Reason, Refused, UpstreamError
@@ -65,7 +65,9 @@ from egressgate.proxy.failsafe import internal_error
 from egressgate.proxy.gate import Admission
 from egressgate.proxy.refusal import TLS_INTERNAL_ERROR_ALERT, refusal_response
 from egressgate.runtime.state import Generation
-from egressgate.tls.leaf import ALPN_HTTP1, LeafMinter
+
+if TYPE_CHECKING:
+    from egressgate.tls.leaf import LeafMinter
 
 KIND = "intercept"
 READ_BYTES = 64 * 1024  # plaintext taken out of the client's TLS object per read
@@ -101,6 +103,8 @@ def intercept_tls(gen: Generation) -> InterceptTls:
     limits = gen.config.limits
     # Checked at load already (mode, CA:TRUE, expiry, the key belongs to the certificate); read
     # again here, once per generation: a reload with a new CA is how a CA is rotated or revoked.
+    from egressgate.tls.leaf import ALPN_HTTP1, LeafMinter  # (cryptography: config/intercept_ca.py)
+
     ca = load_ca(config.ca_cert_file, config.ca_key_file)
     minter = LeafMinter(
         ca.cert, ca.key, limits.intercept_leaf_cache_entries, limits.intercept_leaf_validity_s
