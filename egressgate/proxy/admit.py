@@ -14,7 +14,7 @@ import socket
 
 from egressgate.errors import ProxyFailure
 from egressgate.net.connect import connect, connect_first
-from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.context import ProxyContext, resolve_into
 from egressgate.proxy.gate import Admission, Connect, NeedAddresses, Open
 
 
@@ -39,12 +39,7 @@ async def _resolve(ctx: ProxyContext, admission: Admission, step: NeedAddresses)
     if found is not None:
         admission.addresses(found)
         return
-    try:
-        resolution = await ctx.resolver.resolve(step.name)
-    except ProxyFailure as exc:
-        admission.resolve_failed(exc)
-        return
-    admission.addresses(resolution.addresses)
+    await resolve_into(ctx.resolver, admission, step.name)
 
 
 async def connect_step(

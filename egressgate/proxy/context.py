@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from egressgate.config.model import Limits
+from egressgate.errors import ProxyFailure
+from egressgate.names.hostname import IPAddress
 from egressgate.net.listen import fd_ceiling
 from egressgate.net.outbox import Outbox
 from egressgate.net.reactor import Reactor
@@ -64,6 +66,26 @@ class SweptDeadline:
         if self.deadline and now >= self.deadline and action is not None:
             self._disarm()
             action()
+
+
+class ResolvingAdmission(Protocol):
+    """What `resolve_into` hands its result to (proxy/gate.py Admission)."""
+
+    def addresses(self, found: tuple[IPAddress, ...]) -> None: ...
+
+    def resolve_failed(self, error: ProxyFailure) -> None: ...
+
+
+async def resolve_into(resolver: Resolver, admission: ResolvingAdmission, name: str) -> None:
+    """Resolve `name` (a NeedAddresses step the cache could not answer) and hand the outcome
+    to the admission: every address, or the failure. The front ends' drivers then ask the
+    admission for its next step."""
+    try:
+        resolution = await resolver.resolve(name)
+    except ProxyFailure as exc:
+        admission.resolve_failed(exc)
+    else:
+        admission.addresses(resolution.addresses)
 
 
 class ProxyContext:

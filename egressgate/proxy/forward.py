@@ -42,6 +42,7 @@ from egressgate.policy.secret_scan import LeakScan
 from egressgate.proxy import gate
 from egressgate.proxy.admit import connect_step
 from egressgate.proxy.auth import login_from_headers
+from egressgate.proxy.context import resolve_into
 from egressgate.proxy.exchange import ClientSide, Exchange
 from egressgate.proxy.failsafe import internal_error
 from egressgate.proxy.gate import Admission, Connect, NeedAddresses, Open, Refuse, Step
@@ -297,12 +298,7 @@ class HttpExchange(Exchange):
             step = admission.next()
 
     async def _resolve(self, name: str) -> None:
-        try:
-            resolution = await self.ctx.resolver.resolve(name)
-        except ProxyFailure as exc:
-            self.admission.resolve_failed(exc)
-        else:
-            self.admission.addresses(resolution.addresses)
+        await resolve_into(self.ctx.resolver, self.admission, name)
         self._advance(self.admission.next())
 
     async def _connect(self, step: Connect) -> None:

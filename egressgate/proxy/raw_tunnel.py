@@ -51,7 +51,7 @@ from egressgate.observe.record import AccessRecord
 from egressgate.policy.decision import ClientIdentity
 from egressgate.policy.intercept import InterceptHost
 from egressgate.proxy import gate
-from egressgate.proxy.context import ProxyContext, SweptDeadline
+from egressgate.proxy.context import ProxyContext, SweptDeadline, resolve_into
 from egressgate.proxy.failsafe import internal_error
 from egressgate.proxy.gate import Admission, Connect, Hello, NeedAddresses, Open, Refuse, Step
 from egressgate.proxy.intercept import InterceptSession
@@ -233,12 +233,7 @@ class RawTunnel(TunnelCore, SweptDeadline):
             step = admission.next()
 
     async def _resolve(self, name: str) -> None:
-        try:
-            resolution = await self.ctx.resolver.resolve(name)
-        except ProxyFailure as exc:
-            self.admission.resolve_failed(exc)
-        else:
-            self.admission.addresses(resolution.addresses)
+        await resolve_into(self.ctx.resolver, self.admission, name)
         self._advance(self.admission.next())
 
     def _connect(self) -> None:
