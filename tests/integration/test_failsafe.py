@@ -29,7 +29,7 @@ TLS_INTERNAL_ERROR_ALERT = bytes([0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x50])
 
 
 def faulty_proxy(
-    proxy_factory: ProxyFactory, origin: Origin, fault: str, *extra: str
+    proxy_factory: ProxyFactory, origin: Origin, fault: str, *extra: str, **keys: object
 ) -> ProxyProcess:
     command = [sys.executable, "-m", "tests.support.faulty", fault, *extra]
     return start_proxy(
@@ -37,6 +37,7 @@ def faulty_proxy(
         allow=[".allowed.test"],
         ports=ports_of(origin),
         command=command,
+        **keys,
     )
 
 
@@ -138,4 +139,25 @@ def test_a_bug_past_the_tunnels_200_is_a_tls_alert(
     assert answer == TLS_INTERNAL_ERROR_ALERT
     assert_record(proxy, "boom.allowed.test", 502)
     assert_reported_once(proxy, "CONNECT tunnel")
+    assert_still_serves(proxy, origin)
+
+
+def test_a_bug_in_the_socks5_handshake_closes_the_client_with_a_record_a_count_and_one_event(
+    proxy_factory: ProxyFactory, origin: Origin
+) -> None:
+    proxy = faulty_proxy(proxy_factory, origin, "socks", socks_listen="127.0.0.1:0")
+    name = b"boom.allowed.test"
+    with socket.create_connection(proxy.socks_address, timeout=10) as sock:
+        sock.sendall(b"\x05\x01\x00")
+        assert sock.recv(2) == b"\x05\x00"
+        sock.sendall(
+            b"\x05\x01\x00\x03" + bytes([len(name)]) + name + origin.port.to_bytes(2, "big")
+        )
+        assert sock.recv(16) == b"", "the client was not closed"
+    records = proxy.wait_for_records(1, predicate=lambda r: r["kind"] == "socks")
+    assert len(records) == 1, records
+    assert (records[0]["decision"], records[0]["reason"]) == ("error", "upstream-error")
+    assert "injected fault" in records[0]["detail"]
+    assert_reported_once(proxy, "SOCKS5 handshake")
+    origin.assert_untouched()
     assert_still_serves(proxy, origin)

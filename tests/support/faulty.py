@@ -8,6 +8,7 @@ that raises RuntimeError (a stand-in for any bug) when the destination's name st
 - `pool`:      the upstream pool lookup (in the client's data_received callback)
 - `connect`:   the raw tunnel's socket creation (in a deferred outbox action)
 - `hello`:     the ClientHello reader (after the tunnel's "200": in a reactor handler)
+- `socks`:     the SOCKS5 request parser (in the handshake's reactor handler)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from egressgate.cli.main import main
 from egressgate.net import resolver
 from egressgate.proxy import gate, raw_tunnel, upstream_pool
+from egressgate.socks import protocol
 
 
 def _fail(what: str) -> RuntimeError:
@@ -56,6 +58,22 @@ def _inject(fault: str) -> None:
             raise _fail("hello")
 
         gate.read_sni = read_sni  # type: ignore[attr-defined]
+    elif fault == "socks":
+        parser = protocol.SocksParser
+        original_request, original_feed = parser.quick_request, parser.feed
+
+        def quick_request(self: Any, data: bytes) -> Any:
+            if b"boom" in data:
+                raise _fail("socks")
+            return original_request(self, data)
+
+        def feed(self: Any, data: bytes) -> Any:
+            if b"boom" in data:
+                raise _fail("socks")
+            return original_feed(self, data)
+
+        parser.quick_request = quick_request  # type: ignore[method-assign]
+        parser.feed = feed  # type: ignore[method-assign]
     else:
         raise SystemExit(f"unknown fault {fault!r}")
 
