@@ -46,6 +46,7 @@ def read_connect_head(
     if len(target) > max_request_line_bytes:
         return None
     headers: list[Header] = []
+    keep_alive_token = close_token = False
     # As http1/parser.py counts it: "CONNECT" + target + 12 for " HTTP/1.x\r\n" and the space,
     # each header line as name + value (without OWS) + 4, and the final CRLF.
     head_bytes = 7 + len(target) + 12 + 2
@@ -56,12 +57,27 @@ def read_connect_head(
             lowered = name.lower()
             if lowered in _FULL_PARSER_HEADERS:
                 return None
+            if lowered == b"proxy-connection":
+                # llhttp reads it as Connection: its "keep-alive" and "close" tokens decide
+                # keep_alive. Only the plain one-token values are taken here (what clients
+                # send: curl's "Keep-Alive"); any other value goes to the full parser.
+                token = value.strip(_OWS).lower()
+                if token == b"keep-alive":
+                    keep_alive_token = True
+                elif token == b"close":
+                    close_token = True
+                else:
+                    return None
             head_bytes += len(name) + len(value) + 4
             headers.append((lowered, name, value))
     if head_bytes > max_header_bytes:
         return None
-    version = "1.1" if minor == b"1" else "1.0"
-    # llhttp's should_keep_alive for a request without a Connection header: HTTP/1.1 yes,
-    # HTTP/1.0 no.
-    head = RequestHead(b"CONNECT", target, version, headers, minor == b"1", head_bytes)
+    # llhttp's should_keep_alive: HTTP/1.1 unless "close", HTTP/1.0 only with "keep-alive".
+    # (Fixed: HTTP/1.0 with "Proxy-Connection: Keep-Alive" and HTTP/1.1 with
+    # "Proxy-Connection: close" came out the other way round from the full parser's answer.)
+    if minor == b"1":
+        version, keep_alive = "1.1", not close_token
+    else:
+        version, keep_alive = "1.0", keep_alive_token
+    head = RequestHead(b"CONNECT", target, version, headers, keep_alive, head_bytes)
     return head, data[match.end() :]

@@ -10,8 +10,6 @@ target (fuzz/atheris_head.py). Pure: bytes in, AssertionError out when a propert
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from egressgate.errors import ProtocolError
 from egressgate.http1 import render
 from egressgate.http1.connect_head import read_connect_head
@@ -114,21 +112,6 @@ def full_parser(data: bytes, max_line: int, max_head: int) -> tuple[RequestHead,
     return heads[0], tunnels[0].rest
 
 
-def known_keep_alive_divergence(
-    fast: tuple[RequestHead, bytes], full: tuple[RequestHead, bytes]
-) -> bool:
-    """Fast and full agree on everything but keep_alive, on an HTTP/1.0 head with a
-    Proxy-Connection header (see the xfail test)."""
-    (fast_head, fast_rest), (full_head, full_rest) = fast, full
-    return (
-        fast_head.version == "1.0"
-        and fast_head.keep_alive != full_head.keep_alive
-        and any(name == b"proxy-connection" for name, _, _ in fast_head.headers)
-        and replace(fast_head, keep_alive=full_head.keep_alive) == full_head
-        and fast_rest == full_rest
-    )
-
-
 def check_connect_fast_path(data: bytes, max_line: int, max_head: int) -> None:
     """The fast path declines, or gives exactly the full parser's result."""
     fast = read_connect_head(data, max_line, max_head)
@@ -139,6 +122,4 @@ def check_connect_fast_path(data: bytes, max_line: int, max_head: int) -> None:
     except ProtocolError as exc:
         raise AssertionError(f"fast path accepted what the full parser refuses: {exc}") from None
     assert full is not None
-    if known_keep_alive_divergence(fast, full):
-        return  # pinned by an xfail test in test_fuzz_connect_head.py, routed to http1/
     assert fast == full

@@ -66,18 +66,20 @@ def test_fast_path_is_the_full_parser_or_declines(data: st.DataObject) -> None:
     check_connect_fast_path(head, max_line, max_head)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by this fuzz, 2026-12-04: for an HTTP/1.0 CONNECT with 'Proxy-Connection: "
-    "Keep-Alive', llhttp (the full parser) says keep_alive=True and connect_head.py says False. "
-    "No effect today (the tunnel path does not read keep_alive), but it breaks the fast path's "
-    "'exactly the full parser's result' contract; http1/ owner to fix (decline such heads or "
-    "compute keep_alive as llhttp does)",
-)
-def test_http10_connect_with_proxy_connection_keep_alive_agrees_with_the_full_parser() -> None:
-    head = b"CONNECT a.test:443 HTTP/1.0\r\nProxy-Connection: Keep-Alive\r\n\r\n"
+@pytest.mark.parametrize("version", [b"1.0", b"1.1"])
+@pytest.mark.parametrize(
+    "value",
+    [b"Keep-Alive", b"keep-alive", b"close", b"Close", b" keep-alive ", b"Keep-Alive\t",
+     b"keep-alive, close", b"close, keep-alive", b"upgrade", b"keep-alive;x", b"foo", b""],
+)  # fmt: skip
+def test_proxy_connection_gives_the_full_parsers_keep_alive(version: bytes, value: bytes) -> None:
+    """Found by this fuzz, 2026-12-04: an HTTP/1.0 CONNECT with "Proxy-Connection: Keep-Alive"
+    (and an HTTP/1.1 one with "close") got the opposite keep_alive from llhttp's."""
+    head = b"CONNECT a.test:443 HTTP/" + version + b"\r\nProxy-Connection:" + value + b"\r\n\r\n"
     fast = read_connect_head(head, 8192, 65536)
     assert fast is None or fast == full_parser(head, 8192, 65536)
+    if value.strip(b" \t").lower() in (b"keep-alive", b"close"):
+        assert fast is not None  # curl's CONNECT (Proxy-Connection: Keep-Alive) stays fast
 
 
 def test_near_misses_are_exercised() -> None:
