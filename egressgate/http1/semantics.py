@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from egressgate.errors import ProtocolError, Reason
-from egressgate.http1.events import Header, RequestHead
+from egressgate.http1.events import Header, RequestHead, ResponseHead
 from egressgate.values import immutable
 
 # RFC 9110 §7.6.1: Connection and the headers it names are hop-by-hop; so are these, which
@@ -235,4 +235,31 @@ def expects_continue(head: RequestHead) -> bool:
     return any(
         lname == b"expect" and value.strip().lower() == b"100-continue"
         for lname, _, value in head.headers
+    )
+
+
+# Final responses that never have a body, whatever their headers say (RFC 9110 §6.4.1).
+NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def response_framing(
+    head: ResponseHead, is_head: bool, http11_client: bool
+) -> tuple[bool, bool, bool, bool]:
+    """How a proxy relays the body of a final response to its client (RFC 9112 §6.3, §7):
+    (no_body, close_delimited, chunked, ends_by_close).
+
+    `no_body`: a HEAD answer, 204 or 304. `close_delimited`: the origin marks the end of the
+    body only by closing. `chunked`: the proxy re-frames the body with chunked encoding (the
+    origin's chunked or close-delimited body, to an HTTP/1.1 client). `ends_by_close`: an
+    HTTP/1.0 client, which knows no chunked encoding, learns the end of such a body only from
+    the close, so its connection cannot be kept. A body with a Content-Length is relayed as
+    it came. A plain tuple: this runs for every response."""
+    no_body = is_head or head.status in NO_BODY_STATUSES
+    close_delimited = not no_body and not head.chunked and head.content_length is None
+    delimited_by_us = not no_body and (head.chunked or close_delimited)
+    return (
+        no_body,
+        close_delimited,
+        delimited_by_us and http11_client,
+        delimited_by_us and not http11_client,
     )

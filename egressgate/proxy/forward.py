@@ -30,6 +30,7 @@ from egressgate.http1.semantics import (
     end_to_end,
     parse_proxy_target,
     request_framing,
+    response_framing,
     wants_upgrade,
 )
 from egressgate.names.hostname import IPAddress, address_text
@@ -52,7 +53,6 @@ from egressgate.runtime.state import Generation
 
 # Request body bytes buffered while the upstream connection is being set up.
 MAX_EARLY_BODY_BYTES = 256 * 1024
-_NO_BODY_STATUSES = frozenset({204, 304})
 HEALTH_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n"
 
 
@@ -494,20 +494,14 @@ class HttpExchange(Exchange):
             return  # TunnelStart follows from the parser
         tokens = connection_tokens(head.headers)
         headers = end_to_end(head.headers, tokens)
-        no_body = self.is_head or head.status in _NO_BODY_STATUSES
+        no_body, _, chunked, ends_by_close = response_framing(
+            head, self.is_head, self.head.version == "1.1"
+        )
         # A refused upgrade leaves the client's parser in upgrade mode: end the connection.
-        keep_alive = self.keep_alive and self.request_complete and self.upgrade is None
-        close_delimited = not no_body and not head.chunked and head.content_length is None
-        if no_body:
-            chunked = False
-        elif head.chunked or close_delimited:
-            chunked = self.head.version == "1.1"
-            if not chunked:
-                keep_alive = False  # an HTTP/1.0 client learns the end by the close
-        else:
-            chunked = False
+        self.keep_alive = (
+            self.keep_alive and self.request_complete and self.upgrade is None and not ends_by_close
+        )
         self.chunk_response = chunked
-        self.keep_alive = keep_alive
         self._to_client(
             render.response_head(
                 head,

@@ -49,6 +49,7 @@ from egressgate.http1.semantics import (
     connection_tokens,
     end_to_end,
     request_framing,
+    response_framing,
     split_authority,
     wants_upgrade,
 )
@@ -73,7 +74,6 @@ KIND = "intercept"
 READ_BYTES = 64 * 1024  # plaintext taken out of the client's TLS object per read
 # Request bytes buffered while the upstream TLS handshake is still running.
 MAX_EARLY_BYTES = 256 * 1024
-_NO_BODY_STATUSES = frozenset({204, 304})
 _REDACTED = "{} secret value(s) redacted from the response"
 
 # Phases, for the one deadline a session has at a time (checked by the server's sweeper).
@@ -179,6 +179,7 @@ class _Exchange:
     __slots__ = (
         "chunk_response",
         "chunked_request",
+        "http11",
         "is_head",
         "keep_alive",
         "record",
@@ -193,6 +194,7 @@ class _Exchange:
     def __init__(self, record: AccessRecord, head: RequestHead) -> None:
         self.record = record
         self.is_head = head.method == b"HEAD"
+        self.http11 = head.version == "1.1"
         self.keep_alive = head.keep_alive
         self.chunked_request = False
         self.request_complete = False
@@ -783,7 +785,10 @@ class InterceptSession(asyncio.Protocol):
         if redact is not None:
             headers = self._redacted_headers(ex, redact, headers)
         if 100 <= head.status < 200 and head.status != 101:
-            self._to_client(render.response_head(head, headers, keep_alive=True, chunked=False))
+            # Informational (100 Continue, 103 Early Hints): the final answer follows; relayed
+            # only to an HTTP/1.1 client (RFC 9110 §15.2), as on the forward path.
+            if ex.http11:
+                self._to_client(render.response_head(head, headers, keep_alive=True, chunked=False))
             return
         ex.response_head = head
         ex.record.status = head.status
@@ -791,12 +796,19 @@ class InterceptSession(asyncio.Protocol):
         self._arm(self.limits.idle_timeout_s)
         if head.status == 101:
             return  # TunnelStart follows from the parser
-        no_body = ex.is_head or head.status in _NO_BODY_STATUSES
-        close_delimited = not no_body and not head.chunked and head.content_length is None
-        ex.keep_alive = (
-            ex.keep_alive and head.keep_alive and not close_delimited and ex.upgrade is None
+        no_body, close_delimited, chunked, ends_by_close = response_framing(
+            head, ex.is_head, ex.http11
         )
-        ex.chunk_response = close_delimited or (head.chunked and not no_body)
+        # One upstream connection per client connection: the client's connection lasts only
+        # as long as the origin's (a close-delimited body ends it too).
+        ex.keep_alive = (
+            ex.keep_alive
+            and head.keep_alive
+            and not close_delimited
+            and not ends_by_close
+            and ex.upgrade is None
+        )
+        ex.chunk_response = chunked
         if redact is not None and not no_body:
             ex.redactor = Redactor(redact)
         self._to_client(

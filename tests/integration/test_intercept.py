@@ -620,3 +620,24 @@ def test_sigterm_closes_an_idle_intercepted_connection_at_once(rig: Rig, tmp_pat
         assert records[-1]["detail"] == "intercepted"
     finally:
         proxy.close()
+
+
+def test_an_http10_request_inside_the_tunnel_gets_no_chunked_encoding(rig: Rig) -> None:
+    """An HTTP/1.0 client knows no chunked encoding: the origin's chunked body reaches it as it
+    is, ended by the close, as on the forward path (both use http1/semantics.py
+    response_framing). Before, interception re-chunked it for an HTTP/1.0 client."""
+    with _tunnel(rig, "api.test", rig.api.port) as tls:
+        tls.sendall(f"GET /chunked/100 HTTP/1.0\r\nHost: api.test:{rig.api.port}\r\n\r\n".encode())
+        data = b""
+        while True:
+            try:
+                chunk = tls.recv(65536)
+            except (ssl.SSLError, OSError):
+                break
+            if not chunk:
+                break  # the proxy closes: that is how the client learns the end
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert b"transfer-encoding" not in head.lower(), head
+    assert len(body) == 100, body

@@ -6,12 +6,14 @@ own, but its defaults are not our rules, so each rule has its own test here.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from egressgate.errors import ProtocolError, Reason
-from egressgate.http1.events import Header, RequestHead
+from egressgate.http1.events import Header, RequestHead, ResponseHead
 from egressgate.http1.semantics import (
     HOP_BY_HOP,
     Framing,
@@ -22,6 +24,7 @@ from egressgate.http1.semantics import (
     parse_connect_target,
     parse_proxy_target,
     request_framing,
+    response_framing,
     wants_upgrade,
 )
 
@@ -330,3 +333,36 @@ def test_framing_and_host_survive_any_connection_tokens(tokens: list[bytes]) -> 
     kept = [h[0] for h in end_to_end(sent, connection_tokens(sent))]
     assert kept[:2] == [b"host", b"content-length"]
     assert (b"x-a" in kept) is (b"x-a" not in tokens)
+
+
+# ---- response_framing: how a final response's body is relayed to the client (RFC 9112 §6.3)
+
+
+def _response(status: int = 200, chunked: bool = False, length: int | None = None) -> Any:
+    return ResponseHead(status, b"OK", "1.1", [], True, chunked, length)
+
+
+@pytest.mark.parametrize(
+    ("status", "chunked", "length", "is_head", "http11", "expected"),
+    [
+        # (no_body, close_delimited, chunked, ends_by_close)
+        (200, False, 10, False, True, (False, False, False, False)),  # length: as it came
+        (200, True, None, False, True, (False, False, True, False)),  # chunked: re-chunked
+        (200, False, None, False, True, (False, True, True, False)),  # close-delimited
+        (200, True, None, False, False, (False, False, False, True)),  # HTTP/1.0: by close
+        (200, False, None, False, False, (False, True, False, True)),
+        (200, False, 10, False, False, (False, False, False, False)),
+        (204, True, None, False, True, (True, False, False, False)),  # no body whatever it says
+        (304, False, None, False, False, (True, False, False, False)),
+        (200, True, None, True, True, (True, False, False, False)),  # a HEAD answer
+    ],
+)
+def test_response_framing(
+    status: int,
+    chunked: bool,
+    length: int | None,
+    is_head: bool,
+    http11: bool,
+    expected: tuple[bool, bool, bool, bool],
+) -> None:
+    assert response_framing(_response(status, chunked, length), is_head, http11) == expected
