@@ -6,6 +6,7 @@ request. Also the live-connection registry used for draining and the connection 
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from egressgate.config.model import Limits
 from egressgate.errors import ProxyFailure
 from egressgate.names.hostname import IPAddress
+from egressgate.net.connect import connect, connect_first
 from egressgate.net.listen import fd_ceiling
 from egressgate.net.outbox import Outbox
 from egressgate.net.reactor import Reactor
@@ -68,15 +70,37 @@ class SweptDeadline:
             action()
 
 
-class ResolvingAdmission(Protocol):
-    """What `resolve_into` hands its result to (proxy/gate.py Admission)."""
+class AdmissionResults(Protocol):
+    """What the awaited steps below hand their outcome to (proxy/gate.py Admission)."""
 
     def addresses(self, found: tuple[IPAddress, ...]) -> None: ...
 
     def resolve_failed(self, error: ProxyFailure) -> None: ...
 
+    def connected(self, address: IPAddress, text: str | None = None) -> None: ...
 
-async def resolve_into(resolver: Resolver, admission: ResolvingAdmission, name: str) -> None:
+    def connect_failed(self, error: ProxyFailure, address: IPAddress | None = None) -> None: ...
+
+
+class ConnectOrder(Protocol):
+    """A Connect step (proxy/gate.py): where to connect and how long each try may take."""
+
+    @property
+    def addresses(self) -> tuple[IPAddress, ...]: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def attempt_timeout_s(self) -> float: ...
+
+    @property
+    def total_timeout_s(self) -> float: ...
+
+
+# ---- the admission's steps that await, shared by every front end that awaits them (they live
+# here, below the front ends, the raw tunnel and admit.py alike: those may not import one another)
+async def resolve_into(resolver: Resolver, admission: AdmissionResults, name: str) -> None:
     """Resolve `name` (a NeedAddresses step the cache could not answer) and hand the outcome
     to the admission: every address, or the failure. The front ends' drivers then ask the
     admission for its next step."""
@@ -86,6 +110,33 @@ async def resolve_into(resolver: Resolver, admission: ResolvingAdmission, name: 
         admission.resolve_failed(exc)
     else:
         admission.addresses(resolution.addresses)
+
+
+async def connect_step(
+    ctx: ProxyContext, admission: AdmissionResults, step: ConnectOrder
+) -> socket.socket | None:
+    """Connect as `step` says (one address: one bounded try; several: net/connect.py's
+    staggered strategy); the socket after connected(), or None after connect_failed() (a
+    Refuse next)."""
+    try:
+        if len(step.addresses) == 1:
+            address = step.addresses[0]
+            sock = await connect(address, step.port, step.attempt_timeout_s)
+        else:
+            sock, address = await connect_first(
+                step.addresses,
+                step.port,
+                step.attempt_timeout_s,
+                step.total_timeout_s,
+                ctx.metrics.count_upstream_failure,
+            )
+    except ProxyFailure as exc:
+        if len(step.addresses) == 1:
+            ctx.metrics.count_upstream_failure(exc)
+        admission.connect_failed(exc)
+        return None
+    admission.connected(address)
+    return sock
 
 
 class ProxyContext:

@@ -41,9 +41,8 @@ from egressgate.net.tasks import spawn
 from egressgate.policy.decision import Target
 from egressgate.policy.secret_scan import LeakScan
 from egressgate.proxy import gate
-from egressgate.proxy.admit import connect_step
 from egressgate.proxy.auth import login_from_headers
-from egressgate.proxy.context import resolve_into
+from egressgate.proxy.context import connect_step, resolve_into
 from egressgate.proxy.exchange import ClientSide, Exchange
 from egressgate.proxy.failsafe import internal_error
 from egressgate.proxy.gate import Admission, Connect, NeedAddresses, Open, Refuse, Step

@@ -42,7 +42,7 @@ from collections.abc import Callable
 
 from egressgate.errors import ProxyFailure
 from egressgate.names.hostname import IPAddress, address_text, address_texts
-from egressgate.net.connect import connect_first, translate_os_error
+from egressgate.net.connect import translate_os_error
 from egressgate.net.rawsocket import RawSocket, nonblocking_stream
 from egressgate.net.reactor import FAILED, READABLE, WRITABLE, Readiness, read_ready
 from egressgate.net.relay import Relay, RelayStats
@@ -51,7 +51,7 @@ from egressgate.observe.record import AccessRecord
 from egressgate.policy.decision import ClientIdentity
 from egressgate.policy.intercept import InterceptHost
 from egressgate.proxy import gate
-from egressgate.proxy.context import ProxyContext, SweptDeadline, resolve_into
+from egressgate.proxy.context import ProxyContext, SweptDeadline, connect_step, resolve_into
 from egressgate.proxy.failsafe import internal_error
 from egressgate.proxy.gate import Admission, Connect, Hello, NeedAddresses, Open, Refuse, Step
 from egressgate.proxy.intercept import InterceptSession
@@ -250,17 +250,9 @@ class RawTunnel(TunnelCore, SweptDeadline):
             spawn(self._connect_first(step), "egressgate-connect", self.internal_error)
 
     async def _connect_first(self, step: Connect) -> None:
-        try:
-            sock, address = await connect_first(
-                step.addresses,
-                step.port,
-                step.attempt_timeout_s,
-                step.total_timeout_s,
-                self.ctx.metrics.count_upstream_failure,
-            )
-        except ProxyFailure as exc:
-            self.admission.connect_failed(exc)
-            self._advance(self.admission.next())
+        sock = await connect_step(self.ctx, self.admission, step)
+        if sock is None:
+            self._advance(self.admission.next())  # the Refuse connect_failed() made
             return
         if self.done:  # ended meanwhile (a drain)
             sock.close()
@@ -268,7 +260,6 @@ class RawTunnel(TunnelCore, SweptDeadline):
         self.upstream = sock
         self.upstream_state = Readiness()
         self.reactor.add(sock.fileno(), self._upstream_early, False, self.internal_error)
-        self.admission.connected(address)
         self._advance(self.admission.next())
 
     # ---- connecting to the one vetted address on the reactor

@@ -49,8 +49,7 @@ from egressgate.observe.record import AccessRecord
 from egressgate.policy.intercept import InterceptHost
 from egressgate.policy.secret_scan import LeakScan
 from egressgate.proxy.acceptor import client_identity
-from egressgate.proxy.admit import connect_step
-from egressgate.proxy.context import ProxyContext
+from egressgate.proxy.context import ProxyContext, connect_step
 from egressgate.proxy.failsafe import internal_error
 from egressgate.proxy.gate import (
     Admission,

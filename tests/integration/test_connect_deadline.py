@@ -1,7 +1,7 @@
 """Connecting to a name with several addresses: staggered attempts (Happy Eyeballs, RFC 8305),
 the first to connect wins, and one total bound (`connect_total_timeout_s`) over all of them,
 on the plain-HTTP path and the raw CONNECT path (CONNECT inside the TLS listener shares the
-plain-HTTP path, proxy/admit.py connect_step).
+plain-HTTP path, proxy/context.py connect_step).
 
 "Blackholed" addresses are loopback listeners whose accept queue is full: the kernel drops
 further SYNs, so a connect to them stays pending until the proxy's own deadline (no packet
