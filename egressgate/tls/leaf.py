@@ -100,7 +100,7 @@ class LeafMinter:
     def from_pem(
         cls, ca_cert_pem: bytes, ca_key_pem: bytes, cache_entries: int, validity_s: float
     ) -> LeafMinter:
-        """From PEM bytes, checking what load_ca checks for files (tests, the bench)."""
+        """From PEM bytes, checking what load_ca checks for files (for the tests)."""
         try:
             cert = x509.load_pem_x509_certificate(ca_cert_pem)
         except ValueError as exc:
@@ -132,7 +132,7 @@ class LeafMinter:
         return context
 
     def certificate_pem(self, name: str) -> bytes:
-        """A freshly minted leaf for `name` as PEM (for tests and `check`)."""
+        """A freshly minted leaf for `name` as PEM (for the tests: they inspect what is minted)."""
         return self._certificate(name, time.time())[0].public_bytes(serialization.Encoding.PEM)
 
     def _certificate(self, name: str, now: float) -> tuple[x509.Certificate, float]:
