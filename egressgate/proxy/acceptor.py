@@ -26,7 +26,7 @@ import socket
 import time
 from typing import cast
 
-from egressgate.errors import ProtocolError, ProxyFailure, Reason, Refused
+from egressgate.errors import ProtocolError, Reason, Refused
 from egressgate.http1.connect_head import read_connect_head
 from egressgate.http1.events import RequestHead, TunnelStart
 from egressgate.http1.parser import RequestParser
@@ -42,6 +42,7 @@ from egressgate.proxy.connection import ClientConnection
 from egressgate.proxy.context import ProxyContext
 from egressgate.proxy.failsafe import internal_error
 from egressgate.proxy.raw_tunnel import client_identity as client_identity  # re-exported
+from egressgate.proxy.raw_tunnel import connection_refused_record
 from egressgate.proxy.refusal import refusal_response
 from egressgate.proxy.tunnel import ConnectTunnel
 
@@ -213,11 +214,7 @@ class Acceptor:
     def _log_refused(self, peer: tuple[str, int], reason: Reason, detail: str) -> None:
         """Every accepted connection ends with one access record, a refused one too (issue 12):
         `kind: connection`, no request was read."""
-        client = client_identity(peer[0])[1]
-        failure = ProxyFailure(reason, detail)
-        self.ctx.finish(
-            gate.conclude(AccessRecord(time.time(), client, "-", "connection"), None, failure)
-        )
+        self.ctx.finish(connection_refused_record(peer[0], reason, detail))
 
 
 class _FirstRead:

@@ -38,9 +38,10 @@ import errno
 import ipaddress
 import os
 import socket
+import time
 from collections.abc import Callable
 
-from egressgate.errors import ProxyFailure
+from egressgate.errors import ProxyFailure, Reason
 from egressgate.names.hostname import IPAddress, address_text, address_texts
 from egressgate.net.connect import translate_os_error
 from egressgate.net.rawsocket import RawSocket, nonblocking_stream
@@ -76,6 +77,14 @@ def client_identity(peer_host: str) -> tuple[ClientIdentity, str]:
             _IDENTITIES.clear()  # bounded: a scan from many addresses cannot grow it
         _IDENTITIES[peer_host] = known
     return known
+
+
+def connection_refused_record(peer_host: str, reason: Reason, detail: str) -> AccessRecord:
+    """The one record of a client closed before any request was read (at `max_connections`,
+    in the descriptor reserve, while draining): `kind: connection`, `method` "-" (issue 12:
+    every accepted connection ends with a record). Shared by the HTTP and SOCKS5 listeners."""
+    record = AccessRecord(time.time(), client_identity(peer_host)[1], "-", "connection")
+    return gate.conclude(record, None, ProxyFailure(reason, detail))
 
 
 class TunnelCore:

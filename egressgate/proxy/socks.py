@@ -43,7 +43,7 @@ from egressgate.proxy.auth import Login, verify
 from egressgate.proxy.context import ProxyContext, SweptDeadline
 from egressgate.proxy.failsafe import internal_error
 from egressgate.proxy.gate import Admission, Refuse
-from egressgate.proxy.raw_tunnel import RawTunnel, client_identity
+from egressgate.proxy.raw_tunnel import RawTunnel, client_identity, connection_refused_record
 from egressgate.socks.protocol import (
     Credentials,
     Event,
@@ -141,9 +141,7 @@ class SocksListener:
         if reason is not Reason.SHUTTING_DOWN:
             self.ctx.metrics.connections_rejected += 1
         client.close()
-        failure = ProxyFailure(reason, f"SOCKS5 listener: {detail}")
-        record = AccessRecord(time.time(), client_identity(peer[0])[1], "-", "connection")
-        self.ctx.finish(gate.conclude(record, None, failure))
+        self.ctx.finish(connection_refused_record(peer[0], reason, f"SOCKS5 listener: {detail}"))
 
     def _exhausted(self, exc: OSError) -> None:
         """accept() failed for want of a descriptor: close the queued clients through the
